@@ -1,0 +1,59 @@
+"""`--local-workers N`: worker processes on this machine, started as `procfleet worker`.
+
+The master never imports worker code: it runs the installed command in a child process.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from importlib.metadata import entry_points
+
+from procfleet.shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: how long a local worker gets to exit by itself once the batch is over
+EXIT_GRACE = 5.0
+
+
+def check_worker_installed() -> None:
+    if not entry_points(group="procfleet.commands", name="worker"):
+        raise ConfigError("--local-workers needs procfleet-worker installed here "
+                          "(pip install ./worker), or run workers elsewhere")
+
+
+class LocalWorkers:
+    def __init__(self, count: int, master_address: str) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.reported: set[int] = set()
+        env = dict(os.environ, PROCFLEET_MASTER=master_address)
+        for i in range(1, count + 1):
+            cmd = [sys.executable, "-m", "procfleet.shared.cli", "worker",
+                   "--id", f"local-{os.getpid()}-{i}"]
+            self.procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
+                                               stdout=subprocess.DEVNULL))
+
+    def check(self) -> bool:
+        """Log workers that died; True while at least one is still running."""
+        running = False
+        for proc in self.procs:
+            code = proc.poll()
+            if code is None:
+                running = True
+            elif proc.pid not in self.reported:
+                self.reported.add(proc.pid)
+                if code != 0:
+                    log.warning("local worker (pid %d) exited with code %d", proc.pid, code)
+        return running or not self.procs
+
+    def stop(self) -> None:
+        deadline = time.monotonic() + EXIT_GRACE
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("local worker (pid %d) did not exit; killing it", proc.pid)
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,120 @@
+"""The object the manager serves: the dispatcher behind one lock, with long polling.
+
+Each worker connection has its own server thread; a worker with free slots and nothing to lease
+waits here (bounded by `wait`) instead of polling, and is woken when tasks are requeued or the
+batch ends.
+"""
+
+import logging
+import threading
+
+from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
+from procfleet.shared.records import Outcome, task_to_wire
+
+from .dispatcher import Dispatcher
+from .server import current_peer
+
+log = logging.getLogger(__name__)
+
+#: longest a worker's exchange may be held waiting for work
+MAX_LONG_POLL = 1.0
+
+
+class DispatcherService:
+    def __init__(self, dispatcher: Dispatcher, *, heartbeat_interval: float) -> None:
+        self.dispatcher = dispatcher
+        self.heartbeat_interval = heartbeat_interval
+        self.cond = threading.Condition()
+        self.stopping = False
+
+    # -- exposed to workers ---------------------------------------------------------------
+    def hello(self, worker_id: str, info: dict) -> dict:
+        with self.cond:
+            d = self.dispatcher
+            known = worker_id in d.workers
+            worker = d.touch(worker_id)
+            state = STOP if self._finished() else RUN
+            if state == STOP:
+                worker.told_stop = True
+                self.cond.notify_all()
+        if info.get("protocol") != PROTOCOL_VERSION:
+            log.warning("worker %s from %s speaks protocol %s, this master %s: refused",
+                        worker_id, current_peer(), info.get("protocol"), PROTOCOL_VERSION)
+        else:
+            log.info("worker %s %s from %s (python %s, concurrency %s)", worker_id,
+                     "reconnected" if known else "joined", current_peer(),
+                     info.get("python", "?"), info.get("concurrency", "?"))
+        return {"protocol": PROTOCOL_VERSION, "state": state,
+                "lease_timeout": d.lease_timeout, "heartbeat_interval": self.heartbeat_interval}
+
+    def exchange(self, worker_id: str, outcomes: list, want: int, wait: float) -> tuple:
+        d = self.dispatcher
+        with self.cond:
+            if outcomes:
+                d.complete(worker_id, (Outcome(*o) for o in outcomes))
+                if d.done:
+                    self.cond.notify_all()
+            if self._finished():
+                return self._stop(worker_id)
+            tasks = d.lease(worker_id, want)
+            if not tasks and want > 0 and wait > 0:
+                self.cond.wait_for(lambda: d.has_pending() or self._finished(),
+                                   timeout=min(wait, MAX_LONG_POLL, self.heartbeat_interval))
+                if self._finished():
+                    return self._stop(worker_id)
+                tasks = d.lease(worker_id, want)
+            return [task_to_wire(t) for t in tasks], RUN
+
+    def goodbye(self, worker_id: str, unfinished: list) -> None:
+        with self.cond:
+            d = self.dispatcher
+            held = len(d.workers[worker_id].held) if worker_id in d.workers else 0
+            d.release(worker_id, unfinished)
+            d.leave(worker_id)
+            if held:
+                self.cond.notify_all()
+        log.info("worker %s left, handing back %d tasks", worker_id, held)
+
+    def ping(self) -> dict:
+        with self.cond:
+            d = self.dispatcher
+            return {"state": STOP if self._finished() else RUN, "total": d.total,
+                    "done": d.finished, "workers": len(d.alive_workers())}
+
+    # -- used by the master's own loop ------------------------------------------------------
+    def tick(self) -> tuple[list[dict], list[str]]:
+        """Expire silent workers; return results to write and events to log."""
+        with self.cond:
+            d = self.dispatcher
+            if d.expire():
+                self.cond.notify_all()
+            return d.take_results(), d.take_events()
+
+    def wait_for_change(self, timeout: float) -> None:
+        with self.cond:
+            if not self.dispatcher.done:
+                self.cond.wait(timeout)
+
+    def stop(self) -> None:
+        """From now on every worker call answers STOP."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def wait_workers_told(self, timeout: float) -> list[str]:
+        """Wait until every live worker has been answered STOP; return those that were not."""
+        def not_told():
+            return [w.id for w in self.dispatcher.workers.values() if w.alive and not w.told_stop]
+
+        with self.cond:
+            self.cond.wait_for(lambda: not not_told(), timeout)
+            return not_told()
+
+    def _finished(self) -> bool:
+        return self.stopping or self.dispatcher.done
+
+    def _stop(self, worker_id: str) -> tuple:
+        worker = self.dispatcher.workers[worker_id]
+        worker.told_stop = True
+        self.cond.notify_all()
+        return [], STOP

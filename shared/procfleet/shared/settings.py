@@ -1,0 +1,78 @@
+"""Configuration helpers both sides need: the shared key and HOST:PORT addresses."""
+
+import os
+import socket
+from collections.abc import Mapping
+
+from .errors import ConfigError
+
+ENV_AUTHKEY = "PROCFLEET_AUTHKEY"
+ENV_AUTHKEY_FILE = "PROCFLEET_AUTHKEY_FILE"
+MIN_AUTHKEY_LENGTH = 16
+
+KEY_HINT = (
+    f"set {ENV_AUTHKEY} to a random string of at least {MIN_AUTHKEY_LENGTH} characters, "
+    f"or {ENV_AUTHKEY_FILE} to a file holding one (e.g. a Docker secret); "
+    "master and workers must use the same key"
+)
+
+
+def load_authkey(environ: Mapping[str, str] | None = None) -> bytes:
+    """Return the cluster key from the environment; never a default."""
+    env = os.environ if environ is None else environ
+    value = env.get(ENV_AUTHKEY) or None
+    path = env.get(ENV_AUTHKEY_FILE) or None
+    if value is not None and path is not None:
+        raise ConfigError(f"both {ENV_AUTHKEY} and {ENV_AUTHKEY_FILE} are set: keep only one")
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                value = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {ENV_AUTHKEY_FILE}={path!r}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{ENV_AUTHKEY_FILE}={path!r} is not UTF-8 text") from None
+        value = value.rstrip("\r\n")
+        source = f"{ENV_AUTHKEY_FILE} ({path})"
+    else:
+        source = ENV_AUTHKEY
+    if value is None:
+        raise ConfigError(f"no key: {KEY_HINT}")
+    if len(value) < MIN_AUTHKEY_LENGTH:
+        raise ConfigError(
+            f"the key in {source} has {len(value)} characters; it needs at least "
+            f"{MIN_AUTHKEY_LENGTH}: {KEY_HINT}"
+        )
+    return value.encode("utf-8")
+
+
+def parse_address(text: str, option: str) -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 as [::1]:PORT) and check the port; `option` names the source."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{option}: {text!r} is not HOST:PORT (e.g. 127.0.0.1:50000)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{option}: port {port_text!r} in {text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{option}: port {port} in {text!r} is outside 0-65535")
+    return host, port
+
+
+def resolve_host(host: str, option: str) -> None:
+    """Fail with a clear message when `host` does not resolve."""
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"{option}: cannot resolve host {host!r} ({exc.strerror}); check the name"
+        ) from None
+
+
+def format_address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,1 @@
+"""procfleet worker: connects to a master, leases batches of tasks, runs them, reports results."""

@@ -1,0 +1,45 @@
+"""Reaching the master: retries with exponential backoff and jitter, bounded by a deadline."""
+
+import logging
+import random
+import threading
+import time
+
+from procfleet.shared.errors import MasterUnreachable
+from procfleet.shared.manager import DispatcherProxy, connect
+from procfleet.shared.settings import format_address
+
+log = logging.getLogger(__name__)
+
+INITIAL_BACKOFF = 0.1
+MAX_BACKOFF = 5.0
+
+
+def connect_with_retry(address: tuple[str, int], authkey: bytes, timeout: float,
+                       stop: threading.Event, *, rng: random.Random | None = None,
+                       clock=time.monotonic) -> DispatcherProxy | None:
+    """Connect, retrying until `timeout` seconds have passed; None if `stop` was set meanwhile.
+
+    A wrong key (AuthenticationFailed) is not retried: no amount of waiting fixes it.
+    """
+    rng = rng or random.Random()
+    deadline = clock() + timeout
+    delay = INITIAL_BACKOFF
+    attempt = 0
+    while not stop.is_set():
+        attempt += 1
+        try:
+            return connect(address, authkey)
+        except MasterUnreachable as exc:
+            remaining = deadline - clock()
+            if remaining <= 0:
+                raise MasterUnreachable(
+                    f"{exc}; gave up after {timeout:g} s and {attempt} attempts "
+                    "(is the master running? see --master and --connect-timeout)") from None
+            if attempt == 1:
+                log.info("%s; retrying for up to %.0f s", exc, remaining)
+            pause = min(remaining, delay * (0.5 + rng.random()))
+            delay = min(delay * 2, MAX_BACKOFF)
+            stop.wait(pause)
+    log.info("stopped while waiting for master %s", format_address(address))
+    return None
