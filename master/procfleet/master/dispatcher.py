@@ -25,7 +25,7 @@ class TaskState:
 class WorkerState:
     id: str
     last_seen: float
-    held: set = field(default_factory=set)
+    held: dict = field(default_factory=dict)   # task ids in lease order
     alive: bool = True
     told_stop: bool = False
 
@@ -116,7 +116,7 @@ class Dispatcher:
                 continue
             state.attempts += 1
             state.holder = worker_id
-            worker.held.add(state.task.id)
+            worker.held[state.task.id] = None
             leased.append(state.task)
         return leased
 
@@ -128,12 +128,12 @@ class Dispatcher:
             if state is None:
                 self.counters.stray += 1
                 continue
-            worker.held.discard(outcome.id)
+            worker.held.pop(outcome.id, None)
             if state.done:
                 self.counters.duplicates += 1
                 continue
             if state.holder is not None and state.holder != worker_id:
-                self.workers[state.holder].held.discard(outcome.id)
+                self.workers[state.holder].held.pop(outcome.id, None)
             state.holder = None
             self._finish(state, result_record(
                 state.task.id, state.task.name, outcome, attempts=state.attempts, worker=worker_id))
@@ -146,7 +146,7 @@ class Dispatcher:
             state = self.tasks.get(task_id)
             if state is None or state.done or state.holder != worker_id:
                 continue
-            worker.held.discard(task_id)
+            worker.held.pop(task_id, None)
             state.holder = None
             returned.append(task_id)
         self.pending.extendleft(reversed(returned))

@@ -1,0 +1,107 @@
+"""The command line: usage and configuration errors are exit 2 with a message, no traceback."""
+
+import pytest
+from click.testing import CliRunner
+
+from procfleet.shared.cli import main
+
+
+def run(args, env=None):
+    result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.fixture
+def no_key(monkeypatch):
+    monkeypatch.delenv("PROCFLEET_AUTHKEY", raising=False)
+    monkeypatch.delenv("PROCFLEET_AUTHKEY_FILE", raising=False)
+
+
+def test_help_lists_both_subcommands():
+    result = run(["--help"])
+    assert result.exit_code == 0
+    assert "master" in result.output and "worker" in result.output
+
+
+@pytest.mark.parametrize("args", [["master"], ["master", "--demo", "3", "--tasks", "x.jsonl"]])
+def test_master_needs_exactly_one_source(authkey_env, args):
+    result = run(args)
+    assert result.exit_code == 2
+    assert "exactly one of --tasks PATH or --demo N" in result.output
+
+
+def test_master_without_key_names_both_variables(no_key):
+    result = run(["master", "--demo", "1"])
+    assert result.exit_code == 2
+    assert "PROCFLEET_AUTHKEY" in result.output and "PROCFLEET_AUTHKEY_FILE" in result.output
+
+
+def test_master_with_short_key(monkeypatch):
+    monkeypatch.setenv("PROCFLEET_AUTHKEY", "short")
+    result = run(["master", "--demo", "1"])
+    assert result.exit_code == 2 and "at least 16" in result.output
+
+
+def test_master_bad_task_file_dispatches_nothing(authkey_env, tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"task": "square", "args": [1]}\n{"task": \n')
+    result = run(["master", "--tasks", str(path), "--bind", "127.0.0.1:0"])
+    assert result.exit_code == 2
+    assert f"{path}:2: invalid JSON" in result.output
+    assert "serving" not in result.output
+
+
+def test_master_missing_task_file(authkey_env, tmp_path):
+    result = run(["master", "--tasks", str(tmp_path / "none.jsonl")])
+    assert result.exit_code == 2 and "cannot read tasks file" in result.output
+
+
+def test_master_bad_bind(authkey_env):
+    result = run(["master", "--demo", "1", "--bind", "nohost"])
+    assert result.exit_code == 2 and "--bind" in result.output
+
+
+def test_master_bad_option_value_names_the_option(authkey_env):
+    result = run(["master", "--demo", "-1"])
+    assert result.exit_code == 2 and "--demo" in result.output
+
+
+def test_master_results_path_unwritable(authkey_env, tmp_path):
+    result = run(["master", "--demo", "1", "--results", str(tmp_path / "no" / "dir.jsonl")])
+    assert result.exit_code == 2 and "--results" in result.output
+
+
+def test_worker_without_key(no_key):
+    result = run(["worker"])
+    assert result.exit_code == 2 and "PROCFLEET_AUTHKEY_FILE" in result.output
+
+
+def test_worker_unresolvable_master(authkey_env):
+    result = run(["worker", "--master", "no-such-host.invalid:50000"])
+    assert result.exit_code == 2
+    assert "cannot resolve host 'no-such-host.invalid'" in result.output
+
+
+def test_worker_bad_import_names_the_module(authkey_env):
+    result = run(["worker", "--import", "procfleet_no_such_module"])
+    assert result.exit_code == 2
+    assert "--import procfleet_no_such_module" in result.output
+
+
+def test_worker_import_with_syntax_error_shows_file_and_line(authkey_env, tmp_path, monkeypatch):
+    (tmp_path / "broken_tasks.py").write_text("def f(:\n")
+    monkeypatch.chdir(tmp_path)
+    result = run(["worker"], env={"PROCFLEET_IMPORTS": "broken_tasks"})
+    assert result.exit_code == 2
+    assert "SyntaxError" in result.output and "broken_tasks.py, line 1" in result.output
+
+
+def test_worker_bad_concurrency(authkey_env):
+    result = run(["worker", "--concurrency", "0"])
+    assert result.exit_code == 2 and "--concurrency" in result.output
+
+
+def test_ping_without_master_is_exit_3(authkey_env):
+    result = run(["ping", "--master", "127.0.0.1:1"])
+    assert result.exit_code == 3 and "not reachable" in result.output
