@@ -1,0 +1,19 @@
+import pytest
+
+from procs import Proc
+
+
+@pytest.fixture
+def spawn(authkey_env):
+    """Factory: start `procfleet ...` processes; any still running at teardown are killed."""
+    started: list[Proc] = []
+
+    def start(*args, env=None, python=None):
+        proc = Proc(list(args), env=env, **({"python": python} if python else {}))
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait(10)

@@ -1,0 +1,137 @@
+"""Real master and worker processes on loopback: exactly once, through kills and bad keys."""
+
+import json
+import socket
+import time
+
+from procs import assert_exactly_once, master_port, read_results, summary, wait_until
+
+WRONG_KEY = "this-is-not-the-right-key"
+
+
+def write_tasks(path, tasks):
+    path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    return str(path)
+
+
+def test_demo_batch_with_local_workers_arrives_exactly_once(spawn, tmp_path):
+    out = tmp_path / "results.jsonl"
+    master = spawn("master", "--demo", "500", "--local-workers", "4", "--bind", "127.0.0.1:0",
+                   "--results", str(out))
+    assert master.wait(60) == 0, master.stderr
+    results = read_results(out)
+    assert_exactly_once(results, {str(i): i * i for i in range(500)})
+    assert all(r["task"] == "square" and r["attempts"] == 1 and r["worker"] for r in results)
+    stats = summary(master)
+    assert stats["duplicates_dropped"] == 0 and stats["ok"] == 500
+    assert "Traceback" not in master.stderr
+
+
+def test_failed_and_unknown_tasks_end_as_failed_results_exit_1(spawn, tmp_path):
+    tasks = write_tasks(tmp_path / "t.jsonl", [
+        {"id": "ok", "task": "square", "args": [4]},
+        {"id": "boom", "task": "fail", "args": ["kaput"]},
+        {"id": "what", "task": "no_such_task"},
+        {"id": "slept", "task": "sleep", "args": [0], "kwargs": {"value": {"a": [1]}}},
+    ])
+    out = tmp_path / "results.jsonl"
+    master = spawn("master", "--tasks", tasks, "--local-workers", "2", "--bind", "127.0.0.1:0",
+                   "--results", str(out))
+    assert master.wait(60) == 1, master.stderr
+    by_id = {r["id"]: r for r in read_results(out)}
+    assert set(by_id) == {"ok", "boom", "what", "slept"}
+    assert by_id["ok"]["result"] == 16 and by_id["ok"]["error"] is None
+    assert by_id["slept"]["result"] == {"a": [1]}
+    boom = by_id["boom"]
+    assert boom["status"] == "failed" and boom["result"] is None
+    assert boom["error"].startswith("RuntimeError: kaput") and "Traceback" in boom["error"]
+    assert by_id["what"]["status"] == "failed"
+    assert "unknown task 'no_such_task'" in by_id["what"]["error"]
+
+
+def test_worker_killed_mid_batch_loses_nothing(spawn, tmp_path):
+    n, lease_timeout = 40, 1.0
+    tasks = write_tasks(tmp_path / "t.jsonl",
+                        [{"id": f"t{i}", "task": "sleep", "args": [0.15, i]} for i in range(n)])
+    out = tmp_path / "results.jsonl"
+    master = spawn("master", "--tasks", tasks, "--bind", "127.0.0.1:0", "--results", str(out),
+                   "--lease-timeout", str(lease_timeout), "--timeout", "120")
+    address = f"127.0.0.1:{master_port(master)}"
+    victim = spawn("worker", "--master", address, "--id", "victim", "--concurrency", "2")
+    spawn("worker", "--master", address, "--id", "survivor", "--concurrency", "2")
+    wait_until(lambda: any(r["worker"] == "victim" for r in read_results(out)), 30,
+               "the victim to finish a task")
+    victim.kill()
+    killed_at = time.monotonic()
+    requeued_at, m = master.wait_for(r"worker victim silent for [\d.]+ s: requeued (\d+) tasks")
+    assert int(m.group(1)) >= 1
+    assert master.wait(60) == 0, master.stderr
+    assert_exactly_once(read_results(out), {f"t{i}": i for i in range(n)})
+    stats = summary(master)
+    assert stats["requeued"] >= 1
+    recovery = requeued_at - killed_at
+    print(f"\nkill-to-requeue {recovery:.2f} s (lease timeout {lease_timeout} s), "
+          f"requeued {stats['requeued']:.0f}, duplicates dropped {stats['duplicates_dropped']:.0f}")
+    assert lease_timeout / 2 <= recovery <= lease_timeout + 2   # last heartbeat was before the kill
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_worker_started_before_the_master_waits_for_it(spawn, tmp_path):
+    port = free_port()
+    worker = spawn("worker", "--master", f"127.0.0.1:{port}", "--connect-timeout", "30")
+    worker.wait_for(r"retrying for up to")
+    out = tmp_path / "results.jsonl"
+    master = spawn("master", "--demo", "50", "--bind", f"127.0.0.1:{port}", "--results", str(out))
+    assert master.wait(60) == 0, master.stderr
+    assert worker.wait(30) == 0, worker.stderr
+    assert_exactly_once(read_results(out), {str(i): i * i for i in range(50)})
+
+
+def test_unreachable_master_is_exit_3_after_the_connect_timeout(spawn):
+    worker = spawn("worker", "--master", f"127.0.0.1:{free_port()}", "--connect-timeout", "1")
+    assert worker.wait(30) == 3
+    assert "gave up after 1 s" in worker.stderr and "Traceback" not in worker.stderr
+
+
+def test_wrong_key_is_refused_fast_and_the_batch_goes_on(spawn, tmp_path):
+    out = tmp_path / "results.jsonl"
+    master = spawn("master", "--demo", "40", "--demo-sleep", "0.05", "--local-workers", "1",
+                   "--bind", "127.0.0.1:0", "--results", str(out))
+    port = master_port(master)
+    started = time.monotonic()
+    intruder = spawn("worker", "--master", f"127.0.0.1:{port}",
+                     env={"PROCFLEET_AUTHKEY": WRONG_KEY})
+    assert intruder.wait(10) == 2
+    refused_in = time.monotonic() - started
+    assert "authentication failed connecting to master" in intruder.stderr
+    assert "PROCFLEET_AUTHKEY" in intruder.stderr and "Traceback" not in intruder.stderr
+    master.wait_for(r"refused connection from 127\.0\.0\.1:\d+: wrong key")
+    assert master.wait(60) == 0, master.stderr
+    assert_exactly_once(read_results(out), {str(i): i * i for i in range(40)})
+    print(f"\nwrong key refused in {refused_in:.2f} s (process start included)")
+
+
+def test_port_in_use_is_a_clear_exit_2(spawn):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        master = spawn("master", "--demo", "1", "--bind", f"127.0.0.1:{s.getsockname()[1]}")
+        assert master.wait(30) == 2
+    assert "cannot listen on 127.0.0.1:" in master.stderr
+    assert "Traceback" not in master.stderr
+
+
+def test_timeout_with_unfinished_tasks_is_exit_3_and_keeps_finished_results(spawn, tmp_path):
+    tasks = write_tasks(tmp_path / "t.jsonl", [{"id": "quick", "task": "square", "args": [2]},
+                                               {"id": "slow", "task": "sleep", "args": [30]}])
+    out = tmp_path / "results.jsonl"
+    master = spawn("master", "--tasks", tasks, "--local-workers", "2", "--bind", "127.0.0.1:0",
+                   "--results", str(out), "--timeout", "2")
+    assert master.wait(60) == 3, master.stderr
+    assert [(r["id"], r["result"]) for r in read_results(out)] == [("quick", 4)]
+    assert "--timeout 2 s passed with 1 of 2 tasks unfinished" in master.stderr

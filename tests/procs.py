@@ -1,0 +1,113 @@
+"""Real procfleet processes for end-to-end tests: start, watch stderr, wait, clean up."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+POLL = 0.05
+
+
+class Proc:
+    """A `procfleet ...` child process whose stderr lines are collected with arrival times."""
+
+    def __init__(self, args, env=None, python=sys.executable):
+        self.args = args
+        self.popen = subprocess.Popen(
+            [python, "-m", "procfleet.shared.cli", *args],
+            env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[tuple[float, str]] = []
+        self.cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.popen.stderr:
+            with self.cond:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    @property
+    def stderr(self) -> str:
+        with self.cond:
+            return "\n".join(line for _, line in self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 20) -> tuple[float, re.Match]:
+        """Block until a stderr line matches `pattern`; return (arrival time, match)."""
+        regex = re.compile(pattern)
+        seen = 0
+
+        def found():
+            nonlocal seen
+            for t, line in self.lines[seen:]:
+                seen += 1
+                m = regex.search(line)
+                if m:
+                    return t, m
+            return None
+
+        with self.cond:
+            hit = self.cond.wait_for(lambda: found() or (self.popen.poll() is not None
+                                                          and not self._reader.is_alive()),
+                                     timeout)
+            if isinstance(hit, tuple):
+                return hit
+            hit = found()
+        if hit:
+            return hit
+        raise AssertionError(f"no stderr line matched {pattern!r} within {timeout} s; "
+                             f"stderr so far:\n{self.stderr}")
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.popen.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+
+def master_port(master: Proc) -> int:
+    _, m = master.wait_for(r"serving \d+ tasks on [\d.]+:(\d+)")
+    return int(m.group(1))
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_until(predicate, timeout: float, what: str):
+    """Re-check `predicate` until it is truthy or `timeout` passes (for state kept in files)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(POLL)
+
+
+def summary(master: Proc) -> dict[str, float]:
+    _, m = master.wait_for(r"summary: (.*)")
+    return {k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+
+
+def assert_exactly_once(results: list[dict], expected: dict[str, object]) -> None:
+    """Every expected id has exactly one ok result with the expected value, nothing else."""
+    ids = [r["id"] for r in results]
+    assert len(ids) == len(set(ids)), "duplicate result ids"
+    assert set(ids) == set(expected), f"missing {set(expected) - set(ids)}, extra {set(ids) - set(expected)}"
+    wrong = [r for r in results if r["status"] != "ok" or r["result"] != expected[r["id"]]]
+    assert not wrong, f"wrong results: {wrong[:3]}"
