@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Downloads, on the host, the wheels the images need (our pyprojects' third-party build requirements
+# and dependencies) into build/wheels/. The Dockerfiles install offline from there when it holds
+# wheels, so an image build needs no network (and no CA certificates) inside the build.
+#
+# Usage: scripts/wheels.sh
+# Env: PYTHON (host interpreter with pip, default python3), WHEELS_DIR (default build/wheels),
+#      WHEELS_PYTHON_VERSION (oldest Python the images run, default 3.11).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+dest=${WHEELS_DIR:-build/wheels}
+pyver=${WHEELS_PYTHON_VERSION:-3.11}
+
+say() { printf 'wheels: %s\n' "$*" >&2; }
+
+mkdir -p "$dest"
+tmp=$(mktemp -d "$dest/.download.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+"$python" scripts/requirements.py shared/pyproject.toml master/pyproject.toml worker/pyproject.toml \
+    >"$tmp/requirements.txt"
+say "downloading $(paste -sd' ' "$tmp/requirements.txt") for Python $pyver into $dest/"
+# Pure-Python wheels only: the images may run another Python or platform than this host.
+if ! timeout 300 "$python" -m pip download --quiet --disable-pip-version-check \
+        --only-binary=:all: --python-version "$pyver" \
+        --dest "$tmp" -r "$tmp/requirements.txt"; then
+    if compgen -G "$dest/*.whl" >/dev/null; then
+        say "download failed; keeping the wheels already in $dest/"
+        exit 0
+    fi
+    say "download failed and $dest/ has no wheels: check this host's access to the package index"
+    exit 1
+fi
+# Replace the previous set, so stale versions do not linger.
+rm -f "$dest"/*.whl
+mv "$tmp"/*.whl "$dest"/
+say "ready: $(cd "$dest" && ls -- *.whl | paste -sd' ')"
