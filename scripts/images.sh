@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds procfleet-master:latest and procfleet-worker:latest through docker-compose.yml, with no
+# network needed inside the builds: the wheels come from the host (scripts/wheels.sh), and the base
+# image is $PROCFLEET_BASE_IMAGE or the Dockerfiles' pinned default, pulled if absent; when it
+# cannot be pulled, the local Debian base (scripts/build-base-image.sh) stands in.
+#
+# Usage: scripts/images.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+default=$(sed -n 's/^ARG BASE_IMAGE=//p' master/Dockerfile)
+base=${PROCFLEET_BASE_IMAGE:-$default}
+local_base=${PROCFLEET_LOCAL_BASE:-procfleet-base:bookworm}
+
+if docker image inspect "$base" >/dev/null 2>&1; then
+    say "base image $base is here"
+elif say "pulling base image $base (at most 60s)" && timeout 60 docker pull -q "$base" >/dev/null; then
+    say "pulled $base"
+else
+    say "cannot pull $base: building on the local Debian base $local_base instead"
+    PROCFLEET_LOCAL_BASE=$local_base scripts/build-base-image.sh
+    base=$local_base
+fi
+
+scripts/wheels.sh
+
+export PROCFLEET_BASE_IMAGE=$base
+say "building the images on $base"
+start=$SECONDS
+with_any_key compose build master worker
+say "built procfleet-master:latest and procfleet-worker:latest in $((SECONDS - start))s"

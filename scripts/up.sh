@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the compose demo: the master and WORKERS workers until the master exits, then removes the
+# containers and the network. Exits with the master's code (0 all ok, 1 some failed, 2 usage or
+# configuration, 3 timeout/unfinished).
+#
+# Usage: scripts/up.sh [WORKERS]   (default $WORKERS or 4; needs the images and a key: `make up`)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+workers=${1:-${WORKERS:-4}}
+
+# Ctrl-C reaches compose too (it stops the containers); this shell then still cleans up.
+trap 'say "interrupted; removing the containers"' INT TERM
+
+# --exit-code-from implies --abort-on-container-exit: when the first container exits (often a
+# worker told that the batch is over), compose stops the rest; the master answers SIGTERM after
+# its batch with the batch's own exit code, which compose returns.
+compose up --scale worker="$workers" --exit-code-from master
+code=$?
+
+if ! with_any_key compose down --remove-orphans >/dev/null 2>&1; then
+    say "could not remove the containers: run 'make down'"
+fi
+say "master exited $code"
+exit "$code"
