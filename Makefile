@@ -1,0 +1,64 @@
+# procfleet's everyday commands; `make` lists them. The work is done by scripts/ so that the same
+# steps run by hand, in CI and in the README.
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+WORKERS ?= 4
+# `docker compose` (v2) when present, else docker-compose (v1).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+export PYTHON COMPOSE
+
+PYPROJECTS := shared/pyproject.toml master/pyproject.toml worker/pyproject.toml
+VENV_STAMP := $(VENV)/.procfleet-installed
+
+.PHONY: help venv unit integration test base-image wheels images .env up down clean distclean
+
+help: ## Show this list
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_.-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+venv: $(VENV_STAMP) ## Dev venv: editable shared/master/worker + pytest, pytest-docker, docker
+
+# A real file, so the install re-runs only when a pyproject changes.
+$(VENV_STAMP): $(PYPROJECTS)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --disable-pip-version-check \
+	    -e ./shared -e ./master -e ./worker --config-settings editable_mode=compat \
+	    pytest pytest-docker pytest-timeout docker
+	touch $@
+
+unit: venv ## Unit and end-to-end tests (no Docker)
+	$(VENV)/bin/python -m pytest tests/unit tests/e2e
+
+integration: venv images ## Integration tests against the real images and docker-compose.yml
+	$(VENV)/bin/python -m pytest tests/integration
+
+test: ## unit, then integration
+	$(MAKE) --no-print-directory unit
+	$(MAKE) --no-print-directory integration
+
+base-image: ## Build the local Debian base image procfleet-base:bookworm (mmdebstrap)
+	scripts/build-base-image.sh
+
+wheels: ## Download the images' wheels into build/wheels/ (offline image builds)
+	scripts/wheels.sh
+
+images: ## Build procfleet-master and procfleet-worker (local base if no registry)
+	scripts/images.sh
+
+.env: ## Write .env with a random PROCFLEET_AUTHKEY unless it has one
+	scripts/env-file.sh .env
+
+up: images .env ## Run the demo: master + WORKERS (4) workers; fails unless the master exits 0
+	scripts/up.sh $(WORKERS)
+
+down: ## Stop and remove the compose containers and network
+	scripts/down.sh
+
+clean: ## down -v, and remove the downloaded wheels and build output
+	scripts/down.sh -v
+	rm -rf build/wheels/*.whl build/wheels/.download.*
+
+distclean: clean ## clean, and remove the venv and the images
+	rm -rf $(VENV)
+	-docker image rm procfleet-master:latest procfleet-worker:latest procfleet-base:bookworm
