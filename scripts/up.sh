@@ -19,6 +19,16 @@ trap 'say "interrupted; removing the containers"' INT TERM
 compose up --scale worker="$workers" --exit-code-from master
 code=$?
 
+# Trust the master container over compose: v1 returns 1 ("unhealthy") without attaching when the
+# master exits before its first health check, e.g. on a configuration error.
+master=$(with_any_key compose ps -a -q master 2>/dev/null | head -n 1)
+state=$( [ -n "$master" ] && docker inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$master" 2>/dev/null)
+if [ "${state%% *}" = exited ] && [ "${state##* }" != "$code" ]; then
+    say "compose returned $code but the master exited ${state##* }; its last lines:"
+    docker logs --tail 20 "$master" 2>&1 | sed 's/^/  master | /' >&2
+    code=${state##* }
+fi
+
 if ! with_any_key compose down --remove-orphans >/dev/null 2>&1; then
     say "could not remove the containers: run 'make down'"
 fi
