@@ -28,5 +28,7 @@ scripts/wheels.sh
 export PROCFLEET_BASE_IMAGE=$base
 say "building the images on $base"
 start=$SECONDS
-with_any_key compose build master worker
+# v1 builds with the legacy builder, which leaves a failed step's container behind unless told.
+if [ "$COMPOSE" = docker-compose ]; then build_opts=(--force-rm); else build_opts=(); fi
+with_any_key compose build "${build_opts[@]}" master worker
 say "built procfleet-master:latest and procfleet-worker:latest in $((SECONDS - start))s"

@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 
 workers=${1:-${WORKERS:-4}}
 
-# Ctrl-C reaches compose too (it stops the containers); this shell then still cleans up.
-trap 'say "interrupted; removing the containers"' INT TERM
+# Ctrl-C reaches compose too, which stops the containers; a handler (not an ignore, which compose
+# would inherit) keeps this shell alive to remove them even if compose dies of the signal.
+trap : INT TERM
 
 # --exit-code-from implies --abort-on-container-exit: when the first container exits (often a
 # worker told that the batch is over), compose stops the rest; the master answers SIGTERM after
@@ -19,13 +20,16 @@ trap 'say "interrupted; removing the containers"' INT TERM
 compose up --scale worker="$workers" --exit-code-from master
 code=$?
 
-# Trust the master container over compose: v1 returns 1 ("unhealthy") without attaching when the
-# master exits before its first health check, e.g. on a configuration error.
+# Trust the master container over compose. docker-compose v1 returns 0 after Ctrl-C, and 1
+# ("unhealthy") without attaching when the master exits before its first health check, e.g. on a
+# configuration error: then show what the master said.
 master=$(with_any_key compose ps -a -q master 2>/dev/null | head -n 1)
 state=$( [ -n "$master" ] && docker inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$master" 2>/dev/null)
 if [ "${state%% *}" = exited ] && [ "${state##* }" != "$code" ]; then
-    say "compose returned $code but the master exited ${state##* }; its last lines:"
-    docker logs --tail 20 "$master" 2>&1 | sed 's/^/  master | /' >&2
+    if [ "$code" != 0 ]; then
+        say "compose returned $code but the master exited ${state##* }; its last lines:"
+        docker logs --tail 20 "$master" 2>&1 | sed 's/^/  master | /' >&2
+    fi
     code=${state##* }
 fi
 
