@@ -32,7 +32,8 @@ class FakeTime:
 def fake_connect(failures: int, error=MasterUnreachable("master x is not reachable")):
     calls = []
 
-    def connect(address, authkey):
+    def connect(address, authkey, timeout):
+        assert 0 <= timeout <= connection.ATTEMPT_TIMEOUT
         calls.append(address)
         if len(calls) <= failures:
             raise error

@@ -14,6 +14,7 @@ from traceback import format_exc
 from procfleet.shared.errors import ConfigError
 from procfleet.shared.manager import DISPATCHER, DISPATCHER_METHODS, DispatcherProxy, FleetManager
 from procfleet.shared.settings import format_address
+from procfleet.shared.transport import set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class MasterServer(Server):
             except AttributeError:   # the listener was closed under us
                 conn.close()
                 return
+            set_nodelay(conn.fileno())
             threading.Thread(target=self.handle_request, args=(conn, peer), daemon=True).start()
 
     def handle_request(self, conn, peer=None):
@@ -124,7 +126,7 @@ def start_server(service, address: tuple[str, int], authkey: bytes) -> MasterSer
 
     # A closure is fine here: this manager is never start()ed, so its registry is never pickled.
     MasterManager.register(DISPATCHER, callable=lambda: service, proxytype=DispatcherProxy,
-                           exposed=DISPATCHER_METHODS)
+                           exposed=DISPATCHER_METHODS, create_method=False)
     try:
         server = MasterServer(MasterManager._registry, address, authkey, "pickle")
     except OSError as exc:

@@ -5,10 +5,11 @@ The master registers the dispatcher typeid with a callable (procfleet.master.ser
 """
 
 from multiprocessing import AuthenticationError
-from multiprocessing.managers import BaseManager, BaseProxy
+from multiprocessing.managers import BaseManager, BaseProxy, State, dispatch
 
 from .errors import AuthenticationFailed, MasterUnreachable
 from .settings import ENV_AUTHKEY, ENV_AUTHKEY_FILE, format_address
+from .transport import bounded_client
 
 PROTOCOL_VERSION = 1
 
@@ -20,6 +21,9 @@ DISPATCHER_METHODS = ("hello", "exchange", "goodbye", "ping")
 #: what `exchange` tells a worker to do next
 RUN = "run"
 STOP = "stop"
+
+#: the longest one connection attempt (resolve, connect, authenticate) may take
+ATTEMPT_TIMEOUT = 10.0
 
 #: errors that mean "nobody answered there (yet)": worth retrying
 CONNECT_ERRORS = (ConnectionError, EOFError, TimeoutError, OSError)
@@ -45,10 +49,37 @@ class DispatcherProxy(BaseProxy):
 
 
 class FleetManager(BaseManager):
-    """The manager both sides agree on."""
+    """The manager both sides agree on; the worker's side connects with a deadline."""
+
+    def __init__(self, address, authkey, timeout: float = 10.0):
+        super().__init__(address=address, authkey=authkey)
+        self._Client = bounded_client(timeout)
+
+    def connect(self):
+        """BaseManager.connect, through the bounded client (the stock one has no timeout)."""
+        conn = self._Client(self._address, authkey=self._authkey)
+        try:
+            dispatch(conn, None, "dummy")
+        finally:
+            conn.close()
+        self._state.value = State.STARTED
+
+    def dispatcher(self) -> DispatcherProxy:
+        """A proxy for the master's dispatcher.
+
+        The master owns the dispatcher for the whole batch and workers never release it, so
+        the proxy skips the incref/decref round trips, and no finalizer tries to reach a
+        master that is already gone when the worker exits.
+        """
+        token, exposed = self._create(DISPATCHER)
+        proxy = DispatcherProxy(token, self._serializer, manager=self, authkey=self._authkey,
+                                exposed=exposed, incref=False)
+        proxy._Client = self._Client
+        return proxy
 
 
-FleetManager.register(DISPATCHER, proxytype=DispatcherProxy, exposed=DISPATCHER_METHODS)
+FleetManager.register(DISPATCHER, proxytype=DispatcherProxy, exposed=DISPATCHER_METHODS,
+                      create_method=False)
 
 
 def auth_failure_message(address: tuple[str, int]) -> str:
@@ -59,20 +90,22 @@ def auth_failure_message(address: tuple[str, int]) -> str:
     )
 
 
-def connect(address: tuple[str, int], authkey: bytes, manager_class=FleetManager) -> DispatcherProxy:
-    """Connect once and return the dispatcher proxy.
+def connect(address: tuple[str, int], authkey: bytes,
+            timeout: float = ATTEMPT_TIMEOUT) -> DispatcherProxy:
+    """Connect once, within `timeout` seconds, and return the dispatcher proxy.
 
     Raises AuthenticationFailed for a wrong key and MasterUnreachable when nobody answers.
     """
-    manager = manager_class(address=address, authkey=authkey)
+    manager = FleetManager(address, authkey, timeout=max(timeout, 0.1))
     try:
         manager.connect()
-        proxy = getattr(manager, DISPATCHER)()
+        proxy = manager.dispatcher()
         proxy._connect()
     except AuthenticationError:
         raise AuthenticationFailed(auth_failure_message(address)) from None
     except CONNECT_ERRORS as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) \
+            or str(exc) or type(exc).__name__
         raise MasterUnreachable(
             f"master {format_address(address)} is not reachable: {reason}"
         ) from None

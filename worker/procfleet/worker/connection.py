@@ -6,7 +6,7 @@ import threading
 import time
 
 from procfleet.shared.errors import MasterUnreachable
-from procfleet.shared.manager import DispatcherProxy, connect
+from procfleet.shared.manager import ATTEMPT_TIMEOUT, DispatcherProxy, connect
 from procfleet.shared.settings import format_address
 
 log = logging.getLogger(__name__)
@@ -23,18 +23,19 @@ def connect_with_retry(address: tuple[str, int], authkey: bytes, timeout: float,
     A wrong key (AuthenticationFailed) is not retried: no amount of waiting fixes it.
     """
     rng = rng or random.Random()
-    deadline = clock() + timeout
+    started = clock()
+    deadline = started + timeout
     delay = INITIAL_BACKOFF
     attempt = 0
     while not stop.is_set():
         attempt += 1
         try:
-            return connect(address, authkey)
+            return connect(address, authkey, timeout=min(ATTEMPT_TIMEOUT, deadline - clock()))
         except MasterUnreachable as exc:
             remaining = deadline - clock()
             if remaining <= 0:
                 raise MasterUnreachable(
-                    f"{exc}; gave up after {timeout:g} s and {attempt} attempts "
+                    f"{exc}; gave up after {clock() - started:.0f} s and {attempt} attempts "
                     "(is the master running? see --master and --connect-timeout)") from None
             if attempt == 1:
                 log.info("%s; retrying for up to %.0f s", exc, remaining)

@@ -1,0 +1,84 @@
+"""TCP connections for the manager protocol, bounded in time and without Nagle delays.
+
+multiprocessing's own Client resolves and connects with no time limit and leaves Nagle's
+algorithm on, which costs ~40 ms per handshake message against delayed ACKs. This client:
+resolves within a deadline, connects and authenticates within it, sets TCP_NODELAY, and keeps a
+receive timeout on the connection so a silent master cannot hang a call forever.
+"""
+
+import socket
+import struct
+import threading
+from multiprocessing import connection
+
+#: the longest one call may wait for the master's reply once connected (long polls are ~1 s)
+CALL_TIMEOUT = 30.0
+
+
+def set_nodelay(fileno: int) -> None:
+    """Turn Nagle's algorithm off on the TCP socket behind `fileno` (no-op for other sockets)."""
+    sock = socket.socket(fileno=fileno)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
+
+
+def set_recv_timeout(fileno: int, seconds: float) -> None:
+    """A kernel receive timeout on a blocking socket: a read past it fails with EAGAIN."""
+    sock = socket.socket(fileno=fileno)
+    try:
+        whole = int(seconds)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+    finally:
+        sock.detach()
+
+
+def resolve(host: str, port: int, timeout: float) -> tuple:
+    """getaddrinfo within `timeout` seconds (it has no timeout of its own); the first address."""
+    box: dict = {}
+
+    def lookup():
+        try:
+            box["infos"] = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as exc:
+            box["error"] = exc
+
+    worker = threading.Thread(target=lookup, name="resolve", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if "error" in box:
+        raise box["error"]
+    if "infos" not in box:
+        raise TimeoutError(f"resolving {host!r} took longer than {timeout:g} s")
+    return box["infos"][0][4]
+
+
+def bounded_client(timeout: float):
+    """A replacement for multiprocessing.connection.Client with a deadline per connection."""
+
+    def client(address, family=None, authkey=None):
+        host, port = address
+        sockaddr = resolve(host, port, timeout)
+        sock = socket.create_connection(sockaddr, timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(None)          # Connection reads the raw fd: it must block
+            conn = connection.Connection(sock.detach())
+        finally:
+            sock.close()
+        try:
+            set_recv_timeout(conn.fileno(), timeout)
+            if authkey is not None:
+                connection.answer_challenge(conn, authkey)
+                connection.deliver_challenge(conn, authkey)
+            set_recv_timeout(conn.fileno(), CALL_TIMEOUT)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    return client
