@@ -1,0 +1,108 @@
+"""The real docker-compose.yml: scaled clusters, a killed worker container, a wrong key."""
+
+import json
+import re
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+WRONG_KEY = "not-the-cluster-key-0123"
+
+
+def results(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def assert_exactly_once(records: list[dict], n: int) -> None:
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)), "a task id has two results"
+    assert set(ids) == {str(i) for i in range(n)}
+    bad = [r for r in records if r["status"] != "ok" or r["result"] != int(r["id"]) ** 2]
+    assert not bad, bad[:3]
+
+
+def summary(stderr: str) -> dict[str, float]:
+    m = re.search(r"summary: (.*)", stderr)
+    assert m, stderr
+    return {k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("workers", [1, 4, 8])
+def test_scaled_cluster_delivers_every_result_exactly_once(cluster, workers):
+    n = 400    # 0.02 s each: long enough that every worker container joins in
+    c = cluster(workers=workers, PROCFLEET_DEMO=n, PROCFLEET_DEMO_SLEEP=0.02)
+    assert c.master.wait(timeout=180)["StatusCode"] == 0, c.master_stderr()
+    records = results(c.master_stdout())
+    assert_exactly_once(records, n)
+    delivered = {r["worker"] for r in records}
+    hostnames = {w.attrs["Config"]["Hostname"] for w in c.containers("worker")}
+    assert {d.rsplit("-", 1)[0] for d in delivered} <= hostnames
+    assert len(delivered) >= (workers + 1) // 2, f"only {delivered} of {workers} workers worked"
+    stats = summary(c.master_stderr())
+    print(f"\n{workers} workers: {len(records)} results, "
+          f"{stats['duplicates_dropped']:.0f} duplicates dropped, "
+          f"{len(delivered)} workers delivered, {stats['seconds']:.2f} s")
+
+
+@pytest.mark.docker
+def test_killed_worker_container_loses_nothing(cluster):
+    n, lease_timeout = 80, 2
+    c = cluster(workers=4, PROCFLEET_DEMO=n, PROCFLEET_DEMO_SLEEP=0.2,
+                PROCFLEET_LEASE_TIMEOUT=lease_timeout)
+    victim_id = wait_until(
+        lambda: next((r["worker"] for r in results(c.master_stdout())), None), 120,
+        "the first result")
+    [victim] = [w for w in c.workers() if w.attrs["Config"]["Hostname"] == victim_id.rsplit("-", 1)[0]]
+    victim.kill()
+    killed_at = datetime.now(timezone.utc)
+    assert c.master.wait(timeout=180)["StatusCode"] == 0, c.master_stderr()
+    records = results(c.master_stdout())
+    assert_exactly_once(records, n)
+    stderr = c.master.logs(stdout=False, stderr=True, timestamps=True).decode()
+    m = re.search(rf"^(\S+) .*worker {re.escape(victim_id)} silent for .* requeued (\d+) tasks",
+                  stderr, re.M)
+    assert m, stderr
+    requeued_at = datetime.fromisoformat(m.group(1)[:26] + "+00:00")
+    stats = summary(stderr)
+    assert stats["requeued"] >= 1
+    assert any(r["attempts"] > 1 for r in records)
+    print(f"\nkilled {victim_id}: {len(records)} results, requeued {m.group(2)}, "
+          f"duplicates dropped {stats['duplicates_dropped']:.0f}, "
+          f"kill-to-requeue {(requeued_at - killed_at).total_seconds():.2f} s")
+
+
+@pytest.mark.docker
+def test_worker_container_with_wrong_key_is_refused_and_batch_unaffected(cluster, docker_client):
+    n = 60
+    c = cluster(workers=2, PROCFLEET_DEMO=n, PROCFLEET_DEMO_SLEEP=0.1)
+    wait_until(lambda: results(c.master_stdout()), 120, "the first result")
+    intruder = docker_client.containers.run(
+        "procfleet-worker:latest", detach=True, network=c.network,
+        environment={"PROCFLEET_AUTHKEY": WRONG_KEY, "PROCFLEET_MASTER": "master:50000"},
+        labels={"com.docker.compose.project": c.project})
+    try:
+        started = time.monotonic()
+        assert intruder.wait(timeout=30)["StatusCode"] == 2
+        refused_in = time.monotonic() - started
+        logs = intruder.logs().decode()
+    finally:
+        intruder.remove(force=True)
+    assert "authentication failed connecting to master master:50000" in logs
+    assert "Traceback" not in logs
+    assert c.master.wait(timeout=120)["StatusCode"] == 0, c.master_stderr()
+    assert_exactly_once(results(c.master_stdout()), n)
+    assert re.search(r"refused connection from [\d.]+:\d+: wrong key", c.master_stderr())
+    print(f"\nwrong-key container exited 2 after {refused_in:.2f} s (container start included)")
