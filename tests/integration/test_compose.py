@@ -89,6 +89,7 @@ def test_worker_container_with_wrong_key_is_refused_and_batch_unaffected(cluster
     n = 60
     c = cluster(workers=2, PROCFLEET_DEMO=n, PROCFLEET_DEMO_SLEEP=0.1)
     wait_until(lambda: results(c.master_stdout()), 120, "the first result")
+    assert c.master.attrs["State"]["Health"]["Status"] == "healthy"
     intruder = docker_client.containers.run(
         "procfleet-worker:latest", detach=True, network=c.network,
         environment={"PROCFLEET_AUTHKEY": WRONG_KEY, "PROCFLEET_MASTER": "master:50000"},
