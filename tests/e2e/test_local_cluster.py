@@ -1,6 +1,7 @@
 """Real master and worker processes on loopback: exactly once, through kills and bad keys."""
 
 import json
+import signal
 import socket
 import time
 
@@ -135,3 +136,25 @@ def test_timeout_with_unfinished_tasks_is_exit_3_and_keeps_finished_results(spaw
     assert master.wait(60) == 3, master.stderr
     assert [(r["id"], r["result"]) for r in read_results(out)] == [("quick", 4)]
     assert "--timeout 2 s passed with 1 of 2 tasks unfinished" in master.stderr
+
+
+def test_sigterm_hands_leased_tasks_back_at_once(spawn, tmp_path):
+    n = 30
+    tasks = write_tasks(tmp_path / "t.jsonl",
+                        [{"id": f"t{i}", "task": "sleep", "args": [0.2, i]} for i in range(n)])
+    out = tmp_path / "results.jsonl"
+    master = spawn("master", "--tasks", tasks, "--bind", "127.0.0.1:0", "--results", str(out),
+                   "--lease-timeout", "30", "--timeout", "20")
+    address = f"127.0.0.1:{master_port(master)}"
+    leaver = spawn("worker", "--master", address, "--id", "leaver", "--concurrency", "2")
+    wait_until(lambda: any(r["worker"] == "leaver" for r in read_results(out)), 30,
+               "the leaving worker to finish a task")
+    spawn("worker", "--master", address, "--id", "stayer", "--concurrency", "2")
+    leaver.kill(signal.SIGTERM)
+    assert leaver.wait(10) == 0
+    _, m = master.wait_for(r"worker leaver left, handing back (\d+) tasks")
+    assert int(m.group(1)) >= 1
+    # Held tasks could only come back by expiry after 30 s, past --timeout 20: exit 3.
+    assert master.wait(60) == 0, master.stderr
+    assert_exactly_once(read_results(out), {f"t{i}": i for i in range(n)})
+    assert summary(master)["requeued"] == 0

@@ -63,14 +63,24 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     return host, port
 
 
-def resolve_host(host: str, option: str) -> None:
-    """Fail with a clear message when `host` does not resolve."""
+def resolve_host(host: str, option: str, timeout: float = 10.0) -> None:
+    """Fail with a clear message when DNS says `host` does not exist.
+
+    Only a definite "no such name" is a configuration error; a temporary DNS failure or a
+    slow answer is left to the connect retries.
+    """
+    from .transport import resolve
+
     try:
-        socket.getaddrinfo(host, None)
+        resolve(host, 0, timeout)
     except socket.gaierror as exc:
-        raise ConfigError(
-            f"{option}: cannot resolve host {host!r} ({exc.strerror}); check the name"
-        ) from None
+        if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            raise ConfigError(
+                f"{option}: cannot resolve host {host!r} ({exc.strerror}); check the name "
+                "(with Docker, the master's container must exist on the same network)"
+            ) from None
+    except OSError:
+        pass
 
 
 def format_address(address: tuple[str, int]) -> str:
