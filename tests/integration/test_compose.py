@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
+from procs import wait_until
+
 WRONG_KEY = "not-the-cluster-key-0123"
 
 
@@ -26,17 +28,6 @@ def summary(stderr: str) -> dict[str, float]:
     m = re.search(r"summary: (.*)", stderr)
     assert m, stderr
     return {k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.mark.docker

@@ -29,23 +29,21 @@ class DispatcherService:
 
     # -- exposed to workers ---------------------------------------------------------------
     def hello(self, worker_id: str, info: dict) -> dict:
-        with self.cond:
-            d = self.dispatcher
-            known = worker_id in d.workers
-            worker = d.touch(worker_id)
-            state = STOP if self._finished() else RUN
-            if state == STOP:
-                worker.told_stop = True
-                self.cond.notify_all()
+        reply = {"protocol": PROTOCOL_VERSION, "lease_timeout": self.dispatcher.lease_timeout,
+                 "heartbeat_interval": self.heartbeat_interval}
         if info.get("protocol") != PROTOCOL_VERSION:
             log.warning("worker %s from %s speaks protocol %s, this master %s: refused",
                         worker_id, current_peer(), info.get("protocol"), PROTOCOL_VERSION)
-        else:
-            log.info("worker %s %s from %s (python %s, concurrency %s)", worker_id,
-                     "reconnected" if known else "joined", current_peer(),
-                     info.get("python", "?"), info.get("concurrency", "?"))
-        return {"protocol": PROTOCOL_VERSION, "state": state,
-                "lease_timeout": d.lease_timeout, "heartbeat_interval": self.heartbeat_interval}
+            return {**reply, "state": STOP}
+        with self.cond:
+            known = worker_id in self.dispatcher.workers
+            self.dispatcher.touch(worker_id)
+            if self._finished():
+                return {**reply, "state": self._stop(worker_id)[1]}
+        log.info("worker %s %s from %s (python %s, concurrency %s)", worker_id,
+                 "reconnected" if known else "joined", current_peer(),
+                 info.get("python", "?"), info.get("concurrency", "?"))
+        return {**reply, "state": RUN}
 
     def exchange(self, worker_id: str, outcomes: list, want: int, wait: float) -> tuple:
         d = self.dispatcher
