@@ -158,3 +158,15 @@ def test_sigterm_hands_leased_tasks_back_at_once(spawn, tmp_path):
     assert master.wait(60) == 0, master.stderr
     assert_exactly_once(read_results(out), {f"t{i}": i for i in range(n)})
     assert summary(master)["requeued"] == 0
+
+
+def test_port_in_use_leaves_an_earlier_results_file_alone(spawn, tmp_path):
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"id": "earlier"}\n')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        master = spawn("master", "--demo", "1", "--bind", f"127.0.0.1:{s.getsockname()[1]}",
+                       "--results", str(out))
+        assert master.wait(30) == 2
+    assert out.read_text() == '{"id": "earlier"}\n'

@@ -6,30 +6,31 @@ from procfleet.shared.errors import ConfigError
 from procfleet.shared.records import dumps
 
 
+def _open(path: str, mode: str):
+    try:
+        return open(path, mode, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--results: cannot write {path!r}: {exc.strerror or exc}") from None
+
+
 class ResultWriter:
     def __init__(self, path: str) -> None:
-        self.path = path
-        self.count = 0
-        if path == "-":
-            self._fh = sys.stdout
-            self._close = False
-        else:
-            try:
-                self._fh = open(path, "w", encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(
-                    f"--results: cannot write {path!r}: {exc.strerror or exc}") from None
-            self._close = True
+        self._fh = sys.stdout if path == "-" else _open(path, "w")
+
+    @staticmethod
+    def check(path: str) -> None:
+        """ConfigError unless `path` can be written; an existing file is left as it is."""
+        if path != "-":
+            _open(path, "a").close()
 
     def write(self, records: list[dict]) -> None:
         if not records:
             return
         self._fh.write("".join(dumps(r) + "\n" for r in records))
         self._fh.flush()
-        self.count += len(records)
 
     def close(self) -> None:
-        if self._close:
-            self._fh.close()
-        else:
+        if self._fh is sys.stdout:
             self._fh.flush()
+        else:
+            self._fh.close()

@@ -43,20 +43,16 @@ def run_master(settings: MasterSettings) -> int:
         check_worker_installed()
     tasks = (demo_tasks(settings.demo, settings.demo_sleep) if settings.demo is not None
              else read_tasks(settings.tasks_path))
-    writer = ResultWriter(settings.results_path)
+    ResultWriter.check(settings.results_path)
     interrupt = Interrupt()
     interrupt.install()
-    try:
-        return Batch(settings, tasks, writer, interrupt).run()
-    finally:
-        writer.close()
+    return Batch(settings, tasks, interrupt).run()
 
 
 class Batch:
-    def __init__(self, settings: MasterSettings, tasks, writer: ResultWriter,
-                 interrupt: Interrupt) -> None:
+    def __init__(self, settings: MasterSettings, tasks, interrupt: Interrupt) -> None:
         self.settings = settings
-        self.writer = writer
+        self.writer: ResultWriter | None = None
         self.interrupt = interrupt
         self.dispatcher = Dispatcher(tasks, lease_timeout=settings.lease_timeout,
                                      max_attempts=settings.max_attempts)
@@ -65,8 +61,20 @@ class Batch:
 
     def run(self) -> int:
         s = self.settings
-        d = self.dispatcher
         server = start_server(self.service, s.bind, s.authkey)
+        try:
+            # Truncated only now: a port in use leaves an earlier results file as it was.
+            self.writer = ResultWriter(s.results_path)
+            try:
+                return self._serve(server)
+            finally:
+                self.writer.close()
+        finally:
+            server.close()
+
+    def _serve(self, server) -> int:
+        s = self.settings
+        d = self.dispatcher
         host, port = server.address
         log.info("serving %d tasks on %s (lease timeout %g s, max attempts %d)",
                  d.total, format_address((host, port)), s.lease_timeout, s.max_attempts)
@@ -103,7 +111,6 @@ class Batch:
         finally:
             if local is not None:
                 local.stop()        # still serving: a late local worker hears STOP too
-            server.close()
         return code
 
     def _tick(self) -> None:
