@@ -16,11 +16,11 @@ POLL = 0.05
 class Proc:
     """A `procfleet ...` child process whose stderr lines are collected with arrival times."""
 
-    def __init__(self, args, env=None, python=sys.executable):
+    def __init__(self, args, env=None, python=sys.executable, cwd=None, stdin=None):
         self.args = args
         self.popen = subprocess.Popen(
-            [python, "-m", "procfleet.shared.cli", *args],
-            env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+            [python, "-m", "procfleet.shared.cli", *args], cwd=cwd,
+            env={**os.environ, **(env or {})}, stdin=stdin or subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[tuple[float, str]] = []
         self.cond = threading.Condition()

@@ -8,8 +8,8 @@ def spawn(authkey_env):
     """Factory: start `procfleet ...` processes; any still running at teardown are killed."""
     started: list[Proc] = []
 
-    def start(*args, env=None, python=None):
-        proc = Proc(list(args), env=env, **({"python": python} if python else {}))
+    def start(*args, python=None, **kwargs):
+        proc = Proc(list(args), **({"python": python} if python else {}), **kwargs)
         started.append(proc)
         return proc
 

@@ -170,3 +170,21 @@ def test_port_in_use_leaves_an_earlier_results_file_alone(spawn, tmp_path):
                        "--results", str(out))
         assert master.wait(30) == 2
     assert out.read_text() == '{"id": "earlier"}\n'
+
+
+def test_tasks_from_stdin_and_a_user_task_module(spawn, tmp_path):
+    (tmp_path / "mytasks.py").write_text(
+        "from procfleet.shared.tasks import task\n\n"
+        "@task(name='shout')\n"
+        "def shout(word, times=1):\n"
+        "    return (word.upper() + '!') * times\n")
+    tasks = tmp_path / "t.jsonl"
+    write_tasks(tasks, [{"task": "shout", "args": ["hi"]},
+                        {"task": "shout", "args": ["yo"], "kwargs": {"times": 2}}])
+    out = tmp_path / "results.jsonl"
+    with open(tasks) as stdin:
+        master = spawn("master", "--tasks", "-", "--local-workers", "2", "--bind", "127.0.0.1:0",
+                       "--results", str(out), cwd=tmp_path, stdin=stdin,
+                       env={"PROCFLEET_IMPORTS": "mytasks"})
+        assert master.wait(60) == 0, master.stderr
+    assert {r["id"]: r["result"] for r in read_results(out)} == {"1": "HI!", "2": "YO!YO!"}
