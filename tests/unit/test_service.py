@@ -75,5 +75,5 @@ def test_other_protocol_version_is_refused_and_not_registered():
 def test_goodbye_requeues_what_the_worker_held():
     service, _ = make(n=2)
     tasks, _ = service.exchange("a", [], 2, 0)
-    service.goodbye("a", [t[0] for t in tasks])
+    service.goodbye("a")
     assert [t[0] for t in service.exchange("b", [], 2, 0)[0]] == [t[0] for t in tasks]

@@ -37,7 +37,6 @@ class Counters:
     duplicates: int = 0      # late results for tasks that already had one: dropped
     requeued: int = 0        # leases that expired and went back to the queue
     released: int = 0        # tasks handed back by a worker leaving on purpose
-    stray: int = 0           # results for ids this batch does not have
     workers_lost: int = 0
 
 
@@ -126,7 +125,8 @@ class Dispatcher:
         for outcome in outcomes:
             state = self.tasks.get(outcome.id)
             if state is None:
-                self.counters.stray += 1
+                self.events.append(f"worker {worker_id} sent a result for unknown task id "
+                                   f"{outcome.id!r}: ignored (a worker of another batch?)")
                 continue
             worker.held.pop(outcome.id, None)
             if state.done:

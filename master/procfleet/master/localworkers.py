@@ -46,7 +46,7 @@ class LocalWorkers:
                 self.reported.add(proc.pid)
                 if code != 0:
                     log.warning("local worker (pid %d) exited with code %d", proc.pid, code)
-        return running or not self.procs
+        return running
 
     def stop(self) -> None:
         deadline = time.monotonic() + EXIT_GRACE

@@ -141,9 +141,10 @@ class Batch:
                       "%d of %d tasks unfinished", unfinished, d.total)
         rate = d.finished / elapsed if elapsed > 0 else 0.0
         log.info("summary: tasks=%d ok=%d failed=%d unfinished=%d duplicates_dropped=%d "
-                 "requeued=%d workers=%d seconds=%.2f tasks_per_s=%.0f",
-                 d.total, c.ok, c.failed, unfinished, c.duplicates, c.requeued, len(d.workers),
-                 elapsed, rate)
+                 "requeued=%d handed_back=%d workers=%d workers_lost=%d seconds=%.2f "
+                 "tasks_per_s=%.0f",
+                 d.total, c.ok, c.failed, unfinished, c.duplicates, c.requeued, c.released,
+                 len(d.workers), c.workers_lost, elapsed, rate)
         if unfinished:
             return EXIT_UNFINISHED
         return EXIT_TASKS_FAILED if c.failed else EXIT_OK

@@ -43,11 +43,9 @@ class MasterServer(Server):
         self.mutex = threading.Lock()
         self.stop_event = threading.Event()
         self.auth_failures = 0
-        self._accepter = None
 
     def start(self) -> None:
-        self._accepter = threading.Thread(target=self.accepter, name="accepter", daemon=True)
-        self._accepter.start()
+        threading.Thread(target=self.accepter, name="accepter", daemon=True).start()
 
     def close(self) -> None:
         self.stop_event.set()

@@ -9,7 +9,7 @@ import logging
 import threading
 
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
-from procfleet.shared.records import Outcome, task_to_wire
+from procfleet.shared.records import outcome_from_wire, task_to_wire
 
 from .dispatcher import Dispatcher
 from .server import current_peer
@@ -49,7 +49,7 @@ class DispatcherService:
         d = self.dispatcher
         with self.cond:
             if outcomes:
-                d.complete(worker_id, (Outcome(*o) for o in outcomes))
+                d.complete(worker_id, map(outcome_from_wire, outcomes))
                 if d.done:
                     self.cond.notify_all()
             if self._finished():
@@ -63,11 +63,10 @@ class DispatcherService:
                 tasks = d.lease(worker_id, want)
             return [task_to_wire(t) for t in tasks], RUN
 
-    def goodbye(self, worker_id: str, unfinished: list) -> None:
+    def goodbye(self, worker_id: str) -> None:
         with self.cond:
             d = self.dispatcher
             held = len(d.workers[worker_id].held) if worker_id in d.workers else 0
-            d.release(worker_id, unfinished)
             d.leave(worker_id)
             if held:
                 self.cond.notify_all()

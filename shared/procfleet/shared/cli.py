@@ -5,12 +5,13 @@ subcommand through the `procfleet.commands` entry-point group, so neither image 
 """
 
 import sys
+from typing import NoReturn
 from importlib.metadata import entry_points
 
 import click
 
 from . import __version__
-from .errors import EXIT_USAGE, ProcfleetError
+from .errors import ProcfleetError
 from .manager import connect
 from .settings import format_address, load_authkey, parse_address
 
@@ -18,7 +19,7 @@ ENTRY_POINT_GROUP = "procfleet.commands"
 KNOWN_PACKAGES = {"master": "procfleet-master", "worker": "procfleet-worker"}
 
 
-def fail(exc: ProcfleetError) -> "NoReturn":  # noqa: F821
+def fail(exc: ProcfleetError) -> NoReturn:
     """Print a user-facing error (no traceback) and exit with its code."""
     click.echo(f"procfleet: error: {exc}", err=True)
     sys.exit(exc.exit_code)

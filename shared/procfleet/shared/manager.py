@@ -41,8 +41,9 @@ class DispatcherProxy(BaseProxy):
         """Hand back finished outcomes, lease up to `want` tasks; also the heartbeat."""
         return self._callmethod("exchange", (worker_id, outcomes, want, wait))
 
-    def goodbye(self, worker_id: str, unfinished: list) -> None:
-        return self._callmethod("goodbye", (worker_id, unfinished))
+    def goodbye(self, worker_id: str) -> None:
+        """Leaving on purpose: the master requeues whatever this worker still holds."""
+        return self._callmethod("goodbye", (worker_id,))
 
     def ping(self) -> dict:
         return self._callmethod("ping")

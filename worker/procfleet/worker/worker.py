@@ -11,7 +11,7 @@ import threading
 
 from procfleet.shared.errors import EXIT_OK, ProtocolMismatch
 from procfleet.shared.manager import CONNECT_ERRORS, PROTOCOL_VERSION, STOP
-from procfleet.shared.records import Task, outcome_to_wire
+from procfleet.shared.records import outcome_to_wire, task_from_wire
 from procfleet.shared.settings import format_address
 from procfleet.shared.tasks import TaskRegistry
 
@@ -109,7 +109,7 @@ class Worker:
                 return EXIT_OK
             if tasks:
                 leased.update(t[0] for t in tasks)
-                executor.submit([Task(*t) for t in tasks])
+                executor.submit([task_from_wire(t) for t in tasks])
             if leased:
                 self.wakeup.wait(self.heartbeat_interval)
 
@@ -119,7 +119,7 @@ class Worker:
                  len(leased))
         try:
             proxy.exchange(self.id, unsent, 0, 0.0)
-            proxy.goodbye(self.id, sorted(leased))
+            proxy.goodbye(self.id)
         except CONNECT_ERRORS as exc:
             log.warning("could not reach the master to hand back tasks (%s); "
                         "they are requeued when the lease expires", type(exc).__name__)
