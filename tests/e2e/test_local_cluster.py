@@ -138,10 +138,10 @@ def test_timeout_with_unfinished_tasks_is_exit_3_and_keeps_finished_results(spaw
     assert "--timeout 2 s passed with 1 of 2 tasks unfinished" in master.stderr
 
 
-def test_sigterm_hands_leased_tasks_back_at_once(spawn, tmp_path):
+def test_sigterm_drains_hands_back_unstarted_tasks_and_finishes_running_ones(spawn, tmp_path):
     n = 30
     tasks = write_tasks(tmp_path / "t.jsonl",
-                        [{"id": f"t{i}", "task": "sleep", "args": [0.2, i]} for i in range(n)])
+                        [{"id": f"t{i}", "task": "sleep", "args": [0.3, i]} for i in range(n)])
     out = tmp_path / "results.jsonl"
     master = spawn("master", "--tasks", tasks, "--bind", "127.0.0.1:0", "--results", str(out),
                    "--lease-timeout", "30", "--timeout", "20")
@@ -151,13 +151,60 @@ def test_sigterm_hands_leased_tasks_back_at_once(spawn, tmp_path):
                "the leaving worker to finish a task")
     spawn("worker", "--master", address, "--id", "stayer", "--concurrency", "2")
     leaver.kill(signal.SIGTERM)
+    _, m = leaver.wait_for(r"draining: handing back (\d+) tasks not started, finishing (\d+)")
+    assert int(m.group(1)) >= 1 and int(m.group(2)) >= 1
+    master.wait_for(rf"worker leaver is draining: handed back {m.group(1)} tasks")
     assert leaver.wait(10) == 0
-    _, m = master.wait_for(r"worker leaver left, handing back (\d+) tasks")
-    assert int(m.group(1)) >= 1
+    # Running tasks (0.3 s) fit in the default 10 s drain: the leaver itself delivers them.
+    _, left = master.wait_for(r"worker leaver left, handing back (\d+) tasks")
+    assert int(left.group(1)) == 0
     # Held tasks could only come back by expiry after 30 s, past --timeout 20: exit 3.
     assert master.wait(60) == 0, master.stderr
     assert_exactly_once(read_results(out), {f"t{i}": i for i in range(n)})
-    assert summary(master)["requeued"] == 0
+    stats = summary(master)
+    assert stats["requeued"] == 0 and stats["handed_back"] == int(m.group(1))
+
+
+MARKING_TASKS = """
+import os, time
+from procfleet.shared.tasks import task
+
+@task
+def marked_sleep(marks, seconds, value):
+    with open(os.path.join(marks, str(value)), "w"):
+        pass
+    time.sleep(seconds)
+    return value
+"""
+
+
+def test_drain_timeout_hands_back_running_tasks(spawn, tmp_path):
+    n = 4
+    (tmp_path / "marking.py").write_text(MARKING_TASKS)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    tasks = write_tasks(tmp_path / "t.jsonl", [
+        {"id": f"t{i}", "task": "marked_sleep", "args": [str(marks), 3, i]} for i in range(n)])
+    out = tmp_path / "results.jsonl"
+    master = spawn("master", "--tasks", tasks, "--bind", "127.0.0.1:0", "--results", str(out),
+                   "--lease-timeout", "30", "--timeout", "40")
+    address = f"127.0.0.1:{master_port(master)}"
+    env = {"PROCFLEET_IMPORTS": "marking"}
+    leaver = spawn("worker", "--master", address, "--id", "leaver", "--concurrency", "2",
+                   "--drain-timeout", "0.5", cwd=tmp_path, env=env)
+    # Its two slots have started a task each (3 s): neither can finish in the 0.5 s drain.
+    wait_until(lambda: len(list(marks.iterdir())) == 2, 30, "two tasks to start")
+    started = time.monotonic()
+    leaver.kill(signal.SIGTERM)
+    assert leaver.wait(10) == 0
+    assert time.monotonic() - started < 3
+    _, left = master.wait_for(r"worker leaver left, handing back (\d+) tasks")
+    assert int(left.group(1)) == 2
+    spawn("worker", "--master", address, "--id", "stayer", "--concurrency", "4", cwd=tmp_path,
+          env=env)
+    assert master.wait(60) == 0, master.stderr
+    assert_exactly_once(read_results(out), {f"t{i}": i for i in range(n)})
+    assert {r["worker"] for r in read_results(out)} == {"stayer"}
 
 
 def test_port_in_use_leaves_an_earlier_results_file_alone(spawn, tmp_path):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from procfleet.master.dispatcher import Dispatcher
-from procfleet.shared.records import Outcome, Task
+from procfleet.master.dispatcher import Dispatcher, TaskState
+from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
 
 
 class FakeClock:
@@ -17,15 +17,22 @@ class FakeClock:
         self.now += seconds
 
 
-def make(n=6, lease_timeout=5.0, max_attempts=3):
+def tasks(n):
+    return [Task(i, str(i), "square", [i], {}) for i in range(n)]
+
+
+def make(n=6, lease_timeout=5.0, max_attempts=3, **kwargs):
     clock = FakeClock()
-    tasks = [Task(str(i), "square", [i], {}) for i in range(n)]
-    return Dispatcher(tasks, lease_timeout=lease_timeout, max_attempts=max_attempts,
-                      clock=clock), clock
+    return Dispatcher(tasks(n), lease_timeout=lease_timeout, max_attempts=max_attempts,
+                      clock=clock, **kwargs), clock
 
 
 def ok(task: Task) -> Outcome:
-    return Outcome(task.id, True, task.args[0] ** 2, None)
+    return Outcome(task.seq, OK, task.args[0] ** 2, None)
+
+
+def records(d):
+    return [record for _seq, record in d.take_results()]
 
 
 def test_lease_hands_out_each_task_once_in_order():
@@ -51,8 +58,8 @@ def test_complete_records_result_once():
     d, _ = make(2)
     tasks = d.lease("a", 2)
     d.complete("a", [ok(t) for t in tasks])
-    records = d.take_results()
-    assert [(r["id"], r["status"], r["result"], r["attempts"], r["worker"]) for r in records] == [
+    got = records(d)
+    assert [(r["id"], r["status"], r["result"], r["attempts"], r["worker"]) for r in got] == [
         ("0", "ok", 0, 1, "a"), ("1", "ok", 1, 1, "a")]
     assert d.done
     assert d.take_results() == []
@@ -77,7 +84,7 @@ def test_silent_worker_is_expired_and_its_tasks_requeued_first():
     assert d.expire() == ["a"]
     assert d.counters.requeued == 1
     assert d.lease("b", 1)[0].id == held[0].id  # requeued to the front
-    assert d.tasks[held[0].id].attempts == 2
+    assert d.active[held[0].seq].attempts == 2
 
 
 def test_late_duplicate_is_dropped_and_counted():
@@ -88,8 +95,8 @@ def test_late_duplicate_is_dropped_and_counted():
     d.lease("b", 1)
     d.complete("b", [ok(task)])
     d.complete("a", [ok(task)])              # a comes back with its late result
-    records = d.take_results()
-    assert len(records) == 1 and records[0]["worker"] == "b"
+    got = records(d)
+    assert len(got) == 1 and got[0]["worker"] == "b"
     assert d.counters.duplicates == 1
 
 
@@ -101,7 +108,7 @@ def test_late_result_of_expired_worker_wins_while_task_waits_in_queue():
     d.complete("a", [ok(task)])              # back before anyone re-leased it
     assert d.done
     assert d.lease("b", 1) == []             # not handed out again
-    assert [r["worker"] for r in d.take_results()] == ["a"]
+    assert [r["worker"] for r in records(d)] == ["a"]
 
 
 def test_task_fails_after_max_attempts_of_lost_workers():
@@ -110,7 +117,7 @@ def test_task_fails_after_max_attempts_of_lost_workers():
         assert len(d.lease(f"w{i}", 1)) == 1
         clock.advance(6)
         d.expire()
-    [record] = d.take_results()
+    [record] = records(d)
     assert record["status"] == "failed"
     assert "worker lost 3 times" in record["error"]
     assert record["attempts"] == 3
@@ -135,17 +142,115 @@ def test_leave_hands_tasks_back_without_counting_them_lost():
     d.complete("a", [ok(leased[0])])
     d.leave("a")
     assert d.counters.released == 2
-    assert d.tasks[leased[1].id].lost == 0
+    assert d.active[leased[1].seq].lost == 0
     assert [t.id for t in d.lease("b", 5)] == [leased[1].id, leased[2].id]
 
 
-def test_stray_result_ids_are_ignored():
+def test_result_for_a_seq_outside_the_batch_is_ignored():
     d, _ = make(1)
-    d.complete("a", [Outcome("nope", True, 1, None)])
+    d.complete("a", [Outcome(7, OK, 1, None)])
     assert d.finished == 0 and d.take_results() == []
-    assert any("unknown task id 'nope'" in e for e in d.take_events())
+    assert any("#7, which this batch does not have" in e for e in d.take_events())
 
 
-def test_duplicate_task_ids_are_refused():
-    with pytest.raises(ValueError):
-        Dispatcher([Task("x", "square", [1], {})] * 2, lease_timeout=1, max_attempts=1)
+def test_result_for_a_task_not_in_flight_here_is_stale():
+    d, _ = make(2)
+    d.complete("a", [Outcome(1, OK, 1, None)])   # leased by a master before a restart
+    assert d.finished == 0 and d.counters.stale == 1
+    assert [t.seq for t in d.lease("a", 2)] == [0, 1]
+
+
+def test_tasks_stream_from_the_source_as_they_are_leased():
+    pulled = []
+
+    def source():
+        for task in tasks(1000):
+            pulled.append(task.seq)
+            yield task
+
+    d = Dispatcher(source(), 1000, lease_timeout=5, max_attempts=3, clock=FakeClock())
+    d.lease("a", 10)
+    assert len(pulled) <= 11
+    done = d.lease("a", 5)
+    d.complete("a", [ok(t) for t in done])
+    assert len(d.active) == 10       # only what is in flight is kept
+
+
+def test_errors_are_retried_with_exponential_backoff_then_fail_with_the_last_error():
+    d, clock = make(1, retries=2, retry_backoff=1.0, rng=lambda: 1.0)   # no jitter
+    for delay, attempt in [(1.0, 1), (2.0, 2)]:
+        [task] = d.lease("a", 1)
+        d.complete("a", [Outcome(task.seq, ERROR, None, f"RuntimeError: try {attempt}")])
+        assert d.take_results() == [] and d.lease("a", 1) == []
+        clock.advance(delay - 0.01)
+        assert not d.has_pending()
+        clock.advance(0.02)
+        assert d.has_pending()
+    [task] = d.lease("a", 1)
+    d.complete("a", [Outcome(task.seq, ERROR, None, "RuntimeError: try 3")])
+    [record] = records(d)
+    assert record["status"] == "failed" and record["attempts"] == 3
+    assert record["error"].startswith("RuntimeError: try 3")
+    assert "failed on each of 3 tries; --retries 2" in record["error"]
+    assert d.counters.retried == 2
+
+
+def test_retry_delay_has_jitter():
+    d, clock = make(1, retries=1, retry_backoff=4.0, rng=lambda: 0.0)  # half the delay
+    [task] = d.lease("a", 1)
+    d.complete("a", [Outcome(task.seq, ERROR, None, "E")])
+    clock.advance(2.01)
+    assert len(d.lease("a", 1)) == 1
+
+
+def test_a_success_after_a_retry_is_ok():
+    d, clock = make(1, retries=3, retry_backoff=0.0)
+    [task] = d.lease("a", 1)
+    d.complete("a", [Outcome(task.seq, ERROR, None, "E")])
+    [task] = d.lease("b", 1)
+    d.complete("b", [ok(task)])
+    [record] = records(d)
+    assert record["status"] == "ok" and record["attempts"] == 2 and record["worker"] == "b"
+
+
+def test_timeout_is_final_even_with_retries():
+    d, _ = make(1, retries=3)
+    [task] = d.lease("a", 1)
+    d.complete("a", [Outcome(task.seq, TIMEOUT, None, "TaskTimeout: timed out after 2 s")])
+    [record] = records(d)
+    assert record["status"] == "failed" and "timed out after 2 s" in record["error"]
+
+
+def test_a_crash_is_a_lost_attempt_and_a_poison_task_fails_after_max_attempts():
+    d, _ = make(2, max_attempts=3)
+    for i in range(3):
+        leased = d.lease(f"w{i}", 1)
+        assert [t.seq for t in leased] == [0]      # requeued to the front each time
+        d.complete(f"w{i}", [Outcome(0, CRASH, None, "WorkerCrash: exited with code 1")])
+    [record] = records(d)
+    assert record["id"] == "0" and record["status"] == "failed" and record["attempts"] == 3
+    assert "exited with code 1" in record["error"] and "crashed 3 times" in record["error"]
+    assert d.counters.crashed == 3
+    [task] = d.lease("w0", 1)                      # the rest of the batch goes on
+    d.complete("w0", [ok(task)])
+    assert d.done and d.counters.ok == 1
+
+
+def test_resume_skips_finished_tasks_and_requeues_in_flight_ones_first():
+    restored = [TaskState(tasks(5)[3], attempts=1, lost=0, errors=0)]
+    d = Dispatcher(tasks(5), 5, lease_timeout=5, max_attempts=3, done=[0, 1],
+                   restored=restored, clock=FakeClock())
+    assert d.finished == 2 and d.pending() == 3
+    leased = d.lease("a", 10)
+    assert [t.seq for t in leased] == [3, 2, 4]
+    assert d.active[3].attempts == 2
+    d.complete("a", [ok(t) for t in leased] + [ok(tasks(5)[0])])
+    assert d.done and d.counters.duplicates == 1
+    assert sorted(seq for seq, _ in d.take_results()) == [2, 3, 4]
+
+
+def test_leases_are_logged_for_the_journal_when_asked():
+    d, _ = make(3)
+    d.leased_log = []
+    d.lease("a", 2)
+    assert [(st.task.seq, st.attempts) for st in d.leased_log] == [(0, 1), (1, 1)]

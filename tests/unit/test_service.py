@@ -5,15 +5,16 @@ import threading
 from procfleet.master.dispatcher import Dispatcher
 from procfleet.master.service import DispatcherService
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
-from procfleet.shared.records import Task
-from test_dispatcher import FakeClock
+from procfleet.shared.records import OK
+from test_dispatcher import FakeClock, tasks
+
+B = "batch-1"
 
 
 def make(n=2, lease_timeout=5.0):
     clock = FakeClock()
-    d = Dispatcher([Task(str(i), "square", [i], {}) for i in range(n)],
-                   lease_timeout=lease_timeout, max_attempts=3, clock=clock)
-    return DispatcherService(d, heartbeat_interval=10.0), clock
+    d = Dispatcher(tasks(n), lease_timeout=lease_timeout, max_attempts=3, clock=clock)
+    return DispatcherService(d, heartbeat_interval=10.0, batch=B), clock
 
 
 def hello(service, worker):
@@ -24,10 +25,10 @@ def test_idle_worker_long_poll_is_woken_by_a_requeue():
     service, clock = make(n=1)
     hello(service, "a")
     hello(service, "b")
-    tasks, state = service.exchange("a", [], 1, 0)
+    tasks, state = service.exchange("a", B, [], 1, 0)
     assert state == RUN and len(tasks) == 1
     got = {}
-    waiter = threading.Thread(target=lambda: got.update(r=service.exchange("b", [], 1, 30)))
+    waiter = threading.Thread(target=lambda: got.update(r=service.exchange("b", B, [], 1, 30)))
     waiter.start()
     # b is parked in the long poll; a goes silent past its lease, and the master's tick requeues.
     with service.cond:
@@ -42,21 +43,21 @@ def test_idle_worker_long_poll_is_woken_by_a_requeue():
 
 def test_long_poll_returns_empty_after_its_wait_when_nothing_comes():
     service, _ = make(n=1)
-    service.exchange("a", [], 1, 0)
-    assert service.exchange("b", [], 1, 0.05) == ([], RUN)
+    service.exchange("a", B, [], 1, 0)
+    assert service.exchange("b", B, [], 1, 0.05) == ([], RUN)
 
 
 def test_batch_over_answers_stop_and_counts_who_heard_it():
     service, _ = make(n=1)
     hello(service, "a")
     hello(service, "b")
-    [task], _ = service.exchange("a", [], 1, 0)
-    assert service.exchange("a", [(task[0], True, 0, None)], 1, 0) == ([], STOP)
+    [task], _ = service.exchange("a", B, [], 1, 0)
+    assert service.exchange("a", B, [(task[0], OK, 0, None)], 1, 0) == ([], STOP)
     assert service.wait_workers_told(0) == ["b"]
-    assert service.exchange("b", [], 1, 0) == ([], STOP)
+    assert service.exchange("b", B, [], 1, 0) == ([], STOP)
     assert service.wait_workers_told(0) == []
-    results, _ = service.tick()
-    assert [r["id"] for r in results] == [task[0]]
+    _leased, results, _events = service.tick()
+    assert [seq for seq, _record in results] == [task[0]]
 
 
 def test_worker_joining_after_the_batch_is_told_to_stop_in_hello():
@@ -74,6 +75,31 @@ def test_other_protocol_version_is_refused_and_not_registered():
 
 def test_goodbye_requeues_what_the_worker_held():
     service, _ = make(n=2)
-    tasks, _ = service.exchange("a", [], 2, 0)
+    tasks, _ = service.exchange("a", B, [], 2, 0)
     service.goodbye("a")
-    assert [t[0] for t in service.exchange("b", [], 2, 0)[0]] == [t[0] for t in tasks]
+    assert [t[0] for t in service.exchange("b", B, [], 2, 0)[0]] == [t[0] for t in tasks]
+
+
+def test_hello_tells_the_batch_and_results_of_another_batch_are_ignored():
+    service, _ = make(n=1)
+    assert hello(service, "a")["batch"] == B
+    [task], _ = service.exchange("a", B, [], 1, 0)
+    service.exchange("a", "old-batch", [(task[0], OK, 0, None)], 0, 0)
+    assert service.dispatcher.finished == 0
+
+
+def test_malformed_outcomes_are_skipped_not_fatal():
+    service, _ = make(n=1)
+    [task], _ = service.exchange("a", B, [], 1, 0)
+    service.exchange("a", B, [("x", OK, 0, None), (task[0], "weird", 0, None), 5,
+                              (task[0], OK, 0, None)], 0, 0)
+    assert service.dispatcher.done
+
+
+def test_release_hands_back_unstarted_tasks_for_others():
+    service, _ = make(n=3)
+    leased, _ = service.exchange("a", B, [], 3, 0)
+    assert service.release("a", [leased[1][0], leased[2][0], "junk"]) == 2
+    again = service.exchange("b", B, [], 3, 0)[0] + service.exchange("b", B, [], 3, 0)[0]
+    assert [t[0] for t in again] == [leased[1][0], leased[2][0]]   # a still counts: 1 each
+    assert service.dispatcher.counters.released == 2

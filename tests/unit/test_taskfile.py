@@ -4,7 +4,8 @@ import io
 
 import pytest
 
-from procfleet.master.taskfile import MAX_ERRORS, demo_tasks, parse_lines, read_tasks
+from procfleet.master.taskfile import (MAX_ERRORS, DemoSource, FileSource, demo_tasks,
+                                      open_source, parse_lines)
 from procfleet.shared.errors import TaskFileError
 from procfleet.shared.records import Task
 
@@ -18,8 +19,8 @@ def test_valid_lines_with_defaults():
                   '\n'
                   '{"task": "sleep", "kwargs": {"seconds": 0}}\n'
                   '{"id": 7, "task": "fail", "args": ["x"]}\n')
-    assert tasks == [Task("a1", "square", [3], {}), Task("3", "sleep", [], {"seconds": 0}),
-                     Task("7", "fail", ["x"], {})]
+    assert tasks == [Task(0, "a1", "square", [3], {}), Task(1, "3", "sleep", [], {"seconds": 0}),
+                     Task(2, "7", "fail", ["x"], {})]
 
 
 def test_empty_file_is_an_empty_batch():
@@ -36,6 +37,9 @@ def test_empty_file_is_an_empty_batch():
     ('{"task": "square", "kwargs": []}', '"kwargs" must be an object'),
     ('{"task": "square", "id": null}', '"id" must be a non-empty string or an integer'),
     ('{"task": "square", "retry": 1}', "unknown field 'retry'"),
+    ('{"task": "square", "timeout": 0}', '"timeout" must be a positive number of seconds'),
+    ('{"task": "square", "timeout": "5"}', '"timeout" must be a positive number'),
+    ('{"task": "square", "timeout": true}', '"timeout" must be a positive number'),
 ])
 def test_bad_line_is_reported_with_its_line_number(line, message):
     with pytest.raises(TaskFileError) as err:
@@ -66,17 +70,48 @@ def test_all_bad_lines_are_listed_up_to_a_limit():
 
 def test_unreadable_file(tmp_path):
     with pytest.raises(TaskFileError, match="cannot read tasks file .*No such file"):
-        read_tasks(str(tmp_path / "missing.jsonl"))
+        open_source(str(tmp_path / "missing.jsonl"))
 
 
 def test_not_utf8(tmp_path):
     path = tmp_path / "bin.jsonl"
     path.write_bytes(b'{"task": "\xff"}\n')
     with pytest.raises(TaskFileError, match="not UTF-8"):
-        read_tasks(str(path))
+        open_source(str(path))
 
 
 def test_demo_tasks():
-    assert demo_tasks(3) == [Task("0", "square", [0], {}), Task("1", "square", [1], {}),
-                             Task("2", "square", [2], {})]
-    assert demo_tasks(2, sleep=0.5)[1] == Task("1", "sleep", [0.5, 1], {})
+    assert demo_tasks(3) == [Task(0, "0", "square", [0], {}), Task(1, "1", "square", [1], {}),
+                             Task(2, "2", "square", [2], {})]
+    assert demo_tasks(2, sleep=0.5)[1] == Task(1, "1", "sleep", [0.5, 1], {})
+    assert DemoSource(2, timeout=3.0).fingerprint != DemoSource(3).fingerprint
+
+
+def test_timeout_from_the_line_overrides_the_batch_default(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"task": "sleep", "args": [1]}\n{"task": "sleep", "args": [1], "timeout": 0.5}\n')
+    assert [t.timeout for t in FileSource(str(path), timeout=9.0)] == [9.0, 0.5]
+    assert [t.timeout for t in FileSource(str(path))] == [None, 0.5]
+
+
+def test_file_source_is_checked_first_and_streamed_again(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(f'{{"id": "t{i}", "task": "square", "args": [{i}]}}\n'
+                            for i in range(1000)))
+    source = FileSource(str(path))
+    assert source.total == 1000
+    first = list(source)
+    assert first == list(source)
+    assert [t.seq for t in first] == list(range(1000)) and first[7].id == "t7"
+    same = FileSource(str(path))
+    assert same.fingerprint == source.fingerprint
+    path.write_text('{"task": "square", "args": [1]}\n')
+    assert FileSource(str(path)).fingerprint != source.fingerprint
+
+
+def test_duplicate_ids_are_found_in_a_streamed_file(tmp_path):
+    path = tmp_path / "t.jsonl"
+    lines = [f'{{"id": "t{i}", "task": "square"}}' for i in range(500)] + ['{"id": "t42", "task": "x"}']
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TaskFileError, match=r"t.jsonl:501: duplicate id 't42' \(first used on line 43\)"):
+        FileSource(str(path))

@@ -1,31 +1,40 @@
 """The lease/complete/requeue state machine: a plain class, no threads, no I/O.
 
-Every method takes its time from `clock`, so tests drive it with a fake clock. The thread-safe
-wrapper that the manager serves lives in `service.py`.
+Every method takes its time from `clock` (and retry jitter from `rng`), so tests drive it with a
+fake clock. The thread-safe wrapper that the manager serves lives in `service.py`.
+
+Memory does not grow with the batch: tasks stream in from their source as they are leased, a
+task is kept only while it is in flight (leased, requeued or waiting for a retry), and a finished
+one leaves a single byte behind (its `done` flag), so late duplicates are still recognised.
 """
 
+import heapq
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from procfleet.shared.records import Outcome, Task, result_record
+from procfleet.shared.records import CRASH, ERROR, TIMEOUT, Outcome, Task, result_record
+
+#: the longest a retry waits, however many times the task failed
+MAX_RETRY_DELAY = 300.0
 
 
 @dataclass(slots=True)
 class TaskState:
     task: Task
     attempts: int = 0        # times leased
-    lost: int = 0            # times its lease expired with its worker silent
+    lost: int = 0            # attempts lost: its worker went silent, or its process died
+    errors: int = 0          # attempts that raised (retried while errors <= retries)
     holder: str | None = None
-    done: bool = False
 
 
 @dataclass(slots=True)
 class WorkerState:
     id: str
     last_seen: float
-    held: dict = field(default_factory=dict)   # task ids in lease order
+    held: dict = field(default_factory=dict)   # seqs in lease order
     alive: bool = True
     told_stop: bool = False
 
@@ -37,40 +46,62 @@ class Counters:
     duplicates: int = 0      # late results for tasks that already had one: dropped
     requeued: int = 0        # leases that expired and went back to the queue
     released: int = 0        # tasks handed back by a worker leaving on purpose
+    retried: int = 0         # attempts that raised and were scheduled again
+    crashed: int = 0         # attempts whose process died
     workers_lost: int = 0
+    stale: int = 0           # results for tasks this master does not have in flight: ignored
 
 
 class Dispatcher:
-    """Leases tasks to workers, takes the first result per task, requeues silent workers' tasks."""
+    """Leases tasks to workers, takes the first result per task, requeues what was lost."""
 
-    def __init__(self, tasks: Iterable[Task], *, lease_timeout: float, max_attempts: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, tasks: Iterable[Task], total: int | None = None, *, lease_timeout: float,
+                 max_attempts: int, retries: int = 0, retry_backoff: float = 1.0,
+                 done: Iterable[int] = (), restored: Iterable[TaskState] = (),
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: Callable[[], float] = random.random) -> None:
+        if total is None:
+            tasks = list(tasks)
+            total = len(tasks)
+        self.total = total
         self.lease_timeout = lease_timeout
         self.max_attempts = max_attempts
+        self.retries = retries
+        self.retry_backoff = retry_backoff
         self.clock = clock
-        self.tasks: dict[str, TaskState] = {}
-        for task in tasks:
-            if task.id in self.tasks:
-                raise ValueError(f"duplicate task id {task.id!r}")
-            self.tasks[task.id] = TaskState(task)
-        self.pending: deque[str] = deque(self.tasks)
+        self.rng = rng
+        self.done_flags = bytearray(total)
+        self.finished = 0
+        for seq in done:
+            self.done_flags[seq] = 1
+            self.finished += 1
+        self.active: dict[int, TaskState] = {}     # in flight: leased, requeued or delayed
+        self.requeued: deque[int] = deque()         # active seqs waiting for a worker, in order
+        self.delayed: list[tuple[float, int]] = []  # heap of (ready at, seq) for retries
+        for state in restored:
+            state.holder = None
+            self.active[state.task.seq] = state
+            self.requeued.append(state.task.seq)
+        self._fresh = iter(tasks)
+        self._untouched = total - self.finished - len(self.active)
         self.workers: dict[str, WorkerState] = {}
         self.counters = Counters()
-        self.finished = 0
-        self._ready: list[dict] = []
+        self._ready: list[tuple[int, dict]] = []
+        self.leased_log: list[TaskState] | None = None   # set to a list to record leases
         self.events: list[str] = []   # human-readable notes for the log, drained by the owner
 
     # -- state ------------------------------------------------------------------------------
     @property
-    def total(self) -> int:
-        return len(self.tasks)
-
-    @property
     def done(self) -> bool:
-        return self.finished == len(self.tasks)
+        return self.finished == self.total
+
+    def pending(self) -> int:
+        """Tasks waiting for a worker now (not counting retries still backing off)."""
+        self._wake_delayed()
+        return len(self.requeued) + self._untouched
 
     def has_pending(self) -> bool:
-        return bool(self.pending)
+        return self.pending() > 0
 
     def running(self) -> int:
         return sum(len(w.held) for w in self.workers.values())
@@ -78,8 +109,8 @@ class Dispatcher:
     def alive_workers(self) -> list[str]:
         return [w.id for w in self.workers.values() if w.alive]
 
-    def take_results(self) -> list[dict]:
-        """Result records finished since the last call, each task id exactly once."""
+    def take_results(self) -> list[tuple[int, dict]]:
+        """(seq, result record) finished since the last call, each task exactly once."""
         ready, self._ready = self._ready, []
         return ready
 
@@ -103,61 +134,116 @@ class Dispatcher:
     def lease(self, worker_id: str, want: int) -> list[Task]:
         """Lease up to `want` tasks, capped at a fair share of what is pending."""
         worker = self.touch(worker_id)
-        if want <= 0 or not self.pending:
+        if want <= 0:
             return []
-        sharers = max(1, len(self.alive_workers()))
-        fair = -(-len(self.pending) // sharers)
+        pending = self.pending()
+        if not pending:
+            return []
+        sharers = max(1, sum(1 for w in self.workers.values() if w.alive))
+        count = min(want, -(-pending // sharers))
         leased = []
-        pending = self.pending
-        while pending and len(leased) < min(want, fair):
-            state = self.tasks[pending.popleft()]
-            if state.done:      # a late result already finished it while it waited
-                continue
+        while len(leased) < count:
+            state = self._next_pending()
+            if state is None:
+                break
             state.attempts += 1
             state.holder = worker_id
-            worker.held[state.task.id] = None
+            worker.held[state.task.seq] = None
             leased.append(state.task)
+            if self.leased_log is not None:
+                self.leased_log.append(state)
         return leased
 
+    def _next_pending(self) -> TaskState | None:
+        while self.requeued:
+            state = self.active.get(self.requeued.popleft())
+            if state is not None and state.holder is None:
+                return state
+        while self._untouched > 0:
+            task = next(self._fresh, None)
+            if task is None:          # the source ended early: nothing more to lease
+                self._untouched = 0
+                break
+            if self.done_flags[task.seq] or task.seq in self.active:
+                continue              # finished or restored before this master started
+            self._untouched -= 1
+            state = self.active[task.seq] = TaskState(task)
+            return state
+        return None
+
     def complete(self, worker_id: str, outcomes: Iterable[Outcome]) -> None:
-        """Take results; the first per task id wins, later ones are dropped and counted."""
+        """Take results; the first per task wins, later ones are dropped and counted."""
         worker = self.touch(worker_id)
         for outcome in outcomes:
-            state = self.tasks.get(outcome.id)
-            if state is None:
-                self.events.append(f"worker {worker_id} sent a result for unknown task id "
-                                   f"{outcome.id!r}: ignored (a worker of another batch?)")
+            seq = outcome.seq
+            worker.held.pop(seq, None)
+            if not 0 <= seq < self.total:
+                self.events.append(f"worker {worker_id} sent a result for task #{seq}, which "
+                                   f"this batch does not have: ignored")
                 continue
-            worker.held.pop(outcome.id, None)
-            if state.done:
+            if self.done_flags[seq]:
                 self.counters.duplicates += 1
                 continue
+            state = self.active.get(seq)
+            if state is None:
+                self.counters.stale += 1    # e.g. leased by a master before a restart
+                continue
             if state.holder is not None and state.holder != worker_id:
-                self.workers[state.holder].held.pop(outcome.id, None)
+                holder = self.workers.get(state.holder)
+                if holder is not None:
+                    holder.held.pop(seq, None)
             state.holder = None
-            self._finish(state, result_record(
-                state.task.id, state.task.name, outcome, attempts=state.attempts, worker=worker_id))
+            self._settle(state, outcome, worker_id)
 
-    def release(self, worker_id: str, task_ids: Iterable[str]) -> int:
-        """A worker leaving on purpose hands tasks back; they do not count as lost."""
+    def _settle(self, state: TaskState, outcome: Outcome, worker_id: str) -> None:
+        kind = outcome.kind
+        if kind == ERROR and state.errors < self.retries:
+            state.errors += 1
+            self.counters.retried += 1
+            delay = min(self.retry_backoff * 2 ** (state.errors - 1), MAX_RETRY_DELAY)
+            delay *= 0.5 + self.rng() / 2          # jitter: retries of a batch spread out
+            heapq.heappush(self.delayed, (self.clock() + delay, state.task.seq))
+            return
+        if kind == CRASH:
+            self.counters.crashed += 1
+            state.lost += 1
+            if state.lost < self.max_attempts:
+                self.requeued.appendleft(state.task.seq)
+                self.events.append(f"task {state.task.id!r} crashed on worker {worker_id}: "
+                                   f"attempt {state.attempts} of at most {self.max_attempts}")
+                return
+            outcome = outcome._replace(error=f"{outcome.error}\n\n(it crashed {state.lost} "
+                                             f"times; --max-attempts {self.max_attempts})")
+        if kind == ERROR and self.retries:
+            outcome = outcome._replace(error=f"{outcome.error}\n\n(failed on each of "
+                                             f"{state.errors + 1} tries; --retries "
+                                             f"{self.retries})")
+        if kind == TIMEOUT:
+            pass   # final: a task that overran once would overrun again
+        self._finish(state, result_record(state.task, outcome, attempts=state.attempts,
+                                          worker=worker_id))
+
+    def release(self, worker_id: str, seqs: Iterable[int]) -> int:
+        """A worker hands tasks back on purpose; they do not count as lost."""
         worker = self.touch(worker_id)
         returned = []
-        for task_id in task_ids:
-            state = self.tasks.get(task_id)
-            if state is None or state.done or state.holder != worker_id:
+        for seq in seqs:
+            state = self.active.get(seq)
+            if state is None or state.holder != worker_id:
                 continue
-            worker.held.pop(task_id, None)
+            worker.held.pop(seq, None)
             state.holder = None
-            returned.append(task_id)
-        self.pending.extendleft(reversed(returned))
+            returned.append(seq)
+        self.requeued.extendleft(reversed(returned))
         self.counters.released += len(returned)
         return len(returned)
 
-    def leave(self, worker_id: str) -> None:
+    def leave(self, worker_id: str) -> int:
         """The worker said goodbye: requeue whatever it still holds, without counting it lost."""
         worker = self.touch(worker_id)
-        self.release(worker_id, list(worker.held))
+        returned = self.release(worker_id, list(worker.held))
         worker.alive = False
+        return returned
 
     # -- the master's own ticks ---------------------------------------------------------------
     def expire(self) -> list[str]:
@@ -171,30 +257,38 @@ class Dispatcher:
             expired.append(worker.id)
             self.counters.workers_lost += 1
             requeue = []
-            for task_id in worker.held:
-                state = self.tasks[task_id]
+            for seq in worker.held:
+                state = self.active[seq]
                 state.holder = None
                 state.lost += 1
                 if state.lost >= self.max_attempts:
                     self._finish(state, result_record(
-                        task_id, state.task.name, None, attempts=state.attempts, worker=worker.id,
+                        state.task, None, attempts=state.attempts, worker=worker.id,
                         error=f"WorkerLost: worker lost {state.lost} times "
                               f"(last holder {worker.id}, lease timeout {self.lease_timeout:g} s)"))
                 else:
-                    requeue.append(task_id)
+                    requeue.append(seq)
             worker.held.clear()
-            self.pending.extendleft(reversed(requeue))
+            self.requeued.extendleft(reversed(requeue))
             self.counters.requeued += len(requeue)
             self.events.append(
                 f"worker {worker.id} silent for {now - worker.last_seen:.1f} s: "
                 f"requeued {len(requeue)} tasks")
         return expired
 
+    def _wake_delayed(self) -> None:
+        if self.delayed and self.delayed[0][0] <= self.clock():
+            now = self.clock()
+            while self.delayed and self.delayed[0][0] <= now:
+                self.requeued.append(heapq.heappop(self.delayed)[1])
+
     def _finish(self, state: TaskState, record: dict) -> None:
-        state.done = True
+        seq = state.task.seq
+        del self.active[seq]
+        self.done_flags[seq] = 1
         self.finished += 1
         if record["status"] == "ok":
             self.counters.ok += 1
         else:
             self.counters.failed += 1
-        self._ready.append(record)
+        self._ready.append((seq, record))

@@ -26,8 +26,17 @@ class ResultWriter:
     def write(self, records: list[dict]) -> None:
         if not records:
             return
-        self._fh.write("".join(dumps(r) + "\n" for r in records))
+        self._fh.write("".join([dumps(r) + "\n" for r in records]))
         self._fh.flush()
+
+    def write_lines(self, lines) -> int:
+        """Write already-encoded records (a resumed batch's, from its journal); return count."""
+        count = 0
+        for line in lines:
+            self._fh.write(line + "\n")
+            count += 1
+        self._fh.flush()
+        return count
 
     def close(self) -> None:
         if self._fh is sys.stdout:

@@ -3,17 +3,19 @@
 import logging
 import signal
 import time
+import uuid
 
-from procfleet.shared.errors import EXIT_OK, EXIT_TASKS_FAILED, EXIT_UNFINISHED
+from procfleet.shared.errors import ConfigError, EXIT_OK, EXIT_TASKS_FAILED, EXIT_UNFINISHED
 from procfleet.shared.settings import format_address
 
 from .dispatcher import Dispatcher
+from .journal import Journal
 from .localworkers import LocalWorkers, check_worker_installed
 from .output import ResultWriter
 from .server import start_server
 from .service import DispatcherService
 from .settings import MasterSettings
-from .taskfile import demo_tasks, read_tasks
+from .taskfile import DemoSource, open_source
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +43,55 @@ def run_master(settings: MasterSettings) -> int:
     """Run one batch; return the exit code. ConfigError propagates before anything is served."""
     if settings.local_workers:
         check_worker_installed()
-    tasks = (demo_tasks(settings.demo, settings.demo_sleep) if settings.demo is not None
-             else read_tasks(settings.tasks_path))
+    source = (DemoSource(settings.demo, settings.demo_sleep, settings.task_timeout)
+              if settings.demo is not None
+              else open_source(settings.tasks_path, settings.task_timeout))
     ResultWriter.check(settings.results_path)
+    journal = None
+    if settings.journal_path:
+        if not source.rereadable:
+            raise ConfigError("--journal needs a task file or --demo: tasks read from stdin "
+                              "cannot be read again when the batch resumes")
+        if settings.results_path == "-":
+            raise ConfigError("--journal needs --results PATH (a file): a resumed batch "
+                              "rebuilds its results file from the journal")
+        journal = Journal(settings.journal_path)
     interrupt = Interrupt()
     interrupt.install()
-    return Batch(settings, tasks, interrupt).run()
+    try:
+        return Batch(settings, source, interrupt, journal).run()
+    finally:
+        if journal is not None:
+            journal.close()
 
 
 class Batch:
-    def __init__(self, settings: MasterSettings, tasks, interrupt: Interrupt) -> None:
+    def __init__(self, settings: MasterSettings, source, interrupt: Interrupt,
+                 journal: Journal | None = None) -> None:
         self.settings = settings
         self.writer: ResultWriter | None = None
         self.interrupt = interrupt
-        self.dispatcher = Dispatcher(tasks, lease_timeout=settings.lease_timeout,
-                                     max_attempts=settings.max_attempts)
-        self.service = DispatcherService(self.dispatcher,
+        self.journal = journal
+        self.resumed = False
+        batch, done, restored = "", (), ()
+        if journal is not None:
+            batch, self.resumed = journal.open_batch(source.name, source.fingerprint,
+                                                     source.total)
+            if self.resumed:
+                done, restored = list(journal.done()), journal.in_flight()
+        else:
+            batch = uuid.uuid4().hex[:12]
+        self.dispatcher = Dispatcher(source, source.total, lease_timeout=settings.lease_timeout,
+                                     max_attempts=settings.max_attempts, retries=settings.retries,
+                                     retry_backoff=settings.retry_backoff, done=done,
+                                     restored=restored)
+        if journal is not None:
+            self.dispatcher.leased_log = []
+            if self.resumed:
+                log.info("resuming batch %s from journal %s: %d of %d tasks already done, "
+                         "%d were in flight and run again", batch, journal.path,
+                         self.dispatcher.finished, source.total, len(restored))
+        self.service = DispatcherService(self.dispatcher, batch=batch,
                                          heartbeat_interval=settings.heartbeat_interval)
 
     def run(self) -> int:
@@ -66,6 +101,8 @@ class Batch:
             # Truncated only now: a port in use leaves an earlier results file as it was.
             self.writer = ResultWriter(s.results_path)
             try:
+                if self.resumed:
+                    self.writer.write_lines(self.journal.results())
                 return self._serve(server)
             finally:
                 self.writer.close()
@@ -84,6 +121,7 @@ class Batch:
             local = LocalWorkers(s.local_workers, format_address((connect_host, port)))
             log.info("started %d local workers", s.local_workers)
         started = time.monotonic()
+        self.done_at_start = d.finished
         deadline = started + s.timeout if s.timeout else None
         next_progress = started + PROGRESS_INTERVAL
         outcome = None
@@ -114,8 +152,10 @@ class Batch:
         return code
 
     def _tick(self) -> None:
-        results, events = self.service.tick()
-        self.writer.write(results)
+        leased, results, events = self.service.tick()
+        if self.journal is not None:
+            self.journal.record(leased, results)   # committed before the file sees them
+        self.writer.write([record for _seq, record in results])
         for event in events:
             log.warning("%s", event)
 
@@ -130,6 +170,9 @@ class Batch:
         d = self.dispatcher
         c = d.counters
         unfinished = d.total - d.finished
+        ok, failed = c.ok, c.failed
+        if self.resumed:    # the summary covers the whole batch, before the restart too
+            ok, failed = self._totals_with_journal()
         if outcome == "timeout":
             log.error("--timeout %g s passed with %d of %d tasks unfinished",
                       self.settings.timeout, unfinished, d.total)
@@ -139,15 +182,18 @@ class Batch:
         elif outcome == "workers gone":
             log.error("every local worker exited and no other worker is connected; "
                       "%d of %d tasks unfinished", unfinished, d.total)
-        rate = d.finished / elapsed if elapsed > 0 else 0.0
+        rate = (d.finished - self.done_at_start) / elapsed if elapsed > 0 else 0.0
         log.info("summary: tasks=%d ok=%d failed=%d unfinished=%d duplicates_dropped=%d "
-                 "requeued=%d handed_back=%d workers=%d workers_lost=%d seconds=%.2f "
-                 "tasks_per_s=%.0f",
-                 d.total, c.ok, c.failed, unfinished, c.duplicates, c.requeued, c.released,
-                 len(d.workers), c.workers_lost, elapsed, rate)
+                 "requeued=%d handed_back=%d retried=%d crashed=%d workers=%d workers_lost=%d "
+                 "seconds=%.2f tasks_per_s=%.0f",
+                 d.total, ok, failed, unfinished, c.duplicates, c.requeued, c.released,
+                 c.retried, c.crashed, len(d.workers), c.workers_lost, elapsed, rate)
         if unfinished:
             return EXIT_UNFINISHED
-        return EXIT_TASKS_FAILED if c.failed else EXIT_OK
+        return EXIT_TASKS_FAILED if failed else EXIT_OK
+
+    def _totals_with_journal(self) -> tuple[int, int]:
+        return self.journal.count_ok(), self.dispatcher.finished - self.journal.count_ok()
 
     def _stop_workers(self) -> None:
         """Answer STOP to every worker call; wait (bounded) until each live worker heard it."""

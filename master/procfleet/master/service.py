@@ -9,7 +9,7 @@ import logging
 import threading
 
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
-from procfleet.shared.records import outcome_from_wire, task_to_wire
+from procfleet.shared.records import outcome_from_wire
 
 from .dispatcher import Dispatcher
 from .server import current_peer
@@ -21,16 +21,20 @@ MAX_LONG_POLL = 1.0
 
 
 class DispatcherService:
-    def __init__(self, dispatcher: Dispatcher, *, heartbeat_interval: float) -> None:
+    def __init__(self, dispatcher: Dispatcher, *, heartbeat_interval: float,
+                 batch: str = "") -> None:
         self.dispatcher = dispatcher
         self.heartbeat_interval = heartbeat_interval
+        self.batch = batch
         self.cond = threading.Condition()
         self.stopping = False
 
     # -- exposed to workers ---------------------------------------------------------------
     def hello(self, worker_id: str, info: dict) -> dict:
         reply = {"protocol": PROTOCOL_VERSION, "lease_timeout": self.dispatcher.lease_timeout,
-                 "heartbeat_interval": self.heartbeat_interval}
+                 "heartbeat_interval": self.heartbeat_interval, "batch": self.batch}
+        if not isinstance(worker_id, str) or not isinstance(info, dict):
+            raise TypeError("hello(worker_id: str, info: dict)")
         if info.get("protocol") != PROTOCOL_VERSION:
             log.warning("worker %s from %s speaks protocol %s, this master %s: refused",
                         worker_id, current_peer(), info.get("protocol"), PROTOCOL_VERSION)
@@ -45,11 +49,24 @@ class DispatcherService:
                  info.get("python", "?"), info.get("concurrency", "?"))
         return {**reply, "state": RUN}
 
-    def exchange(self, worker_id: str, outcomes: list, want: int, wait: float) -> tuple:
+    def exchange(self, worker_id: str, batch: str, outcomes: list, want: int,
+                 wait: float) -> tuple:
+        """Take finished outcomes, lease up to `want` tasks (waiting up to `wait` s for some)."""
+        if not (isinstance(worker_id, str) and isinstance(outcomes, list)
+                and isinstance(want, int) and isinstance(wait, (int, float))):
+            raise TypeError("exchange(worker_id: str, batch: str, outcomes: list, want: int, "
+                            "wait: float)")
+        if batch != self.batch:
+            # Results of another batch (a worker that outlived its master): never ours.
+            if outcomes:
+                log.warning("worker %s from %s sent %d results of batch %r, this is %r: "
+                            "ignored", worker_id, current_peer(), len(outcomes), batch, self.batch)
+            outcomes = []
+        parsed = self._parse(worker_id, outcomes)
         d = self.dispatcher
         with self.cond:
-            if outcomes:
-                d.complete(worker_id, map(outcome_from_wire, outcomes))
+            if parsed:
+                d.complete(worker_id, parsed)
                 if d.done:
                     self.cond.notify_all()
             if self._finished():
@@ -61,13 +78,31 @@ class DispatcherService:
                 if self._finished():
                     return self._stop(worker_id)
                 tasks = d.lease(worker_id, want)
-            return [task_to_wire(t) for t in tasks], RUN
+            return [tuple(t) for t in tasks], RUN
+
+    def release(self, worker_id: str, seqs: list) -> int:
+        """A draining worker hands back tasks it has not started."""
+        with self.cond:
+            returned = self.dispatcher.release(worker_id, [s for s in seqs if isinstance(s, int)])
+            if returned:
+                self.cond.notify_all()
+        log.info("worker %s is draining: handed back %d tasks it had not started",
+                 worker_id, returned)
+        return returned
+
+    @staticmethod
+    def _parse(worker_id: str, outcomes: list) -> list:
+        parsed = []
+        for item in outcomes:
+            try:
+                parsed.append(outcome_from_wire(item))
+            except ValueError as exc:
+                log.warning("worker %s from %s: %s: ignored", worker_id, current_peer(), exc)
+        return parsed
 
     def goodbye(self, worker_id: str) -> None:
         with self.cond:
-            d = self.dispatcher
-            held = len(d.workers[worker_id].held) if worker_id in d.workers else 0
-            d.leave(worker_id)
+            held = self.dispatcher.leave(worker_id)
             if held:
                 self.cond.notify_all()
         log.info("worker %s left, handing back %d tasks", worker_id, held)
@@ -79,13 +114,18 @@ class DispatcherService:
                     "done": d.finished, "workers": len(d.alive_workers())}
 
     # -- used by the master's own loop ------------------------------------------------------
-    def tick(self) -> tuple[list[dict], list[str]]:
-        """Expire silent workers; return results to write and events to log."""
+    def tick(self) -> tuple[list, list, list[str]]:
+        """Expire silent workers; return (leased since the last tick, (seq, result) pairs to
+        journal and write, events to log). Leases are recorded only with a journal."""
         with self.cond:
             d = self.dispatcher
-            if d.expire():
-                self.cond.notify_all()
-            return d.take_results(), d.take_events()
+            if d.expire() or d.has_pending():
+                self.cond.notify_all()     # also wakes long polls when a retry comes due
+            leased = []
+            if d.leased_log:
+                leased = [(st.task, st.attempts, st.lost, st.errors) for st in d.leased_log]
+                d.leased_log.clear()
+            return leased, d.take_results(), d.take_events()
 
     def wait_for_change(self, timeout: float) -> None:
         with self.cond:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 DEFAULT_BIND = "0.0.0.0:50000"
 DEFAULT_LEASE_TIMEOUT = 5.0
 DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_RETRY_BACKOFF = 1.0
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,10 @@ class MasterSettings:
     timeout: float | None = None
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    task_timeout: float | None = None
+    retries: int = 0
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    journal_path: str | None = None
 
     @property
     def heartbeat_interval(self) -> float:

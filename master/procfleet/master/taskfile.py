@@ -1,84 +1,189 @@
-"""Reading a batch: JSON Lines task files (or stdin) and the `--demo` batch.
+"""Reading a batch: JSON Lines task files (or stdin) and the `--demo` batch, as task sources.
 
-The whole file is checked before anything is dispatched; every problem is reported with its
-file name and line number.
+A task file is read twice and never held in memory: one pass checks every line (reporting each
+problem with its file name and line number) before anything is dispatched, the second streams
+tasks to the dispatcher as workers lease them.
 """
 
+import hashlib
 import json
+import math
 import sys
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 
 from procfleet.shared.errors import TaskFileError
 from procfleet.shared.records import Task
 
-FIELDS = ("id", "task", "args", "kwargs")
+FIELDS = ("id", "task", "args", "kwargs", "timeout")
+_FIELD_SET = frozenset(FIELDS)
 #: report at most this many bad lines, then stop reading
 MAX_ERRORS = 20
 
 
-def demo_tasks(count: int, sleep: float = 0.0) -> list[Task]:
+class DemoSource:
     """`count` tasks square(i); with `sleep`, sleep(sleep, i*i) so the batch takes a while."""
-    if sleep > 0:
-        return [Task(str(i), "sleep", [sleep, i * i], {}) for i in range(count)]
-    return [Task(str(i), "square", [i], {}) for i in range(count)]
+
+    def __init__(self, count: int, sleep: float = 0.0, timeout: float | None = None) -> None:
+        self.total = count
+        self.sleep = sleep
+        self.timeout = timeout
+        self.name = f"--demo {count}"
+        self.fingerprint = f"demo:{count}:{sleep!r}"
+        self.rereadable = True
+
+    def __iter__(self) -> Iterator[Task]:
+        t, sleep = self.timeout, self.sleep
+        if sleep > 0:
+            return (Task(i, str(i), "sleep", [sleep, i * i], {}, t) for i in range(self.total))
+        return (Task(i, str(i), "square", [i], {}, t) for i in range(self.total))
 
 
-def read_tasks(path: str) -> list[Task]:
-    """Parse the task file at `path` (`-` for stdin); TaskFileError lists what is wrong."""
-    name = "<stdin>" if path == "-" else path
+class FileSource:
+    """A checked JSON Lines task file, streamed again each time it is iterated."""
+
+    def __init__(self, path: str, timeout: float | None = None) -> None:
+        self.path = path
+        self.name = path
+        self.timeout = timeout
+        self.rereadable = True
+        digest = hashlib.sha256()
+        first_pass = True
+
+        def lines():
+            nonlocal first_pass
+            with _open(path) as fh:
+                if not first_pass:
+                    yield from fh
+                    return
+                first_pass = False
+                for line in fh:
+                    digest.update(line.encode("utf-8"))
+                    yield line
+
+        self.total = check_lines(lines, path)
+        self.fingerprint = f"file:{digest.hexdigest()}"
+
+    def __iter__(self) -> Iterator[Task]:
+        with _open(self.path) as fh:
+            for seq, (_lineno, task) in enumerate(_tasks(fh, self.path, self.timeout)):
+                if isinstance(task, str):
+                    raise TaskFileError(f"{task} (the file changed while the batch ran)")
+                yield task._replace(seq=seq)
+
+
+class ListSource:
+    """Tasks already in memory: stdin, which cannot be read twice, and tests."""
+
+    def __init__(self, tasks: list[Task], name: str = "<stdin>") -> None:
+        self.tasks = tasks
+        self.total = len(tasks)
+        self.name = name
+        self.fingerprint = None
+        self.rereadable = False
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks)
+
+
+def open_source(path: str, timeout: float | None = None):
+    """The task source for `--tasks PATH` (`-` for stdin); TaskFileError lists what is wrong."""
+    if path == "-":
+        try:
+            return ListSource(parse_lines(sys.stdin, "<stdin>", timeout))
+        except UnicodeDecodeError as exc:
+            raise TaskFileError(f"<stdin>: not UTF-8 text ({exc.reason} at byte {exc.start})") \
+                from None
     try:
-        if path == "-":
-            return parse_lines(sys.stdin, name)
-        with open(path, encoding="utf-8") as fh:
-            return parse_lines(fh, name)
+        return FileSource(path, timeout)
     except OSError as exc:
-        raise TaskFileError(f"cannot read tasks file {name!r}: {exc.strerror or exc}") from None
+        raise TaskFileError(f"cannot read tasks file {path!r}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise TaskFileError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise TaskFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def parse_lines(lines: Iterable[str], name: str) -> list[Task]:
-    tasks: list[Task] = []
-    first_line: dict[str, int] = {}
+def demo_tasks(count: int, sleep: float = 0.0) -> list[Task]:
+    return list(DemoSource(count, sleep))
+
+
+def parse_lines(lines: Iterable[str], name: str, timeout: float | None = None) -> list[Task]:
+    """Every task of `lines` in memory, after the same checks as a task file gets."""
+    lines = list(lines)
+    check_lines(lambda: lines, name)
+    return [task._replace(seq=seq) for seq, (_n, task) in enumerate(_tasks(lines, name, timeout))]
+
+
+def check_lines(lines: Callable[[], Iterable[str]], name: str) -> int:
+    """Check every line of `lines()`; return the number of tasks, or TaskFileError listing errors.
+
+    Duplicate ids are found from 64-bit hashes (8 bytes per task, not the ids themselves); only
+    a hash that repeats sends us back to the lines to compare the ids.
+    """
     errors: list[str] = []
-    for lineno, task_or_error in _parse(lines, name):
-        if isinstance(task_or_error, str):
-            errors.append(task_or_error)
-        elif task_or_error.id in first_line:
-            errors.append(f"{name}:{lineno}: duplicate id {task_or_error.id!r} "
-                          f"(first used on line {first_line[task_or_error.id]})")
-        else:
-            first_line[task_or_error.id] = lineno
-            tasks.append(task_or_error)
-        if len(errors) >= MAX_ERRORS:
-            errors.append(f"{name}: stopped after {MAX_ERRORS} errors")
-            break
+    hashes = array("q")
+    count = 0
+    for _lineno, task in _tasks(lines(), name, None):
+        if isinstance(task, str):
+            errors.append(task)
+            if len(errors) >= MAX_ERRORS:
+                errors.append(f"{name}: stopped after {MAX_ERRORS} errors")
+                break
+            continue
+        hashes.append(hash(task.id))
+        count += 1
+    if not errors and len(set(hashes)) != len(hashes):
+        errors.extend(_duplicate_ids(lines(), name, hashes))
     if errors:
+        shown = len(errors) if len(errors) <= MAX_ERRORS else "many"
         raise TaskFileError(
-            f"{name}: {len(errors) if len(errors) <= MAX_ERRORS else 'many'} invalid "
-            f"line{'s' if len(errors) > 1 else ''}; nothing was dispatched\n  " + "\n  ".join(errors))
-    return tasks
+            f"{name}: {shown} invalid line{'s' if len(errors) > 1 else ''}; nothing was "
+            "dispatched\n  " + "\n  ".join(errors[:MAX_ERRORS + 1]))
+    return count
 
 
-def _parse(lines: Iterable[str], name: str) -> Iterator[tuple[int, Task | str]]:
+def _duplicate_ids(lines: Iterable[str], name: str, hashes: array) -> list[str]:
+    seen: set[int] = set()
+    repeated = {h for h in hashes if h in seen or seen.add(h)}
+    first_line: dict[str, int] = {}
+    errors = []
+    for lineno, task in _tasks(lines, name, None):
+        if hash(task.id) not in repeated:
+            continue
+        if task.id in first_line:
+            errors.append(f"{name}:{lineno}: duplicate id {task.id!r} "
+                          f"(first used on line {first_line[task.id]})")
+            if len(errors) >= MAX_ERRORS:
+                break
+        else:
+            first_line[task.id] = lineno
+    return errors
+
+
+def _open(path: str):
+    return open(path, encoding="utf-8")
+
+
+def _tasks(lines: Iterable[str], name: str,
+           timeout: float | None) -> Iterator[tuple[int, Task | str]]:
+    """(line number, Task or error text) for every non-blank line; seq is filled in by callers."""
+    loads = json.loads
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        where = f"{name}:{lineno}"
         try:
-            obj = json.loads(line)
+            obj = loads(line)
         except json.JSONDecodeError as exc:
-            yield lineno, f"{where}: invalid JSON: {exc.msg} (column {exc.colno})"
+            yield lineno, f"{name}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})"
             continue
-        yield lineno, _task_from_object(obj, lineno, where)
+        yield lineno, _task_from_object(obj, lineno, f"{name}:{lineno}", timeout)
 
 
-def _task_from_object(obj, lineno: int, where: str) -> Task | str:
+def _task_from_object(obj, lineno: int, where: str, timeout: float | None) -> Task | str:
     if not isinstance(obj, dict):
         return f"{where}: expected a JSON object like {{\"task\": \"square\", \"args\": [3]}}, " \
                f"got {_json_type(obj)}"
-    unknown = sorted(set(obj) - set(FIELDS))
-    if unknown:
+    if not obj.keys() <= _FIELD_SET:
+        unknown = sorted(obj.keys() - _FIELD_SET)
         return f"{where}: unknown field{'s' if len(unknown) > 1 else ''} " \
                f"{', '.join(map(repr, unknown))} (allowed: {', '.join(FIELDS)})"
     if "task" not in obj:
@@ -86,7 +191,7 @@ def _task_from_object(obj, lineno: int, where: str) -> Task | str:
     name = obj["task"]
     if not isinstance(name, str) or not name:
         return f"{where}: \"task\" must be a non-empty string, got {_json_type(name)}"
-    task_id = obj.get("id", str(lineno))
+    task_id = obj.get("id", lineno)
     if isinstance(task_id, bool) or not isinstance(task_id, (str, int)) or task_id == "":
         return f"{where}: \"id\" must be a non-empty string or an integer, got {_json_type(task_id)}"
     args = obj.get("args", [])
@@ -95,7 +200,14 @@ def _task_from_object(obj, lineno: int, where: str) -> Task | str:
     kwargs = obj.get("kwargs", {})
     if not isinstance(kwargs, dict):
         return f"{where}: \"kwargs\" must be an object, got {_json_type(kwargs)}"
-    return Task(str(task_id), name, args, kwargs)
+    if "timeout" in obj:
+        timeout = obj["timeout"]
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not math.isfinite(timeout) or timeout <= 0:
+            return f"{where}: \"timeout\" must be a positive number of seconds, " \
+                   f"got {_json_type(timeout)}"
+        timeout = float(timeout)
+    return Task(0, str(task_id), name, args, kwargs, timeout)
 
 
 def _json_type(value) -> str:
@@ -104,7 +216,8 @@ def _json_type(value) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float)):
-        return "a number"
+        return "a number" if not isinstance(value, float) or math.isfinite(value) \
+            else f"{value!r}"
     if isinstance(value, str):
         return "a string" if value else "an empty string"
     if isinstance(value, list):

@@ -9,14 +9,15 @@ from multiprocessing.managers import BaseManager, BaseProxy, State, dispatch
 
 from .errors import AuthenticationFailed, MasterUnreachable
 from .settings import ENV_AUTHKEY, ENV_AUTHKEY_FILE, format_address
-from .transport import bounded_client
+from .transport import bounded_client, set_recv_timeout
 
-PROTOCOL_VERSION = 1
+#: 2: tasks addressed by seq, outcomes with a kind, batch ids, `release`
+PROTOCOL_VERSION = 2
 
 #: typeid under which the master serves its dispatcher
 DISPATCHER = "dispatcher"
 #: the dispatcher's methods a peer may call
-DISPATCHER_METHODS = ("hello", "exchange", "goodbye", "ping")
+DISPATCHER_METHODS = ("hello", "exchange", "release", "goodbye", "ping")
 
 #: what `exchange` tells a worker to do next
 RUN = "run"
@@ -37,9 +38,20 @@ class DispatcherProxy(BaseProxy):
     def hello(self, worker_id: str, info: dict) -> dict:
         return self._callmethod("hello", (worker_id, info))
 
-    def exchange(self, worker_id: str, outcomes: list, want: int, wait: float) -> tuple:
+    def exchange(self, worker_id: str, batch: str, outcomes: list, want: int,
+                 wait: float) -> tuple:
         """Hand back finished outcomes, lease up to `want` tasks; also the heartbeat."""
-        return self._callmethod("exchange", (worker_id, outcomes, want, wait))
+        return self._callmethod("exchange", (worker_id, batch, outcomes, want, wait))
+
+    def release(self, worker_id: str, seqs: list) -> int:
+        """Hand back leased tasks this worker will not run (it is draining)."""
+        return self._callmethod("release", (worker_id, seqs))
+
+    def set_call_timeout(self, seconds: float) -> None:
+        """Fail a call whose reply takes longer than `seconds` (the connection is then dead)."""
+        conn = getattr(self._tls, "connection", None)
+        if conn is not None:
+            set_recv_timeout(conn.fileno(), seconds)
 
     def goodbye(self, worker_id: str) -> None:
         """Leaving on purpose: the master requeues whatever this worker still holds."""

@@ -13,7 +13,8 @@ from procfleet.shared.logs import configure_logging
 from procfleet.shared.settings import load_authkey, parse_address, resolve_host
 from procfleet.shared.tasks import registry
 
-from .settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MASTER, WorkerSettings
+from .settings import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MASTER,
+                       WorkerSettings)
 from .worker import Worker
 
 
@@ -49,15 +50,19 @@ def split_imports(options: tuple[str, ...]) -> tuple[str, ...]:
               default=DEFAULT_CONNECT_TIMEOUT, show_default=True, metavar="SECONDS",
               envvar="PROCFLEET_CONNECT_TIMEOUT",
               help="Keep retrying an unreachable master this long, then exit 3.")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=DEFAULT_DRAIN_TIMEOUT,
+              show_default=True, metavar="SECONDS", envvar="PROCFLEET_DRAIN_TIMEOUT",
+              help="On SIGTERM, finish running tasks for up to SECONDS, then hand back the rest.")
 @click.option("--id", "worker_id", metavar="NAME", envvar="PROCFLEET_WORKER_ID",
               help="This worker's name in results and logs [default: HOSTNAME-PID].")
 @click.option("-v", "--verbose", count=True, help="Log more (debug).")
-def worker(master_address, concurrency, imports, connect_timeout, worker_id, verbose):
+def worker(master_address, concurrency, imports, connect_timeout, drain_timeout, worker_id,
+           verbose):
     """Lease tasks from a master, run them and send back their results.
 
     \b
-    Exit codes: 0 the master said the batch is done (or SIGTERM); 2 configuration
-    error, including a wrong key; 3 the master stayed unreachable.
+    Exit codes: 0 the master said the batch is done, or SIGTERM after draining;
+    2 configuration error, including a wrong key; 3 the master stayed unreachable.
     The key comes from PROCFLEET_AUTHKEY or PROCFLEET_AUTHKEY_FILE.
     """
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -66,7 +71,7 @@ def worker(master_address, concurrency, imports, connect_timeout, worker_id, ver
         settings = WorkerSettings(
             master=parse_address(master_address, "--master"), authkey=load_authkey(),
             worker_id=worker_id, concurrency=concurrency, imports=split_imports(imports),
-            connect_timeout=connect_timeout)
+            connect_timeout=connect_timeout, drain_timeout=drain_timeout)
         resolve_host(settings.master[0], "--master")
         import_task_modules(settings.imports)
         w = Worker(settings, registry)

@@ -7,7 +7,7 @@ import threading
 import traceback
 
 from procfleet.shared.errors import UnknownTask
-from procfleet.shared.records import Outcome, Task
+from procfleet.shared.records import ERROR, OK, Outcome, Task
 from procfleet.shared.tasks import TaskRegistry
 
 
@@ -16,15 +16,15 @@ def run_task(registry: TaskRegistry, task: Task) -> Outcome:
     try:
         func = registry.get(task.name)
     except UnknownTask as exc:
-        return Outcome(task.id, False, None, f"UnknownTask: {exc}")
+        return Outcome(task.seq, ERROR, None, f"UnknownTask: {exc}")
     try:
         value = func(*task.args, **task.kwargs)
     except (Exception, SystemExit) as exc:
-        return Outcome(task.id, False, None, format_error(exc))
+        return Outcome(task.seq, ERROR, None, format_error(exc))
     try:
-        return Outcome(task.id, True, to_json_value(value), None)
+        return Outcome(task.seq, OK, to_json_value(value), None)
     except (TypeError, ValueError) as exc:
-        return Outcome(task.id, False, None,
+        return Outcome(task.seq, ERROR, None,
                        f"ResultNotJSON: task {task.name!r} returned a value that is not "
                        f"JSON-serialisable: {exc}")
 
@@ -49,7 +49,8 @@ def to_json_value(value):
 class Executor:
     """`concurrency` daemon threads; results land in `outbox` and set `wakeup`."""
 
-    def __init__(self, registry: TaskRegistry, concurrency: int, wakeup: threading.Event) -> None:
+    def __init__(self, registry: TaskRegistry, concurrency: int, wakeup: threading.Event,
+                 imports: tuple[str, ...] = ()) -> None:
         self.registry = registry
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -68,6 +69,17 @@ class Executor:
                 outcomes.append(self.outbox.get_nowait())
             except queue.Empty:
                 return outcomes
+
+    def take_unstarted(self) -> list[Task]:
+        tasks = []
+        while True:
+            try:
+                tasks.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return tasks
+
+    def close(self) -> None:
+        pass
 
     def _loop(self) -> None:
         while True:

@@ -1,17 +1,20 @@
-"""The worker's life: initialize (connect, hello), loop (exchange batches), shutdown.
+"""The worker's life: initialize (connect, hello), loop (exchange batches), drain and shut down.
 
 Every `exchange` call hands back finished outcomes, leases more tasks and serves as the
 heartbeat; while every slot is busy the worker still calls in once per heartbeat interval.
+SIGTERM drains: stop leasing, hand back what has not started, finish what is running within
+`--drain-timeout`, hand back the rest, exit 0. A second signal ends the drain at once.
 """
 
 import logging
 import platform
 import signal
 import threading
+import time
 
 from procfleet.shared.errors import EXIT_OK, ProtocolMismatch
 from procfleet.shared.manager import CONNECT_ERRORS, PROTOCOL_VERSION, STOP
-from procfleet.shared.records import outcome_to_wire, task_from_wire
+from procfleet.shared.records import task_from_wire
 from procfleet.shared.settings import format_address
 from procfleet.shared.tasks import TaskRegistry
 
@@ -25,6 +28,10 @@ log = logging.getLogger(__name__)
 PREFETCH = 4
 #: how long an idle worker lets the master hold its request waiting for work
 LONG_POLL = 1.0
+#: a call with no reply for this many lease timeouts means the connection is dead
+CALL_TIMEOUT_LEASES = 2.0
+#: ... but never less than this (a long poll must fit)
+MIN_CALL_TIMEOUT = 5.0
 
 
 class Worker:
@@ -33,14 +40,17 @@ class Worker:
         self.id = settings.worker_id
         self.registry = registry
         self.wakeup = threading.Event()
-        self.stopping = threading.Event()
+        self.signals = 0
         self.signum = 0
         self.target = settings.concurrency * PREFETCH
         self.heartbeat_interval = 1.0
+        self.batch: str | None = None
+        self.stopping = threading.Event()   # set on the first signal: connect attempts give up
 
     # -- signals: the handler only sets flags --------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
         self.signum = signum
+        self.signals += 1
         self.stopping.set()
         self.wakeup.set()
 
@@ -57,7 +67,12 @@ class Worker:
         proxy = self._initialize()
         if proxy is None:
             return EXIT_OK
-        return self._loop(proxy)
+        executor = Executor(self.registry, self.settings.concurrency, self.wakeup,
+                            self.settings.imports)
+        try:
+            return self._loop(proxy, executor)
+        finally:
+            executor.close()
 
     def _initialize(self):
         s = self.settings
@@ -73,34 +88,49 @@ class Worker:
                 f"master {format_address(s.master)} speaks protocol {reply.get('protocol')}, "
                 f"this worker {PROTOCOL_VERSION}: use images of the same procfleet version")
         self.heartbeat_interval = reply["heartbeat_interval"]
+        proxy.set_call_timeout(max(MIN_CALL_TIMEOUT,
+                                   CALL_TIMEOUT_LEASES * reply["lease_timeout"]))
         if reply["state"] == STOP:
             log.info("the master's batch is already over; exiting")
             return None
-        log.info("connected to master %s; running up to %d tasks at once",
-                 format_address(s.master), s.concurrency)
+        if self.batch is not None and reply["batch"] != self.batch:
+            log.warning("the master now runs another batch (%s, was %s): dropping the old "
+                        "batch's work", reply["batch"], self.batch)
+        self.batch = reply["batch"]
+        log.info("connected to master %s (batch %s); running up to %d tasks at once",
+                 format_address(s.master), self.batch, s.concurrency)
         return proxy
 
-    def _loop(self, proxy) -> int:
-        executor = Executor(self.registry, self.settings.concurrency, self.wakeup)
-        leased: set[str] = set()
+    def _loop(self, proxy, executor: Executor) -> int:
+        leased: dict[int, str] = {}     # seq -> batch it belongs to
         unsent: list[tuple] = []
         done = 0
+        drain_until = None
         while True:
             self.wakeup.clear()
             for outcome in executor.collect():
-                leased.discard(outcome.id)
-                unsent.append(outcome_to_wire(outcome))
-            if self.stopping.is_set():
-                return self._shutdown(proxy, unsent, leased)
-            want = max(0, self.target - len(leased))
+                if leased.pop(outcome.seq, None) == self.batch:
+                    unsent.append(tuple(outcome))
+            if self.signals and drain_until is None:
+                drain_until = time.monotonic() + self.settings.drain_timeout
+                proxy = self._begin_drain(proxy, executor, leased)
+            if drain_until is not None and (not leased or self.signals > 1
+                                            or time.monotonic() >= drain_until):
+                return self._shutdown(proxy, executor, unsent, leased)
+            want = 0 if drain_until is not None else max(0, self.target - len(leased))
             wait = LONG_POLL if not leased and not unsent else 0.0
             try:
-                tasks, state = proxy.exchange(self.id, unsent, want, wait)
+                tasks, state = proxy.exchange(self.id, self.batch, unsent, want, wait)
             except CONNECT_ERRORS as exc:
                 log.warning("lost the master (%s); reconnecting", type(exc).__name__)
+                batch = self.batch
                 proxy = self._initialize()
                 if proxy is None:
                     return EXIT_OK
+                if self.batch != batch:
+                    unsent = []
+                    for task in executor.take_unstarted():
+                        leased.pop(task.seq, None)
                 continue
             done += len(unsent)
             unsent = []
@@ -108,19 +138,44 @@ class Worker:
                 log.info("the batch is over after %d tasks here; exiting", done)
                 return EXIT_OK
             if tasks:
-                leased.update(t[0] for t in tasks)
+                for item in tasks:
+                    leased[item[0]] = self.batch
                 executor.submit([task_from_wire(t) for t in tasks])
             if leased:
-                self.wakeup.wait(self.heartbeat_interval)
+                timeout = self.heartbeat_interval
+                if drain_until is not None:
+                    timeout = min(timeout, max(0.0, drain_until - time.monotonic()))
+                self.wakeup.wait(timeout)
 
-    def _shutdown(self, proxy, unsent: list, leased: set) -> int:
+    def _begin_drain(self, proxy, executor: Executor, leased: dict):
+        """Stop leasing and hand back at once what has not started, so others pick it up."""
+        unstarted = [t.seq for t in executor.take_unstarted()]
+        for seq in unstarted:
+            leased.pop(seq, None)
+        log.info("signal %d: draining: handing back %d tasks not started, finishing %d "
+                 "running (up to %g s)", self.signum, len(unstarted), len(leased),
+                 self.settings.drain_timeout)
+        if unstarted:
+            try:
+                proxy.release(self.id, unstarted)
+            except CONNECT_ERRORS as exc:
+                log.warning("could not hand back tasks (%s); they are requeued when the "
+                            "lease expires", type(exc).__name__)
+        return proxy
+
+    def _shutdown(self, proxy, executor: Executor, unsent: list, leased: dict) -> int:
         """Report what is finished, hand back what is not, and leave."""
-        log.info("signal %d: handing back %d unfinished tasks and exiting", self.signum,
-                 len(leased))
+        executor.close()
+        for outcome in executor.collect():
+            if leased.pop(outcome.seq, None) == self.batch:
+                unsent.append(tuple(outcome))
+        if leased:
+            log.info("drain over: handing back %d unfinished tasks", len(leased))
         try:
-            proxy.exchange(self.id, unsent, 0, 0.0)
+            proxy.exchange(self.id, self.batch, unsent, 0, 0.0)
             proxy.goodbye(self.id)
         except CONNECT_ERRORS as exc:
             log.warning("could not reach the master to hand back tasks (%s); "
                         "they are requeued when the lease expires", type(exc).__name__)
+        log.info("exiting after the drain")
         return EXIT_OK
