@@ -1,0 +1,79 @@
+"""The SQLite journal: a batch is recognised, resumed with its counts, and refused if different."""
+
+import pytest
+
+from procfleet.master.dispatcher import Dispatcher
+from procfleet.master.journal import Journal
+from procfleet.shared.errors import ConfigError
+from procfleet.shared.records import OK, Outcome
+from test_dispatcher import FakeClock, tasks
+
+
+def run_some(journal: Journal, n: int, finish: int):
+    """A dispatcher over n tasks that leases 4 and finishes `finish` of them, journalled."""
+    d = Dispatcher(tasks(n), n, lease_timeout=5, max_attempts=3, clock=FakeClock())
+    d.leased_log = []
+    leased = d.lease("a", 4)
+    d.complete("a", [Outcome(t.seq, OK, t.args[0] ** 2, None) for t in leased[:finish]])
+    journal.record([(st.task, st.attempts, st.lost, st.errors) for st in d.leased_log],
+                   d.take_results())
+    return leased
+
+
+def test_new_journal_starts_a_batch_and_the_same_source_resumes_it(tmp_path):
+    path = str(tmp_path / "j.db")
+    journal = Journal(path)
+    batch, resumed = journal.open_batch("--demo 10", "demo:10:0.0", 10)
+    assert not resumed
+    leased = run_some(journal, 10, finish=2)
+    journal.close()
+
+    again = Journal(path)
+    assert again.open_batch("--demo 10", "demo:10:0.0", 10) == (batch, True)
+    assert sorted(again.done()) == [leased[0].seq, leased[1].seq]
+    in_flight = again.in_flight()
+    assert [st.task for st in in_flight] == leased[2:]
+    assert all(st.attempts == 1 for st in in_flight)
+    lines = list(again.results())
+    assert len(lines) == 2 and '"status":"ok"' in lines[0]
+    assert again.count_ok() == 2
+
+
+def test_resumed_dispatcher_never_reruns_finished_tasks(tmp_path):
+    journal = Journal(str(tmp_path / "j.db"))
+    journal.open_batch("s", "f", 10)
+    run_some(journal, 10, finish=3)
+    d = Dispatcher(tasks(10), 10, lease_timeout=5, max_attempts=3, done=journal.done(),
+                   restored=journal.in_flight(), clock=FakeClock())
+    leased = d.lease("b", 100)
+    assert len(leased) == 7 and {t.seq for t in leased}.isdisjoint({0, 1, 2})
+    assert [t.seq for t in leased[:1]] == [3]          # in flight before: first again
+
+
+def test_one_transaction_per_call_and_duplicates_are_ignored(tmp_path):
+    journal = Journal(str(tmp_path / "j.db"))
+    journal.open_batch("s", "f", 3)
+    record = {"id": "0", "status": "ok"}
+    journal.record([], [(0, record)])
+    journal.record([], [(0, {"id": "0", "status": "failed"})])
+    assert list(journal.results()) == ['{"id":"0","status":"ok"}']
+
+
+def test_a_journal_of_another_batch_is_refused_with_what_to_do(tmp_path):
+    path = str(tmp_path / "j.db")
+    Journal(path).open_batch("tasks.jsonl", "file:abc", 5)
+    with pytest.raises(ConfigError, match=r"belongs to another batch \(tasks.jsonl, 5 tasks\), "
+                                          r"not --demo 7 \(7 tasks\).*new journal path"):
+        Journal(path).open_batch("--demo 7", "demo:7:0.0", 7)
+
+
+def test_a_file_that_is_not_sqlite_is_a_config_error(tmp_path):
+    path = tmp_path / "j.db"
+    path.write_text("not a database, just text " * 100)
+    with pytest.raises(ConfigError, match="--journal .*cannot use it as an SQLite journal"):
+        Journal(str(path))
+
+
+def test_journal_uses_wal(tmp_path):
+    journal = Journal(str(tmp_path / "j.db"))
+    assert journal.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
