@@ -12,7 +12,7 @@ export PYTHON COMPOSE
 PYPROJECTS := shared/pyproject.toml master/pyproject.toml worker/pyproject.toml
 VENV_STAMP := $(VENV)/.procfleet-installed
 
-.PHONY: help venv unit integration test base-image wheels images .env up down clean distclean
+.PHONY: help venv unit integration chaos test base-image wheels images .env up down clean distclean
 
 help: ## Show this list
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_.-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -32,6 +32,9 @@ unit: venv ## Unit and end-to-end tests (no Docker)
 
 integration: venv images ## Integration tests against the real images and docker-compose.yml
 	$(VENV)/bin/python -m pytest tests/integration
+
+chaos: venv images ## Fault tests only (processes and compose), ending with the chaos table
+	$(VENV)/bin/python -m pytest -m chaos tests/e2e tests/integration
 
 test: ## unit, then integration
 	$(MAKE) --no-print-directory unit

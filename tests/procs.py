@@ -40,8 +40,10 @@ class Proc:
         with self.cond:
             return "\n".join(line for _, line in self.lines)
 
-    def wait_for(self, pattern: str, timeout: float = 20) -> tuple[float, re.Match]:
-        """Block until a stderr line matches `pattern`; return (arrival time, match)."""
+    def wait_for(self, pattern: str, timeout: float = 20,
+                 after: float | None = None) -> tuple[float, re.Match]:
+        """Block until a stderr line (arrived after `after`, if given) matches `pattern`;
+        return (arrival time, match)."""
         regex = re.compile(pattern)
         seen = 0
 
@@ -49,6 +51,8 @@ class Proc:
             nonlocal seen
             for t, line in self.lines[seen:]:
                 seen += 1
+                if after is not None and t <= after:
+                    continue
                 m = regex.search(line)
                 if m:
                     return t, m

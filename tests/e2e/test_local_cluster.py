@@ -5,6 +5,9 @@ import signal
 import socket
 import time
 
+import pytest
+
+import chaos
 from procs import assert_exactly_once, master_port, read_results, summary, wait_until
 
 WRONG_KEY = "this-is-not-the-right-key"
@@ -50,6 +53,7 @@ def test_failed_and_unknown_tasks_end_as_failed_results_exit_1(spawn, tmp_path):
     assert "unknown task 'no_such_task'" in by_id["what"]["error"]
 
 
+@pytest.mark.chaos
 def test_worker_killed_mid_batch_loses_nothing(spawn, tmp_path):
     n, lease_timeout = 40, 1.0
     tasks = write_tasks(tmp_path / "t.jsonl",
@@ -71,6 +75,9 @@ def test_worker_killed_mid_batch_loses_nothing(spawn, tmp_path):
     stats = summary(master)
     assert stats["requeued"] >= 1
     recovery = requeued_at - killed_at
+    chaos.record("worker process SIGKILL (lease 1 s)", [f"t{i}" for i in range(n)],
+                 read_results(out), dropped=stats["duplicates_dropped"], recover_s=recovery,
+                 recovery="kill to requeue")
     print(f"\nkill-to-requeue {recovery:.2f} s (lease timeout {lease_timeout} s), "
           f"requeued {stats['requeued']:.0f}, duplicates dropped {stats['duplicates_dropped']:.0f}")
     assert lease_timeout / 2 <= recovery <= lease_timeout + 2   # last heartbeat was before the kill
@@ -99,6 +106,7 @@ def test_unreachable_master_is_exit_3_after_the_connect_timeout(spawn):
     assert "gave up after 1 s" in worker.stderr and "Traceback" not in worker.stderr
 
 
+@pytest.mark.chaos
 def test_wrong_key_is_refused_fast_and_the_batch_goes_on(spawn, tmp_path):
     out = tmp_path / "results.jsonl"
     master = spawn("master", "--demo", "40", "--demo-sleep", "0.05", "--local-workers", "1",
@@ -114,6 +122,9 @@ def test_wrong_key_is_refused_fast_and_the_batch_goes_on(spawn, tmp_path):
     master.wait_for(r"refused connection from 127\.0\.0\.1:\d+: wrong key")
     assert master.wait(60) == 0, master.stderr
     assert_exactly_once(read_results(out), {str(i): i * i for i in range(40)})
+    chaos.record("worker with a wrong key", range(40), read_results(out),
+                 dropped=summary(master)["duplicates_dropped"], recover_s=refused_in,
+                 recovery="refused, exit 2")
     print(f"\nwrong key refused in {refused_in:.2f} s (process start included)")
 
 
@@ -138,6 +149,7 @@ def test_timeout_with_unfinished_tasks_is_exit_3_and_keeps_finished_results(spaw
     assert "--timeout 2 s passed with 1 of 2 tasks unfinished" in master.stderr
 
 
+@pytest.mark.chaos
 def test_sigterm_drains_hands_back_unstarted_tasks_and_finishes_running_ones(spawn, tmp_path):
     n = 30
     tasks = write_tasks(tmp_path / "t.jsonl",
@@ -151,10 +163,12 @@ def test_sigterm_drains_hands_back_unstarted_tasks_and_finishes_running_ones(spa
                "the leaving worker to finish a task")
     spawn("worker", "--master", address, "--id", "stayer", "--concurrency", "2")
     leaver.kill(signal.SIGTERM)
+    termed = time.monotonic()
     _, m = leaver.wait_for(r"draining: handing back (\d+) tasks not started, finishing (\d+)")
     assert int(m.group(1)) >= 1 and int(m.group(2)) >= 1
     master.wait_for(rf"worker leaver is draining: handed back {m.group(1)} tasks")
     assert leaver.wait(10) == 0
+    drained_in = time.monotonic() - termed
     # Running tasks (0.3 s) fit in the default 10 s drain: the leaver itself delivers them.
     _, left = master.wait_for(r"worker leaver left, handing back (\d+) tasks")
     assert int(left.group(1)) == 0
@@ -163,6 +177,9 @@ def test_sigterm_drains_hands_back_unstarted_tasks_and_finishes_running_ones(spa
     assert_exactly_once(read_results(out), {f"t{i}": i for i in range(n)})
     stats = summary(master)
     assert stats["requeued"] == 0 and stats["handed_back"] == int(m.group(1))
+    chaos.record("worker SIGTERM mid-batch (drain)", [f"t{i}" for i in range(n)],
+                 read_results(out), dropped=stats["duplicates_dropped"], recover_s=drained_in,
+                 recovery="SIGTERM to exit 0")
 
 
 MARKING_TASKS = """
@@ -178,6 +195,7 @@ def marked_sleep(marks, seconds, value):
 """
 
 
+@pytest.mark.chaos
 def test_drain_timeout_hands_back_running_tasks(spawn, tmp_path):
     n = 4
     (tmp_path / "marking.py").write_text(MARKING_TASKS)
@@ -205,6 +223,10 @@ def test_drain_timeout_hands_back_running_tasks(spawn, tmp_path):
     assert master.wait(60) == 0, master.stderr
     assert_exactly_once(read_results(out), {f"t{i}": i for i in range(n)})
     assert {r["worker"] for r in read_results(out)} == {"stayer"}
+    chaos.record("SIGTERM, running tasks longer than --drain-timeout 0.5",
+                 [f"t{i}" for i in range(n)], read_results(out),
+                 dropped=summary(master)["duplicates_dropped"],
+                 recover_s=time.monotonic() - started, recovery="to batch end")
 
 
 def test_port_in_use_leaves_an_earlier_results_file_alone(spawn, tmp_path):

@@ -6,6 +6,9 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
+import chaos
 from procs import assert_exactly_once, read_results, summary, wait_until
 
 COUNTING_TASKS = """
@@ -49,6 +52,7 @@ def setup(tmp_path, n, seconds=0.03):
     return tasks, runs
 
 
+@pytest.mark.chaos
 def test_master_killed_and_started_again_resumes_the_batch(spawn, tmp_path):
     n = 300
     tasks, runs = setup(tmp_path, n)
@@ -70,8 +74,7 @@ def test_master_killed_and_started_again_resumes_the_batch(spawn, tmp_path):
     _, m = second.wait_for(r"resuming batch \w+ from journal .*: (\d+) of 300 tasks already done, "
                            r"(\d+) were in flight")
     assert int(m.group(1)) >= len(before)
-    second.wait_for("worker .* (joined|reconnected)", 30)
-    resumed_at = time.monotonic()
+    resumed_at, _ = second.wait_for("worker .* (joined|reconnected)", 30)
     assert second.wait(90) == 0, second.stderr
     for w in workers:
         assert w.wait(30) == 0, w.stderr
@@ -82,11 +85,15 @@ def test_master_killed_and_started_again_resumes_the_batch(spawn, tmp_path):
     assert not rerun & before, f"finished before the kill, yet run again: {rerun & before}"
     stats = summary(second)
     assert stats["ok"] == n and stats["unfinished"] == 0
+    chaos.record("master SIGKILL, started again with --journal", [f"t{i}" for i in range(n)],
+                 results, dropped=stats["duplicates_dropped"], recover_s=resumed_at - killed_at,
+                 recovery="kill to a worker back, restart by hand")
     print(f"\nmaster SIGKILL: {len(before)} results before, {n} after restart, "
           f"{len(rerun)} in-flight tasks run twice, reconnected {resumed_at - killed_at:.2f} s "
           "after the kill")
 
 
+@pytest.mark.chaos
 def test_restart_on_crash_restarts_a_killed_batch_process(spawn, tmp_path):
     n = 200
     tasks, runs = setup(tmp_path, n)
@@ -100,12 +107,17 @@ def test_restart_on_crash_restarts_a_killed_batch_process(spawn, tmp_path):
     wait_until(lambda: len(read_results(out)) >= 40, 60, "40 results before the kill")
     [batch_process] = children(supervisor.popen.pid)
     os.kill(batch_process, signal.SIGKILL)
+    killed_at = time.monotonic()
     supervisor.wait_for(r"killed by SIGKILL: restarting it from the journal .*restart 1 of 2")
     supervisor.wait_for("resuming batch")
+    back_at, _ = supervisor.wait_for("worker .* (joined|reconnected)", after=killed_at)
     assert supervisor.wait(90) == 0, supervisor.stderr
     for w in workers:
         assert w.wait(30) == 0
     assert_exactly_once(read_results(out), {f"t{i}": i * i for i in range(n)})
+    chaos.record("master SIGKILL under --restart-on-crash", [f"t{i}" for i in range(n)],
+                 read_results(out), dropped=summary(supervisor)["duplicates_dropped"],
+                 recover_s=back_at - killed_at, recovery="kill to a worker back")
 
 
 def test_restart_on_crash_does_not_restart_a_finished_batch_with_failures(spawn, tmp_path):
