@@ -33,7 +33,18 @@ if [ "${state%% *}" = exited ] && [ "${state##* }" != "$code" ]; then
     code=${state##* }
 fi
 
-if ! with_any_key compose down --remove-orphans >/dev/null 2>&1; then
+# The results live on the master's `state` volume, beside its journal.
+if [ -n "$master" ] && docker cp "$master:/var/lib/procfleet/results.jsonl" results.jsonl 2>/dev/null; then
+    say "results: results.jsonl ($(wc -l < results.jsonl) lines)"
+fi
+
+# A finished batch (0, 1) no longer needs its journal; an unfinished one keeps it to resume.
+down_args=(--remove-orphans)
+case "$code" in
+    0|1) down_args+=(-v) ;;
+    *) say "the batch is unfinished: 'make up' again resumes it from the journal; 'scripts/down.sh -v' discards it" ;;
+esac
+if ! with_any_key compose down "${down_args[@]}" >/dev/null 2>&1; then
     say "could not remove the containers: run 'make down'"
 fi
 say "master exited $code"

@@ -4,11 +4,14 @@ pytest-docker runs `up`/`down`; the Docker SDK finds, kills and reads containers
 usable Docker these tests skip on a laptop and fail in CI (CI=true).
 """
 
+import io
 import itertools
+import json
 import os
 import secrets
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -88,6 +91,17 @@ class Cluster:
 
     def master_stdout(self) -> str:
         return self.master.logs(stdout=True, stderr=False).decode()
+
+    def results(self, path: str = "/var/lib/procfleet/results.jsonl") -> list[dict]:
+        """The master's results file so far (complete lines only), read out of its container."""
+        try:
+            chunks, _ = self.master.get_archive(path)
+        except Exception:     # docker.errors.NotFound before the master created it
+            return []
+        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+            text = tar.extractfile(tar.getmembers()[0]).read().decode()
+        return [json.loads(line) for line in text.splitlines(keepends=True)
+                if line.endswith("\n") and line.strip()]
 
     def master_stderr(self) -> str:
         return self.master.logs(stdout=False, stderr=True).decode()

@@ -1,19 +1,15 @@
 """The real docker-compose.yml: scaled clusters, a killed worker container, a wrong key."""
 
-import json
 import re
 import time
 from datetime import datetime, timezone
 
 import pytest
 
+import chaos
 from procs import wait_until
 
 WRONG_KEY = "not-the-cluster-key-0123"
-
-
-def results(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def assert_exactly_once(records: list[dict], n: int) -> None:
@@ -36,7 +32,7 @@ def test_scaled_cluster_delivers_every_result_exactly_once(cluster, workers):
     n = 400    # 0.02 s each: long enough that every worker container joins in
     c = cluster(workers=workers, PROCFLEET_DEMO=n, PROCFLEET_DEMO_SLEEP=0.02)
     assert c.master.wait(timeout=180)["StatusCode"] == 0, c.master_stderr()
-    records = results(c.master_stdout())
+    records = c.results()
     assert_exactly_once(records, n)
     delivered = {r["worker"] for r in records}
     hostnames = {w.attrs["Config"]["Hostname"] for w in c.containers("worker")}
@@ -49,18 +45,19 @@ def test_scaled_cluster_delivers_every_result_exactly_once(cluster, workers):
 
 
 @pytest.mark.docker
+@pytest.mark.chaos
 def test_killed_worker_container_loses_nothing(cluster):
     n, lease_timeout = 80, 2
     c = cluster(workers=4, PROCFLEET_DEMO=n, PROCFLEET_DEMO_SLEEP=0.2,
                 PROCFLEET_LEASE_TIMEOUT=lease_timeout)
     victim_id = wait_until(
-        lambda: next((r["worker"] for r in results(c.master_stdout())), None), 120,
+        lambda: next((r["worker"] for r in c.results()), None), 120,
         "the first result")
     [victim] = [w for w in c.workers() if w.attrs["Config"]["Hostname"] == victim_id.rsplit("-", 1)[0]]
     victim.kill()
     killed_at = datetime.now(timezone.utc)
     assert c.master.wait(timeout=180)["StatusCode"] == 0, c.master_stderr()
-    records = results(c.master_stdout())
+    records = c.results()
     assert_exactly_once(records, n)
     stderr = c.master.logs(stdout=False, stderr=True, timestamps=True).decode()
     m = re.search(rf"^(\S+) .*worker {re.escape(victim_id)} silent for .* requeued (\d+) tasks",
@@ -70,16 +67,20 @@ def test_killed_worker_container_loses_nothing(cluster):
     stats = summary(stderr)
     assert stats["requeued"] >= 1
     assert any(r["attempts"] > 1 for r in records)
+    chaos.record("worker container docker kill (lease 2 s)", range(n), records,
+                 dropped=stats["duplicates_dropped"],
+                 recover_s=(requeued_at - killed_at).total_seconds(), recovery="kill to requeue")
     print(f"\nkilled {victim_id}: {len(records)} results, requeued {m.group(2)}, "
           f"duplicates dropped {stats['duplicates_dropped']:.0f}, "
           f"kill-to-requeue {(requeued_at - killed_at).total_seconds():.2f} s")
 
 
 @pytest.mark.docker
+@pytest.mark.chaos
 def test_worker_container_with_wrong_key_is_refused_and_batch_unaffected(cluster, docker_client):
     n = 60
     c = cluster(workers=2, PROCFLEET_DEMO=n, PROCFLEET_DEMO_SLEEP=0.1)
-    wait_until(lambda: results(c.master_stdout()), 120, "the first result")
+    wait_until(lambda: c.results(), 120, "the first result")
     assert c.master.attrs["State"]["Health"]["Status"] == "healthy"
     intruder = docker_client.containers.run(
         "procfleet-worker:latest", detach=True, network=c.network,
@@ -95,6 +96,9 @@ def test_worker_container_with_wrong_key_is_refused_and_batch_unaffected(cluster
     assert "authentication failed connecting to master master:50000" in logs
     assert "Traceback" not in logs
     assert c.master.wait(timeout=120)["StatusCode"] == 0, c.master_stderr()
-    assert_exactly_once(results(c.master_stdout()), n)
+    assert_exactly_once(c.results(), n)
     assert re.search(r"refused connection from [\d.]+:\d+: wrong key", c.master_stderr())
+    chaos.record("worker container with a wrong key", range(n), c.results(),
+                 dropped=summary(c.master_stderr())["duplicates_dropped"], recover_s=refused_in,
+                 recovery="container start to exit 2")
     print(f"\nwrong-key container exited 2 after {refused_in:.2f} s (container start included)")
