@@ -24,8 +24,16 @@ from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-#: lease up to concurrency * PREFETCH tasks, so the next batch is here before slots run dry
-PREFETCH = 4
+#: lease at least concurrency * PREFETCH tasks, so the next batch is here before slots run dry
+PREFETCH = 2
+#: ... and as many as this worker finishes in LEASE_WINDOW seconds, up to MAX_LEASED: tiny
+#: tasks travel in big batches, slow ones in small batches (the master's fair share caps both)
+LEASE_WINDOW = 0.1
+MAX_LEASED = 2000
+#: ask for more once fewer than this fraction of the target are left
+LOW_WATER = 0.5
+#: finished results wait at most this long before they are sent
+RESULT_DELAY = 0.02
 #: how long an idle worker lets the master hold its request waiting for work
 LONG_POLL = 1.0
 #: a call with no reply for this many lease timeouts means the connection is dead
@@ -42,7 +50,7 @@ class Worker:
         self.wakeup = threading.Event()
         self.signals = 0
         self.signum = 0
-        self.target = settings.concurrency * PREFETCH
+        self.pacer = Pacer(settings.concurrency)
         self.heartbeat_interval = 1.0
         self.batch: str | None = None
         self.stopping = threading.Event()   # set on the first signal: connect attempts give up
@@ -104,20 +112,43 @@ class Worker:
     def _loop(self, proxy, executor: Executor) -> int:
         leased: dict[int, str] = {}     # seq -> batch it belongs to
         unsent: list[tuple] = []
+        unsent_since = 0.0
         done = 0
         drain_until = None
+        pacer = self.pacer
+        last_call = 0.0
         while True:
             self.wakeup.clear()
-            for outcome in executor.collect():
-                if leased.pop(outcome.seq, None) == self.batch:
-                    unsent.append(tuple(outcome))
+            finished = executor.collect()
+            now = time.monotonic()
+            if finished:
+                pacer.finished(len(finished), now)
+                if not unsent:
+                    unsent_since = now
+                for outcome in finished:
+                    if leased.pop(outcome.seq, None) == self.batch:
+                        unsent.append(tuple(outcome))
             if self.signals and drain_until is None:
-                drain_until = time.monotonic() + self.settings.drain_timeout
+                drain_until = now + self.settings.drain_timeout
                 proxy = self._begin_drain(proxy, executor, leased)
             if drain_until is not None and (not leased or self.signals > 1
-                                            or time.monotonic() >= drain_until):
+                                            or now >= drain_until):
                 return self._shutdown(proxy, executor, unsent, leased)
-            want = 0 if drain_until is not None else max(0, self.target - len(leased))
+            target = pacer.target()
+            want = 0 if drain_until is not None else max(0, target - len(leased))
+            # Call in when tasks run low, results have waited long enough, or a heartbeat is due.
+            due = [last_call + self.heartbeat_interval]
+            if want and len(leased) <= target * LOW_WATER:
+                due.append(now)
+            if unsent:
+                due.append(now if not leased else unsent_since + RESULT_DELAY)
+            next_call = min(due)
+            if next_call > now:
+                timeout = next_call - now
+                if drain_until is not None:
+                    timeout = min(timeout, max(0.0, drain_until - now))
+                self.wakeup.wait(timeout)
+                continue
             wait = LONG_POLL if not leased and not unsent else 0.0
             try:
                 tasks, state = proxy.exchange(self.id, self.batch, unsent, want, wait)
@@ -132,6 +163,7 @@ class Worker:
                     for task in executor.take_unstarted():
                         leased.pop(task.seq, None)
                 continue
+            last_call = time.monotonic()
             done += len(unsent)
             unsent = []
             if state == STOP:
@@ -141,11 +173,6 @@ class Worker:
                 for item in tasks:
                     leased[item[0]] = self.batch
                 executor.submit([task_from_wire(t) for t in tasks])
-            if leased:
-                timeout = self.heartbeat_interval
-                if drain_until is not None:
-                    timeout = min(timeout, max(0.0, drain_until - time.monotonic()))
-                self.wakeup.wait(timeout)
 
     def _begin_drain(self, proxy, executor: Executor, leased: dict):
         """Stop leasing and hand back at once what has not started, so others pick it up."""
@@ -179,3 +206,26 @@ class Worker:
                         "they are requeued when the lease expires", type(exc).__name__)
         log.info("exiting after the drain")
         return EXIT_OK
+
+
+class Pacer:
+    """How many tasks to hold: enough for LEASE_WINDOW seconds at the rate this worker runs."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.floor = concurrency * PREFETCH
+        self.rate = 0.0            # tasks per second, smoothed
+        self._count = 0
+        self._since = None
+
+    def finished(self, count: int, now: float) -> None:
+        if self._since is None:
+            self._since = now
+        self._count += count
+        elapsed = now - self._since
+        if elapsed >= LEASE_WINDOW:
+            rate = self._count / elapsed
+            self.rate = rate if not self.rate else 0.5 * self.rate + 0.5 * rate
+            self._count, self._since = 0, now
+
+    def target(self) -> int:
+        return max(self.floor, min(MAX_LEASED, int(self.rate * LEASE_WINDOW)))
