@@ -28,7 +28,9 @@ from .admission import PendingHandshakes, ThrottledCounter
 
 log = logging.getLogger(__name__)
 
-LISTEN_BACKLOG = 128
+#: connections the kernel completes before the accepter takes them (capped at net.core.somaxconn);
+#: a burst beyond it (a whole fleet reconnecting, or a flood) waits out 1 s SYN retransmits
+LISTEN_BACKLOG = 1024
 #: a peer has this long from being accepted to being authenticated
 HANDSHAKE_TIMEOUT = 3.0
 #: at most this many connections may be authenticating at once; more are closed at once
