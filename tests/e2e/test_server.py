@@ -150,7 +150,8 @@ def test_a_wrong_key_is_refused_fast_logged_and_counted(server, logs):
     with pytest.raises(AuthenticationFailed):
         connect(server.address, b"not-the-key-0123456789", timeout=PROMPT)
     refused_in = time.monotonic() - started
-    wait_for_log(logs, r"refused connection from 127\.0\.0\.1:\d+: wrong key \(authentication failure #1\)")
+    wait_for_log(logs, r"refused connection from 127\.0\.0\.1:\d+: wrong key "
+                       r"\(authentication failure #1\)")
     assert server.auth_failures == 1
     assert refused_in < 0.5
     print(f"\nwrong key refused in {refused_in * 1000:.1f} ms")

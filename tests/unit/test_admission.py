@@ -1,4 +1,4 @@
-"""Admission bookkeeping with a fake clock: the pending-handshake cap and deadlines, log throttling."""
+"""Admission bookkeeping with a fake clock: pending-handshake cap and deadlines, log throttle."""
 
 from procfleet.master.admission import PendingHandshakes, ThrottledCounter
 
