@@ -20,6 +20,8 @@ HANDSHAKE_TIMEOUT = 3.0
 PROMPT = 10.0
 IDLE = 500
 GARBAGE = 50
+#: how far accept() may trail connect() in a flood on a busy machine
+ACCEPT_LAG = 3.0
 
 
 def test_code_running_requests_are_rejected_and_the_batch_completes(spawn, tmp_path,
@@ -86,9 +88,10 @@ def test_idle_and_garbage_floods_are_closed_and_the_batch_completes(spawn, tmp_p
             s.close()
     lifetimes = [closed_at[s] - opened[s] for s in opened]
     idle_times, garbage_times = lifetimes[:IDLE], lifetimes[IDLE:]
-    # The master's clock starts at accept(), which lags connect() while the backlog is full.
+    # The master's clock starts at accept(), which trails connect() while it works through
+    # the backlog.
     assert HANDSHAKE_TIMEOUT - 0.2 <= min(idle_times)
-    assert max(idle_times) <= HANDSHAKE_TIMEOUT + opened_in + 2.0
+    assert max(idle_times) <= HANDSHAKE_TIMEOUT + opened_in + ACCEPT_LAG
 
     assert master.wait(60) == 0, master.stderr
     elapsed = time.monotonic() - started

@@ -31,6 +31,8 @@ SHORT_HANDSHAKE = 1.0
 PROMPT = 5.0
 IDLE = 500
 GARBAGE = 50
+#: how far accept() may trail connect() in a flood on a busy machine
+ACCEPT_LAG = 3.0
 
 
 class FakeService:
@@ -276,9 +278,9 @@ def test_a_flood_of_idle_and_garbage_connections_does_not_stop_a_real_client(ser
     wait_until(lambda: server.handshake_timeouts == IDLE and server.auth_failures == GARBAGE,
                PROMPT, f"{IDLE} handshake timeouts and {GARBAGE} auth failures counted")
     # From the client's side a connection lives from connect() to EOF; the server's clock starts
-    # at accept(), which lags behind connect() while the flood fills the listen backlog.
+    # at accept(), which lags behind connect() while the accepter works through the backlog.
     assert SHORT_HANDSHAKE - 0.1 <= min(idle_times)
-    assert max(idle_times) <= SHORT_HANDSHAKE + opened_in + 1.0
+    assert max(idle_times) <= SHORT_HANDSHAKE + opened_in + ACCEPT_LAG
     wait_for_log(logs, r"\d+ more connections not authenticated in time .*\(\d+ in all\)")
     refusal_lines = [r for r in logs.records if r.levelno >= logging.WARNING]
     assert len(refusal_lines) <= 40, "the flood flooded the log"
