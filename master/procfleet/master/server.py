@@ -1,12 +1,19 @@
 """The manager server, run in the master's own process on threads.
 
-It is `multiprocessing.managers.Server` with three changes: it can be stopped (the stock
-accepter loops forever), a failed handshake is logged with the peer's address and counted
-instead of vanishing, and peers may not call `shutdown` or `debug_info`.
+It is `multiprocessing.managers.Server` with these changes: it can be stopped (the stock accepter
+loops forever); peers may not call `shutdown` or `debug_info`; every message is decoded with the
+allow-list of `procfleet.shared.wire`, and a refused one ends that peer's connection only; a
+peer has HANDSHAKE_TIMEOUT seconds to authenticate and at most MAX_PENDING_HANDSHAKES may be
+trying at once. Failed handshakes and refused messages are logged with the peer's address and
+counted, and the log lines are throttled so that a flood cannot flood the log.
 """
 
+import errno
 import logging
+import resource
+import socket
 import threading
+import traceback
 from multiprocessing import AuthenticationError, connection, process
 from multiprocessing.managers import Server
 from traceback import format_exc
@@ -14,11 +21,23 @@ from traceback import format_exc
 from procfleet.shared.errors import ConfigError
 from procfleet.shared.manager import DISPATCHER, DISPATCHER_METHODS, DispatcherProxy, FleetManager
 from procfleet.shared.settings import format_address
-from procfleet.shared.transport import set_nodelay
+from procfleet.shared.transport import set_recv_timeout
+from procfleet.shared.wire import ProtocolViolation, SafeConnection, allowed_exception
+
+from .admission import PendingHandshakes, ThrottledCounter
 
 log = logging.getLogger(__name__)
 
-LISTEN_BACKLOG = 128
+#: connections the kernel completes before the accepter takes them (capped at net.core.somaxconn);
+#: a burst beyond it (a whole fleet reconnecting, or a flood) waits out 1 s SYN retransmits
+LISTEN_BACKLOG = 1024
+#: a peer has this long from being accepted to being authenticated
+HANDSHAKE_TIMEOUT = 3.0
+#: at most this many connections may be authenticating at once; more are closed at once
+MAX_PENDING_HANDSHAKES = 1024
+#: how often the guard thread cuts off overdue handshakes and logs the throttled summaries
+GUARD_INTERVAL = 0.25
+
 _peer = threading.local()
 
 
@@ -27,71 +46,169 @@ def current_peer() -> str:
     return getattr(_peer, "address", "?")
 
 
+class PeerConnection(SafeConnection):
+    """A peer's connection as the server serves it.
+
+    The stock `serve_client` loop answers any exception from recv() but EOFError with a
+    '#TRACEBACK' reply and reads on, from a stream that can no longer be trusted. So a refused
+    message is logged and counted here, SafeConnection has already closed the socket, and it
+    surfaces as EOFError: serve_client ends the thread as if the peer had hung up.
+    """
+
+    def __init__(self, handle: int, server: "MasterServer"):
+        super().__init__(handle)
+        self.server = server
+
+    def recv(self):
+        try:
+            return super().recv()
+        except ProtocolViolation as exc:
+            self.server.message_rejected(exc)
+            raise EOFError(f"connection closed: {exc}") from None
+
+    def send(self, obj) -> None:
+        # A '#ERROR' reply whose exception the peer would refuse goes as the traceback text.
+        if type(obj) is tuple and len(obj) == 2 and obj[0] == "#ERROR" \
+                and not allowed_exception(obj[1]):
+            obj = ("#TRACEBACK", "".join(traceback.format_exception(obj[1])))
+        super().send(obj)
+
+
 class MasterServer(Server):
     public = ["create", "accept_connection", "get_methods", "dummy", "incref", "decref",
               "number_of_objects"]
 
     def __init__(self, registry, address, authkey, serializer):
-        # Same state as Server.__init__ (3.11-3.13), with a larger listen backlog.
+        # Same state as Server.__init__ (3.11-3.13), on a listening socket of our own: the
+        # accepted sockets become PeerConnections, not the Listener's plain Connections.
         self.registry = registry
         self.authkey = process.AuthenticationString(authkey)
-        self.listener = connection.Listener(address=address, backlog=LISTEN_BACKLOG)
-        self.address = self.listener.address
+        self.listener = listen(address, LISTEN_BACKLOG)
+        self.address = self.listener.getsockname()[:2]
         self.id_to_obj = {"0": (None, ())}
         self.id_to_refcount = {}
         self.id_to_local_proxy_obj = {}
         self.mutex = threading.Lock()
         self.stop_event = threading.Event()
-        self.auth_failures = 0
+        self.pending = PendingHandshakes(pending_limit(), HANDSHAKE_TIMEOUT)
+        self.failed_auth = ThrottledCounter("authentication failure", "authentication failures")
+        self.timed_out = ThrottledCounter("handshake timeout",
+                                          "connections not authenticated in time")
+        self.shed = ThrottledCounter("connection closed on arrival",
+                                     "connections closed on arrival (too many pending)",
+                                     burst=1, refill=60.0)
+        self.rejected = ThrottledCounter("rejected message", "rejected messages")
+
+    @property
+    def auth_failures(self) -> int:
+        """Handshakes that failed: a wrong key, or bytes that are not the handshake at all."""
+        return self.failed_auth.total
+
+    @property
+    def handshake_timeouts(self) -> int:
+        return self.timed_out.total
+
+    @property
+    def shed_connections(self) -> int:
+        """Connections closed on arrival because MAX_PENDING_HANDSHAKES were pending."""
+        return self.shed.total
+
+    @property
+    def rejected_messages(self) -> int:
+        return self.rejected.total
 
     def start(self) -> None:
         threading.Thread(target=self.accepter, name="accepter", daemon=True).start()
+        threading.Thread(target=self.guard, name="handshake-guard", daemon=True).start()
 
     def close(self) -> None:
         self.stop_event.set()
         try:
-            self.listener.close()
+            self.listener.shutdown(socket.SHUT_RDWR)   # wakes the accepter up
         except OSError:
             pass
+        self.listener.close()
 
     def accepter(self):
         while not self.stop_event.is_set():
             try:
-                conn = self.listener.accept()
+                sock, peer = self.listener.accept()
             except OSError:
                 if self.stop_event.is_set():
                     return
                 self.stop_event.wait(0.01)  # e.g. EMFILE: do not spin
                 continue
+            if not self.pending.admit(sock.fileno()):
+                sock.close()
+                self._log_refusal(self.shed, "closed connection from %s at once: %d connections "
+                                  "are already authenticating (the limit)",
+                                  format_address(peer), self.pending.limit)
+                continue
+            sock.setblocking(True)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = PeerConnection(sock.detach(), self)
             try:
-                peer = self.listener.last_accepted
-            except AttributeError:   # the listener was closed under us
+                threading.Thread(target=self.handle_request, args=(conn, peer),
+                                 daemon=True).start()
+            except RuntimeError:    # no more threads
+                self.pending.finish(conn.fileno())
                 conn.close()
-                return
-            set_nodelay(conn.fileno())
-            threading.Thread(target=self.handle_request, args=(conn, peer), daemon=True).start()
+                log.warning("closed connection from %s: cannot start a thread to serve it",
+                            format_address(peer))
+
+    def guard(self):
+        """Cut off handshakes past HANDSHAKE_TIMEOUT and log the throttled summaries.
+
+        Each handshake read also has HANDSHAKE_TIMEOUT as its receive timeout, which ends a
+        silent peer on its own thread; this catches a peer that trickles bytes to keep it going.
+        """
+        while not self.stop_event.wait(GUARD_INTERVAL):
+            self.pending.cut_overdue(shutdown_socket)
+            self._log_summaries()
+        self.pending.cut_overdue(shutdown_socket, everything=True)
 
     def handle_request(self, conn, peer=None):
         _peer.address = format_address(peer) if isinstance(peer, tuple) else str(peer)
         try:
-            self._serve_connection(conn)
+            if self._authenticate(conn):
+                self._serve_connection(conn)
         except SystemExit:        # serve_client() exits its thread this way on EOF
             pass
         finally:
             conn.close()
 
-    def _serve_connection(self, conn):
+    def _authenticate(self, conn) -> bool:
+        fd = conn.fileno()
+        failure = None
         try:
+            set_recv_timeout(fd, HANDSHAKE_TIMEOUT)
             connection.deliver_challenge(conn, self.authkey)
             connection.answer_challenge(conn, self.authkey)
-        except AuthenticationError:
-            self.auth_failures += 1
-            log.warning("refused connection from %s: wrong key (authentication failure #%d)",
-                        current_peer(), self.auth_failures)
-            return
-        except (EOFError, OSError):
-            log.debug("connection from %s closed during the handshake", current_peer())
-            return
+        except (AuthenticationError, EOFError, OSError) as exc:
+            failure = exc
+        finally:
+            overdue = self.pending.finish(fd)
+        if overdue or isinstance(failure, (BlockingIOError, TimeoutError)):
+            self._log_refusal(self.timed_out, "closed connection from %s: not authenticated "
+                              "within %g s", current_peer(), HANDSHAKE_TIMEOUT)
+            return False
+        if isinstance(failure, AuthenticationError):
+            self._log_refusal(self.failed_auth, "refused connection from %s: wrong key",
+                              current_peer())
+            return False
+        if isinstance(failure, OSError) and failure.errno is None:
+            # multiprocessing's "bad message length": not the handshake at all
+            self._log_refusal(self.failed_auth, "refused connection from %s: garbage instead "
+                              "of the handshake (%s)", current_peer(), failure)
+            return False
+        if failure is not None:
+            log.debug("connection from %s closed during the handshake: %r", current_peer(),
+                      failure)
+            return False
+        set_recv_timeout(fd, 0)      # authenticated: block for as long as calls take
+        return True
+
+    def _serve_connection(self, conn):
         try:
             _ignore, funcname, args, kwds = conn.recv()
             if funcname not in self.public:
@@ -115,9 +232,72 @@ class MasterServer(Server):
         except (EOFError, OSError):
             pass
 
+    def message_rejected(self, exc: ProtocolViolation) -> None:
+        self._log_refusal(self.rejected, "rejected a message from %s and closed its "
+                          "connection: %s", current_peer(), exc)
+
+    def _log_refusal(self, counter: ThrottledCounter, fmt: str, *args) -> None:
+        total, loud = counter.record()
+        if loud:
+            log.warning(f"{fmt} ({counter.one} #%d)", *args, total)
+
+    def _log_summaries(self) -> None:
+        for counter in (self.failed_auth, self.timed_out, self.shed, self.rejected):
+            suppressed, total = counter.summary()
+            if suppressed:
+                log.warning("%d more %s since the last of these lines, not logged one by one "
+                            "(%d in all)", suppressed, counter.many, total)
+
+
+def listen(address: tuple[str, int], backlog: int) -> socket.socket:
+    """A listening TCP socket, as multiprocessing's Listener makes it (SO_REUSEADDR on)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def shutdown_socket(fd: int) -> None:
+    """Shut down the socket behind `fd` without closing it: its blocked reader sees EOF."""
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            log.debug("cannot shut down socket %d: %s", fd, exc)
+    finally:
+        sock.detach()
+
+
+def pending_limit() -> int:
+    """MAX_PENDING_HANDSHAKES, or half the open-file limit if that is lower."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_PENDING_HANDSHAKES
+    return max(1, min(MAX_PENDING_HANDSHAKES, soft // 2))
+
+
+def raise_fd_limit() -> None:
+    """Raise this process's soft limit on open files to the hard limit: a master holds a socket
+    per worker and per connection still authenticating."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+
 
 def start_server(service, address: tuple[str, int], authkey: bytes) -> MasterServer:
-    """Bind, register the dispatcher service and start accepting; ConfigError if the port is taken."""
+    """Bind, register the dispatcher service and start accepting; ConfigError if the port is taken.
+
+    Raises the process's soft open-file limit to its hard limit first.
+    """
 
     class MasterManager(FleetManager):
         pass
@@ -125,6 +305,7 @@ def start_server(service, address: tuple[str, int], authkey: bytes) -> MasterSer
     # A closure is fine here: this manager is never start()ed, so its registry is never pickled.
     MasterManager.register(DISPATCHER, callable=lambda: service, proxytype=DispatcherProxy,
                            exposed=DISPATCHER_METHODS, create_method=False)
+    raise_fd_limit()
     try:
         server = MasterServer(MasterManager._registry, address, authkey, "pickle")
     except OSError as exc:

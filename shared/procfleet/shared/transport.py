@@ -3,13 +3,16 @@
 multiprocessing's own Client resolves and connects with no time limit and leaves Nagle's
 algorithm on, which costs ~40 ms per handshake message against delayed ACKs. This client:
 resolves within a deadline, connects and authenticates within it, sets TCP_NODELAY, and keeps a
-receive timeout on the connection so a silent master cannot hang a call forever.
+receive timeout on the connection so a silent master cannot hang a call forever. Its
+connections decode replies with the allow-list of `wire.SafeConnection`.
 """
 
 import socket
 import struct
 import threading
 from multiprocessing import connection
+
+from .wire import SafeConnection
 
 #: the longest one call may wait for the master's reply once connected (long polls are ~1 s)
 CALL_TIMEOUT = 30.0
@@ -67,7 +70,7 @@ def bounded_client(timeout: float):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(None)          # Connection reads the raw fd: it must block
-            conn = connection.Connection(sock.detach())
+            conn = SafeConnection(sock.detach())
         finally:
             sock.close()
         try:

@@ -1,0 +1,293 @@
+"""The master's manager server in this process, on loopback, against real and hostile peers.
+
+A real worker-side client (manager.connect) keeps calling a fake dispatcher service while other
+connections send code-running pickles, garbage, nothing at all, or trickle bytes.
+"""
+
+import logging
+import os
+import pickle
+import re
+import selectors
+import socket
+import threading
+import time
+from multiprocessing.managers import RemoteError
+
+import pytest
+from peers import (SystemPayload, answered, ensure_fd_limit, local_port, raw_session,
+                   read_until_closed, wait_all_closed)
+from procs import wait_until
+
+from procfleet.master import server as server_mod
+from procfleet.master.server import start_server
+from procfleet.shared.errors import AuthenticationFailed, UnknownTask
+from procfleet.shared.manager import DISPATCHER_METHODS, RUN, connect
+
+KEY = b"procfleet-test-key-0123456789"
+#: the handshake deadline in these tests (the real one is 3 s)
+SHORT_HANDSHAKE = 1.0
+#: longest a test waits for anything the server should do at once
+PROMPT = 5.0
+IDLE = 500
+GARBAGE = 50
+#: how far accept() may trail connect() in a flood on a busy machine
+ACCEPT_LAG = 3.0
+
+
+class FakeService:
+    """Stands in for DispatcherService: the same exposed methods, canned answers."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.outcomes: list = []
+
+    def hello(self, worker_id, info):
+        return {"protocol": info.get("protocol"), "state": RUN}
+
+    def exchange(self, worker_id, outcomes, want, wait):
+        with self.lock:
+            self.outcomes.extend(outcomes)
+        return [(i, str(i), "square", [i], {}, None) for i in range(want)], RUN
+
+    def goodbye(self, worker_id):
+        if worker_id == "value-error":
+            raise ValueError("no such worker")
+        if worker_id == "procfleet-error":
+            raise UnknownTask("not a builtin exception")
+        return None
+
+    def ping(self):
+        return {"state": RUN}
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setattr(server_mod, "HANDSHAKE_TIMEOUT", SHORT_HANDSHAKE)
+    monkeypatch.setattr(server_mod, "GUARD_INTERVAL", 0.05)
+    srv = start_server(FakeService(), ("127.0.0.1", 0), KEY)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def logs(caplog):
+    caplog.set_level(logging.DEBUG, logger="procfleet.master.server")
+    return caplog
+
+
+def wait_for_log(caplog, pattern: str, timeout: float = PROMPT) -> re.Match:
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while True:
+        for record in list(caplog.records):
+            m = regex.search(record.getMessage())
+            if m:
+                return m
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no log line matched {pattern!r}; got "
+                                 f"{[r.getMessage() for r in caplog.records][-10:]}")
+        time.sleep(0.02)
+
+
+def test_a_real_client_calls_every_method(server):
+    proxy = connect(server.address, KEY, timeout=PROMPT)
+    assert proxy.hello("w-1", {"protocol": 1})["state"] == RUN
+    tasks, state = proxy.exchange("w-1", [(0, "ok", {"v": [1, 2]}, None)], 3, 0.0)
+    assert state == RUN and [t[0] for t in tasks] == [0, 1, 2]
+    assert proxy.ping() == {"state": RUN}
+    assert proxy.goodbye("w-1") is None
+    assert set(DISPATCHER_METHODS) == {"hello", "exchange", "goodbye", "ping"}
+    assert server.rejected_messages == 0 and server.auth_failures == 0
+
+
+def test_exceptions_reach_the_client_and_non_builtin_ones_as_text(server):
+    proxy = connect(server.address, KEY, timeout=PROMPT)
+    with pytest.raises(ValueError, match="no such worker"):
+        proxy.goodbye("value-error")
+    # The worker would refuse to decode a procfleet class: it gets the traceback text instead.
+    with pytest.raises(RemoteError, match="UnknownTask: not a builtin exception"):
+        proxy.goodbye("procfleet-error")
+    assert proxy.ping() == {"state": RUN}      # the connection survived both
+
+
+@pytest.mark.parametrize("when", ["first request", "in a served connection"])
+def test_a_code_running_request_is_rejected_logged_and_only_its_connection_ends(
+        server, logs, tmp_path, when):
+    marker = tmp_path / "pwned"
+    proxy = connect(server.address, KEY, timeout=PROMPT)
+    attacker = raw_session(server.address, KEY, PROMPT)
+    peer = "127.0.0.1:%d" % local_port(attacker)
+    if when == "in a served connection":
+        attacker.send((None, "accept_connection", ("evil",), {}))
+        assert attacker.recv() == ("#RETURN", None)
+        attacker.send_bytes(pickle.dumps(("0", "ping", (SystemPayload(marker),), {})))
+    else:
+        attacker.send_bytes(pickle.dumps((None, "create", (SystemPayload(marker),), {})))
+    assert answered(attacker) is None       # no reply (no '#TRACEBACK'): the server hung up
+    attacker.close()
+    m = wait_for_log(logs, r"rejected a message from (\S+) and closed its connection: "
+                           r"forbidden global posix\.system .*\(rejected message #(\d+)\)")
+    assert m.group(1) == peer and m.group(2) == "1"
+    assert server.rejected_messages == 1
+    assert not marker.exists()
+    assert proxy.exchange("w-1", [], 2, 0.0)[1] == RUN      # everyone else is still served
+    assert "Traceback" not in logs.text
+
+
+def test_an_oversized_request_is_rejected_without_reading_it(server, logs):
+    attacker = raw_session(server.address, KEY, PROMPT)
+    attacker.send((None, "accept_connection", ("big",), {}))
+    assert attacker.recv() == ("#RETURN", None)
+    # A header announcing 100 MiB and then nothing: the server must not wait for the body.
+    os.write(attacker.fileno(), b"\xff\xff\xff\xff" + (100 * 2 ** 20).to_bytes(8, "big"))
+    assert answered(attacker) is None       # no reply (no '#TRACEBACK'): the server hung up
+    attacker.close()
+    wait_for_log(logs, r"rejected a message from 127\.0\.0\.1:\d+ .*larger than the limit")
+    assert server.rejected_messages == 1
+
+
+def test_a_wrong_key_is_refused_fast_logged_and_counted(server, logs):
+    started = time.monotonic()
+    with pytest.raises(AuthenticationFailed):
+        connect(server.address, b"not-the-key-0123456789", timeout=PROMPT)
+    refused_in = time.monotonic() - started
+    wait_for_log(logs, r"refused connection from 127\.0\.0\.1:\d+: wrong key "
+                       r"\(authentication failure #1\)")
+    assert server.auth_failures == 1
+    assert refused_in < 0.5
+    print(f"\nwrong key refused in {refused_in * 1000:.1f} ms")
+
+
+def test_an_idle_connection_is_closed_at_the_handshake_deadline(server, logs):
+    with socket.create_connection(server.address, timeout=PROMPT) as idle:
+        started = time.monotonic()
+        assert read_until_closed(idle) > 0            # the challenge, then EOF
+        closed_after = time.monotonic() - started
+    assert SHORT_HANDSHAKE - 0.1 <= closed_after <= SHORT_HANDSHAKE + 1.0
+    wait_for_log(logs, r"closed connection from 127\.0\.0\.1:\d+: not authenticated within")
+    assert server.handshake_timeouts == 1
+
+
+def test_a_trickling_peer_is_cut_off_at_the_deadline(server):
+    """One byte every 0.2 s keeps each read under its own timeout, not the whole handshake."""
+    response = (40).to_bytes(4, "big") + b"x" * 40       # a 40-byte answer, byte by byte
+    with socket.create_connection(server.address, timeout=PROMPT) as slow:
+        started = time.monotonic()
+        sel = selectors.DefaultSelector()
+        sel.register(slow, selectors.EVENT_READ)
+        challenge_read = False
+        sent = 0
+        closed_after = None
+        while closed_after is None and sent < len(response) \
+                and time.monotonic() - started < SHORT_HANDSHAKE + PROMPT:
+            if sel.select(timeout=0.2):
+                try:
+                    data = slow.recv(4096)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    closed_after = time.monotonic() - started
+                challenge_read = True
+            elif challenge_read:
+                try:
+                    slow.send(response[sent:sent + 1])
+                    sent += 1
+                except OSError:
+                    closed_after = time.monotonic() - started
+        sel.close()
+    assert closed_after is not None, "the server never closed the trickling connection"
+    assert sent >= 3
+    assert SHORT_HANDSHAKE - 0.1 <= closed_after <= SHORT_HANDSHAKE + 0.5
+    wait_until(lambda: server.handshake_timeouts == 1, PROMPT, "the timeout to be counted")
+    assert server.auth_failures == 0
+
+
+def test_over_the_limit_new_connections_are_closed_at_once(monkeypatch, logs):
+    monkeypatch.setattr(server_mod, "MAX_PENDING_HANDSHAKES", 5)
+    monkeypatch.setattr(server_mod, "HANDSHAKE_TIMEOUT", SHORT_HANDSHAKE)
+    srv = start_server(FakeService(), ("127.0.0.1", 0), KEY)
+    idle = [socket.create_connection(srv.address, timeout=PROMPT) for _ in range(5)]
+    try:
+        for s in idle:          # each got its challenge: all five are pending on the server
+            assert s.recv(4096)
+        extra = [socket.create_connection(srv.address, timeout=PROMPT) for _ in range(3)]
+        started = time.monotonic()
+        for s in extra:
+            assert read_until_closed(s) == 0         # closed before any challenge
+            s.close()
+        assert time.monotonic() - started < SHORT_HANDSHAKE / 2
+        m = wait_for_log(logs, r"closed connection from 127\.0\.0\.1:\d+ at once: (\d+) "
+                               r"connections are already authenticating")
+        assert m.group(1) == "5"
+        wait_until(lambda: srv.shed_connections == 3, PROMPT, "3 connections shed")
+        assert sum("at once" in r.getMessage() for r in logs.records) == 1   # once, not 3 times
+        for s in idle:
+            read_until_closed(s)
+        proxy = connect(srv.address, KEY, timeout=PROMPT)   # room again once they timed out
+        assert proxy.ping() == {"state": RUN}
+    finally:
+        for s in idle:
+            s.close()
+        srv.close()
+
+
+def test_a_flood_of_idle_and_garbage_connections_does_not_stop_a_real_client(server, logs):
+    ensure_fd_limit(2 * IDLE + 200)
+    proxy = connect(server.address, KEY, timeout=PROMPT)
+    calls, errors, stop = [0], [], threading.Event()
+
+    def keep_calling():
+        try:
+            for _ in range(100_000):
+                if stop.wait(0.002):        # leave the server's threads some of the GIL
+                    return
+                tasks, state = proxy.exchange("w-1", [(0, "ok", 0, None)], 4, 0.0)
+                assert state == RUN and len(tasks) == 4
+                calls[0] += 1
+        except Exception as exc:   # reported by the assertion below
+            errors.append(exc)
+
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    opened: dict[socket.socket, float] = {}
+    try:
+        started = time.monotonic()
+        for _ in range(IDLE):
+            s = socket.create_connection(server.address, timeout=PROMPT)
+            opened[s] = time.monotonic()
+        for i in range(GARBAGE):
+            s = socket.create_connection(server.address, timeout=PROMPT)
+            s.sendall(os.urandom(300 + i))    # more than any length header under 256 asks for
+            opened[s] = time.monotonic()
+        opened_in = time.monotonic() - started
+        connect_started = time.monotonic()
+        late = connect(server.address, KEY, timeout=PROMPT)          # in the middle of it
+        late_connect = time.monotonic() - connect_started
+        closed_at = wait_all_closed(list(opened), SHORT_HANDSHAKE + opened_in + PROMPT)
+    finally:
+        stop.set()
+        caller.join(PROMPT)
+        for s in opened:
+            s.close()
+    assert not errors, errors
+    assert late.ping() == {"state": RUN}
+    lifetimes = {s: closed_at[s] - opened[s] for s in opened}
+    idle_times = list(lifetimes.values())[:IDLE]
+    garbage_times = list(lifetimes.values())[IDLE:]
+    wait_until(lambda: server.handshake_timeouts == IDLE and server.auth_failures == GARBAGE,
+               PROMPT, f"{IDLE} handshake timeouts and {GARBAGE} auth failures counted")
+    # From the client's side a connection lives from connect() to EOF; the server's clock starts
+    # at accept(), which lags behind connect() while the accepter works through the backlog.
+    assert SHORT_HANDSHAKE - 0.1 <= min(idle_times)
+    assert max(idle_times) <= SHORT_HANDSHAKE + opened_in + ACCEPT_LAG
+    wait_for_log(logs, r"\d+ more connections not authenticated in time .*\(\d+ in all\)")
+    refusal_lines = [r for r in logs.records if r.levelno >= logging.WARNING]
+    assert len(refusal_lines) <= 40, "the flood flooded the log"
+    print(f"\nflood: {IDLE} idle + {GARBAGE} garbage connections opened in {opened_in:.2f} s; "
+          f"all closed by the server: idle {min(idle_times):.2f}-{max(idle_times):.2f} s after "
+          f"connecting (deadline {SHORT_HANDSHAKE} s), garbage within "
+          f"{max(garbage_times) * 1000:.0f} ms; a new client connected in "
+          f"{late_connect * 1000:.0f} ms; {calls[0]} calls meanwhile; "
+          f"{len(refusal_lines)} warning lines for {IDLE + GARBAGE} refusals")
+    assert calls[0] > 0
