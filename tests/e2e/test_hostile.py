@@ -10,6 +10,9 @@ import re
 import socket
 import time
 
+import pytest
+
+import chaos
 from peers import (OpenPayload, SystemPayload, answered, ensure_fd_limit, local_port,
                    raw_session, wait_all_closed)
 from procs import assert_exactly_once, master_port, read_results
@@ -24,6 +27,7 @@ GARBAGE = 50
 ACCEPT_LAG = 3.0
 
 
+@pytest.mark.chaos
 def test_code_running_requests_are_rejected_and_the_batch_completes(spawn, tmp_path,
                                                                       authkey_env):
     out = tmp_path / "results.jsonl"
@@ -56,10 +60,13 @@ def test_code_running_requests_are_rejected_and_the_batch_completes(spawn, tmp_p
     assert_exactly_once(read_results(out), {str(i): i * i for i in range(n)})
     assert not any(m.exists() for m in markers)
     assert "Traceback" not in master.stderr
+    chaos.record("2 code-running pickles sent with the right key", range(n), read_results(out),
+                 recovery="rejected and logged; batch unaffected")
     print(f"\nbatch of {n} with 2 rejected code-running requests done in "
           f"{time.monotonic() - started:.2f} s")
 
 
+@pytest.mark.chaos
 def test_idle_and_garbage_floods_are_closed_and_the_batch_completes(spawn, tmp_path):
     ensure_fd_limit(IDLE + GARBAGE + 200)
     out = tmp_path / "results.jsonl"
@@ -105,6 +112,9 @@ def test_idle_and_garbage_floods_are_closed_and_the_batch_completes(spawn, tmp_p
                    or "authentication failures" in line)
     assert warnings <= 60, f"{warnings} log lines for {IDLE + GARBAGE} refusals"
     assert "Traceback" not in log
+    chaos.record(f"{IDLE} idle TCP connections + {GARBAGE} of random bytes", range(n),
+                 read_results(out), recover_s=max(idle_times),
+                 recovery="connect to closed by the master")
     print(f"\nbatch of {n} done in {elapsed:.2f} s with {IDLE} idle + {GARBAGE} garbage "
           f"connections (opened in {opened_in:.2f} s); the master closed them all: idle "
           f"{min(idle_times):.2f}-{max(idle_times):.2f} s after connecting (deadline "
