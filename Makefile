@@ -24,7 +24,7 @@ $(VENV_STAMP): $(PYPROJECTS)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --disable-pip-version-check \
 	    -e ./shared -e ./master -e ./worker --config-settings editable_mode=compat \
-	    pytest pytest-docker pytest-timeout docker
+	    pytest pytest-docker pytest-timeout docker hypothesis
 	touch $@
 
 unit: venv ## Unit and end-to-end tests (no Docker)
