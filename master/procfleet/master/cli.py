@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from procfleet.shared.cli import fail
+from procfleet.shared.cli import Seconds, fail
 from procfleet.shared.errors import ProcfleetError
 from procfleet.shared.logs import configure_logging
 from procfleet.shared.settings import load_authkey, parse_address
@@ -20,7 +20,7 @@ from .supervise import supervise
               help="JSON Lines task file, '-' for stdin (env PROCFLEET_TASKS).")
 @click.option("--demo", type=click.IntRange(min=0), metavar="N", envvar="PROCFLEET_DEMO",
               help="Run N demo tasks square(i), i = 0..N-1, instead of --tasks (env PROCFLEET_DEMO).")
-@click.option("--demo-sleep", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+@click.option("--demo-sleep", type=Seconds(min=0), default=0.0, metavar="SECONDS",
               envvar="PROCFLEET_DEMO_SLEEP",
               help="Make each demo task sleep(SECONDS, i*i) instead, to watch a slower batch "
                    "(env PROCFLEET_DEMO_SLEEP).")
@@ -32,24 +32,24 @@ from .supervise import supervise
 @click.option("--local-workers", type=click.IntRange(min=0), default=0, metavar="N",
               envvar="PROCFLEET_LOCAL_WORKERS",
               help="Also start N worker processes on this machine (env PROCFLEET_LOCAL_WORKERS).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--timeout", type=Seconds(min=0, min_open=True), metavar="SECONDS",
               envvar="PROCFLEET_TIMEOUT",
               help="Give up on the batch after SECONDS: exit 3, finished results still written.")
-@click.option("--lease-timeout", type=click.FloatRange(min=0, min_open=True),
+@click.option("--lease-timeout", type=Seconds(min=0, min_open=True),
               default=DEFAULT_LEASE_TIMEOUT, show_default=True, metavar="SECONDS",
               envvar="PROCFLEET_LEASE_TIMEOUT",
               help="Requeue a worker's tasks when it is silent this long.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=DEFAULT_MAX_ATTEMPTS,
               show_default=True, metavar="N", envvar="PROCFLEET_MAX_ATTEMPTS",
               help="A task whose worker was lost N times ends failed.")
-@click.option("--task-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--task-timeout", type=Seconds(min=0, min_open=True), metavar="SECONDS",
               envvar="PROCFLEET_TASK_TIMEOUT",
               help="Kill a task running longer than SECONDS and fail it \"timed out\"; a task "
                    "line's own \"timeout\" overrides it [default: no limit].")
 @click.option("--retries", type=click.IntRange(min=0, max=100), default=0, show_default=True,
               metavar="N", envvar="PROCFLEET_RETRIES",
               help="Run a task that raised up to N more times, with exponential backoff.")
-@click.option("--retry-backoff", type=click.FloatRange(min=0), default=DEFAULT_RETRY_BACKOFF,
+@click.option("--retry-backoff", type=Seconds(min=0), default=DEFAULT_RETRY_BACKOFF,
               show_default=True, metavar="SECONDS", envvar="PROCFLEET_RETRY_BACKOFF",
               help="First retry's delay; doubled for each further one, with jitter.")
 @click.option("--journal", "journal_path", metavar="PATH", envvar="PROCFLEET_JOURNAL",

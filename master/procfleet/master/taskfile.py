@@ -5,6 +5,7 @@ problem with its file name and line number) before anything is dispatched, the s
 tasks to the dispatcher as workers lease them.
 """
 
+import codecs
 import hashlib
 import json
 import math
@@ -99,7 +100,31 @@ def open_source(path: str, timeout: float | None = None):
     except OSError as exc:
         raise TaskFileError(f"cannot read tasks file {path!r}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise TaskFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise TaskFileError(f"{path}: not UTF-8 text ({exc.reason} at byte "
+                            f"{_first_bad_byte(path)})") from None
+
+
+def _first_bad_byte(path: str) -> int | str:
+    """Offset of the first byte that is not UTF-8, from the start of the file."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                pending = len(decoder.getstate()[0])
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    return offset - pending + exc.start
+                offset += len(chunk)
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError as exc:
+                return offset - pending + exc.start
+    except OSError:
+        pass
+    return "?"
 
 
 def demo_tasks(count: int, sleep: float = 0.0) -> list[Task]:
@@ -175,6 +200,12 @@ def _tasks(lines: Iterable[str], name: str,
         except json.JSONDecodeError as exc:
             yield lineno, f"{name}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})"
             continue
+        except ValueError as exc:       # e.g. an integer of more than 4300 digits
+            yield lineno, f"{name}:{lineno}: invalid JSON: {exc}"
+            continue
+        except RecursionError:
+            yield lineno, f"{name}:{lineno}: invalid JSON: nested too deeply"
+            continue
         yield lineno, _task_from_object(obj, lineno, f"{name}:{lineno}", timeout)
 
 
@@ -202,12 +233,23 @@ def _task_from_object(obj, lineno: int, where: str, timeout: float | None) -> Ta
         return f"{where}: \"kwargs\" must be an object, got {_json_type(kwargs)}"
     if "timeout" in obj:
         timeout = obj["timeout"]
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                or not math.isfinite(timeout) or timeout <= 0:
+        seconds = _seconds(timeout)
+        if seconds is None:
             return f"{where}: \"timeout\" must be a positive number of seconds, " \
                    f"got {_json_type(timeout)}"
-        timeout = float(timeout)
+        timeout = seconds
     return Task(0, str(task_id), name, args, kwargs, timeout)
+
+
+def _seconds(value) -> float | None:
+    """`value` as a positive finite float, or None if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def _json_type(value) -> str:

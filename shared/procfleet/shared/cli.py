@@ -4,9 +4,10 @@ The master image installs `procfleet-master`, the worker image `procfleet-worker
 subcommand through the `procfleet.commands` entry-point group, so neither image carries the other.
 """
 
+import math
 import sys
-from typing import NoReturn
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 import click
 
@@ -17,6 +18,18 @@ from .settings import format_address, load_authkey, parse_address
 
 ENTRY_POINT_GROUP = "procfleet.commands"
 KNOWN_PACKAGES = {"master": "procfleet-master", "worker": "procfleet-worker"}
+
+
+class Seconds(click.FloatRange):
+    """A FloatRange that also refuses nan and infinities (FloatRange lets nan through)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return number
 
 
 def fail(exc: ProcfleetError) -> NoReturn:

@@ -26,13 +26,13 @@ def load_authkey(environ: Mapping[str, str] | None = None) -> bytes:
         raise ConfigError(f"both {ENV_AUTHKEY} and {ENV_AUTHKEY_FILE} are set: keep only one")
     if path is not None:
         try:
-            with open(path, encoding="utf-8") as fh:
-                value = fh.read()
+            # Binary: a CR inside the key stays a CR (text mode would turn it into LF).
+            with open(path, "rb") as fh:
+                value = fh.read().rstrip(b"\r\n").decode("utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read {ENV_AUTHKEY_FILE}={path!r}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{ENV_AUTHKEY_FILE}={path!r} is not UTF-8 text") from None
-        value = value.rstrip("\r\n")
         source = f"{ENV_AUTHKEY_FILE} ({path})"
     else:
         source = ENV_AUTHKEY
@@ -43,7 +43,11 @@ def load_authkey(environ: Mapping[str, str] | None = None) -> bytes:
             f"the key in {source} has {len(value)} characters; it needs at least "
             f"{MIN_AUTHKEY_LENGTH}: {KEY_HINT}"
         )
-    return value.encode("utf-8")
+    # The bytes the environment held: a key that is not UTF-8 still works, the same on each side.
+    try:
+        return os.fsencode(value) if source == ENV_AUTHKEY else value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"the key in {source} is not valid text: {KEY_HINT}") from None
 
 
 def parse_address(text: str, option: str) -> tuple[str, int]:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from procfleet.shared.cli import fail
+from procfleet.shared.cli import Seconds, fail
 from procfleet.shared.errors import ConfigError, ProcfleetError
 from procfleet.shared.logs import configure_logging
 from procfleet.shared.settings import load_authkey, parse_address, resolve_host
@@ -46,11 +46,11 @@ def split_imports(options: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--import", "imports", multiple=True, metavar="MODULE",
               help="Import MODULE to register its tasks; repeatable "
                    "(env PROCFLEET_IMPORTS, comma-separated).")
-@click.option("--connect-timeout", type=click.FloatRange(min=0),
+@click.option("--connect-timeout", type=Seconds(min=0),
               default=DEFAULT_CONNECT_TIMEOUT, show_default=True, metavar="SECONDS",
               envvar="PROCFLEET_CONNECT_TIMEOUT",
               help="Keep retrying an unreachable master this long, then exit 3.")
-@click.option("--drain-timeout", type=click.FloatRange(min=0), default=DEFAULT_DRAIN_TIMEOUT,
+@click.option("--drain-timeout", type=Seconds(min=0), default=DEFAULT_DRAIN_TIMEOUT,
               show_default=True, metavar="SECONDS", envvar="PROCFLEET_DRAIN_TIMEOUT",
               help="On SIGTERM, finish running tasks for up to SECONDS, then hand back the rest.")
 @click.option("--id", "worker_id", metavar="NAME", envvar="PROCFLEET_WORKER_ID",
