@@ -176,12 +176,16 @@ def _context(imports: tuple[str, ...]):
 
     forkserver where there is one: the worker has threads, so forking it directly is unsafe,
     while a fork server is a single-threaded process that imported our modules once and forks a
-    new child in milliseconds. The preload list is process-wide, and fixed once the server runs;
-    children import `imports` themselves as well, so a later Executor still gets its modules.
+    new child in milliseconds. Each child still runs the worker's main script again (until
+    CPython gh-126631, preloading "__main__" does nothing), so the procfleet modules the worker
+    has loaded, which that script imports, are preloaded to make the rerun cheap. The preload
+    list is process-wide and fixed once the server runs; children import `imports` themselves
+    too, so a later Executor still gets its modules.
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__, *imports])
+        loaded = sorted(name for name in sys.modules if name.startswith("procfleet."))
+        ctx.set_forkserver_preload(["__main__", __name__, *loaded, *imports])
         return ctx
     return multiprocessing.get_context("spawn")
 
