@@ -225,13 +225,15 @@ def test_a_segfault_is_a_crash_naming_the_signal(make_executor):
 
 def test_take_unstarted_hands_back_queued_tasks_which_then_never_run(make_executor, tmp_path):
     executor = make_executor()
-    executor.submit([named(0, "test_hang_after_writing_pid", str(tmp_path / "pid"), timeout=0.3)]
+    gate = tmp_path / "gate"
+    executor.submit([named(0, "test_wait_for_gate", str(tmp_path / "pid"), str(gate))]
                     + [square(i, i) for i in range(1, 6)])
-    read_pid(tmp_path / "pid")                     # the hang is running; the squares wait
+    read_pid(tmp_path / "pid")                     # task 0 is running; the squares wait
     taken = executor.take_unstarted()
     assert {t.seq for t in taken} == {1, 2, 3, 4, 5}
     assert executor.outstanding() == 1 and executor.take_unstarted() == []
-    assert gather(executor, 1)[0].kind == TIMEOUT
+    gate.touch()
+    assert gather(executor, 1) == {0: Outcome(0, OK, "opened", None)}
     executor.submit([square(6, 6)])                # had the squares stayed queued, they came first
     assert gather(executor, 1) == {6: Outcome(6, OK, 36, None)}
     assert executor.outstanding() == 0
