@@ -308,3 +308,13 @@ def test_a_registry_children_cannot_import_is_refused():
     reg.register(lambda: 1, name="local")
     with pytest.raises(ValueError, match="module-level"):
         Executor(reg, 1, threading.Event())
+
+
+def test_large_tasks_and_results_do_not_jam_the_pipes(make_executor):
+    """Chunks and result batches far over a pipe's buffer, both ways at once."""
+    executor = make_executor(concurrency=2)
+    warm_up(executor)                              # so chunks are large too
+    big = "x" * 300_000
+    executor.submit([named(i, "sleep", 0, big + str(i)) for i in range(60)])
+    got = gather(executor, 60, timeout=30)
+    assert all(got[i].value == big + str(i) for i in range(60))
