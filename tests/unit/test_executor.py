@@ -1,6 +1,7 @@
 """Running tasks: one attempt's outcome (run_task), and the executor's task processes — results
 exactly once, timeouts, crashes, hand-back, close, and processes that never outlive the worker."""
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -42,7 +43,8 @@ def gather(executor: Executor, n: int, timeout: float = WAIT) -> dict[int, Outco
     while len(got) < n:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not executor.wakeup.wait(remaining):
-            raise AssertionError(f"{len(got)} of {n} outcomes within {timeout} s: {got}")
+            raise AssertionError(f"{len(got)} of {n} outcomes within {timeout} s; not ok: "
+                                 f"{[o for o in got.values() if not o.ok][:5]}")
         executor.wakeup.clear()
         for outcome in executor.collect():
             assert outcome.seq not in got, f"second outcome for seq {outcome.seq}: {outcome}"
@@ -66,7 +68,7 @@ def read_pid(path: Path) -> int:
 
 @pytest.fixture
 def make_executor():
-    """Executor factory; every executor made is closed afterwards."""
+    """Executor factory; every executor made is closed afterwards, its processes gone."""
     made: list[Executor] = []
 
     def make(concurrency: int = 1, imports=(TEST_TASKS,), reg: TaskRegistry = registry):
@@ -77,6 +79,7 @@ def make_executor():
     yield make
     for executor in made:
         executor.close()
+    wait_until(lambda: not multiprocessing.active_children(), 2.0, "task processes to be gone")
 
 
 def warm_up(executor: Executor) -> None:
