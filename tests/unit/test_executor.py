@@ -1,79 +1,323 @@
-"""Running one task: values, failures, unknown names, results that are not JSON."""
+"""Running tasks: one attempt's outcome (run_task), and the executor's task processes — results
+exactly once, timeouts, crashes, hand-back, close, and processes that never outlive the worker."""
 
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
-from procfleet.shared.records import Task
+import pytest
+
+from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
 from procfleet.shared.tasks import TaskRegistry, registry
-from procfleet.worker.executor import Executor, run_task
+from procfleet.worker import executor as executor_module
+from procfleet.worker.executor import CLOSE_TIMEOUT, Executor, run_task
+from procs import wait_until
 
+#: the test tasks' module (tests/tasks_for_tests.py); only task processes import it
+TEST_TASKS = "tasks_for_tests"
+TESTS_DIR = Path(__file__).resolve().parents[1]
+#: every wait in these tests gives up after this long
+WAIT = 10.0
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
+                                reason="reads process states from /proc")
+
+
+def square(seq: int, x: int, timeout: float | None = None) -> Task:
+    return Task(seq, f"id-{seq}", "square", [x], {}, timeout)
+
+
+def named(seq: int, name: str, *args, timeout: float | None = None) -> Task:
+    return Task(seq, f"id-{seq}", name, list(args), {}, timeout)
+
+
+def gather(executor: Executor, n: int, timeout: float = WAIT) -> dict[int, Outcome]:
+    """Wait on the executor's wakeup until `n` outcomes came; by seq, failing on a duplicate."""
+    deadline = time.monotonic() + timeout
+    got: dict[int, Outcome] = {}
+    while len(got) < n:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not executor.wakeup.wait(remaining):
+            raise AssertionError(f"{len(got)} of {n} outcomes within {timeout} s; not ok: "
+                                 f"{[o for o in got.values() if not o.ok][:5]}")
+        executor.wakeup.clear()
+        for outcome in executor.collect():
+            assert outcome.seq not in got, f"second outcome for seq {outcome.seq}: {outcome}"
+            got[outcome.seq] = outcome
+    return got
+
+
+def process_running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (one its parent has not reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def read_pid(path: Path) -> int:
+    wait_until(path.exists, WAIT, f"a task to write its pid to {path}")
+    return int(path.read_text())
+
+
+@pytest.fixture
+def make_executor():
+    """Executor factory; every executor made is closed afterwards, its processes gone."""
+    made: list[Executor] = []
+
+    def make(concurrency: int = 1, imports=(TEST_TASKS,), reg: TaskRegistry = registry):
+        executor = Executor(reg, concurrency, threading.Event(), imports)
+        made.append(executor)
+        return executor
+
+    yield make
+    for executor in made:
+        executor.close()
+    wait_until(lambda: not multiprocessing.active_children(), 2.0, "task processes to be gone")
+
+
+def warm_up(executor: Executor) -> None:
+    """Run enough quick tasks that the executor sends them in large chunks."""
+    executor.submit([square(-i, i) for i in range(1, 401)])
+    assert all(o.ok for o in gather(executor, 400).values())
+
+
+# -- one attempt ---------------------------------------------------------------------------
 
 def test_builtin_square():
-    assert run_task(registry, Task("1", "square", [7], {})) == ("1", True, 49, None)
+    assert run_task(registry, Task(1, "a", "square", [7], {})) == Outcome(1, OK, 49, None)
 
 
 def test_sleep_returns_value():
-    assert run_task(registry, Task("s", "sleep", [0], {"value": "v"})).value == "v"
+    assert run_task(registry, Task(2, "s", "sleep", [0], {"value": "v"})).value == "v"
 
 
 def test_failure_carries_type_message_and_traceback():
-    outcome = run_task(registry, Task("f", "fail", ["boom"], {}))
-    assert not outcome.ok and outcome.value is None
-    assert outcome.error.startswith("RuntimeError: boom")
+    outcome = run_task(registry, Task(3, "f", "fail", ["boom"], {}))
+    assert outcome.kind == ERROR and outcome.value is None
+    assert outcome.error.startswith("RuntimeError: boom\n\n")
     assert "Traceback (most recent call last)" in outcome.error
     assert "in fail" in outcome.error
 
 
-def test_unknown_task_is_a_failed_outcome():
-    outcome = run_task(registry, Task("u", "nope", [], {}))
-    assert not outcome.ok and "unknown task 'nope'" in outcome.error
+def test_unknown_task_is_an_error():
+    outcome = run_task(registry, Task(4, "u", "nope", [], {}))
+    assert outcome == Outcome(4, ERROR, None, "UnknownTask: unknown task 'nope'")
 
 
-def test_bad_arguments_are_a_failed_outcome():
-    outcome = run_task(registry, Task("b", "square", [], {}))
-    assert not outcome.ok and outcome.error.startswith("TypeError")
+def test_bad_arguments_are_an_error():
+    outcome = run_task(registry, Task(5, "b", "square", [], {}))
+    assert outcome.kind == ERROR and outcome.error.startswith("TypeError")
 
 
-def test_result_not_json_is_a_failed_outcome():
+def test_result_not_json_is_an_error():
     reg = TaskRegistry()
     reg.register(lambda: object(), name="obj")
     reg.register(lambda: float("nan"), name="nan")
     reg.register(lambda: (1, [2]), name="tuple")
-    assert "not JSON-serialisable" in run_task(reg, Task("o", "obj", [], {})).error
-    assert not run_task(reg, Task("n", "nan", [], {})).ok
-    assert run_task(reg, Task("t", "tuple", [], {})).value == [1, [2]]
+    obj = run_task(reg, Task(6, "o", "obj", [], {}))
+    assert obj.kind == ERROR and obj.error.startswith("ResultNotJSON: task 'obj'")
+    assert run_task(reg, Task(7, "n", "nan", [], {})).kind == ERROR
+    assert run_task(reg, Task(8, "t", "tuple", [], {})) == Outcome(8, OK, [1, [2]], None)
 
 
-def test_task_calling_sys_exit_does_not_escape():
+def test_task_calling_sys_exit_is_an_error():
     reg = TaskRegistry()
-    reg.register(lambda: exit(3), name="exit")
-    assert not run_task(reg, Task("e", "exit", [], {})).ok
+    reg.register(lambda: sys.exit(3), name="exit")
+    outcome = run_task(reg, Task(9, "e", "exit", [], {}))
+    assert outcome.kind == ERROR and outcome.error.startswith("SystemExit: 3")
 
 
 def test_registry_refuses_a_second_function_under_the_same_name():
     reg = TaskRegistry()
     reg.register(lambda: 1, name="x")
-    try:
+    with pytest.raises(ValueError, match="already registered"):
         reg.register(lambda: 2, name="x")
-    except ValueError as exc:
-        assert "already registered" in str(exc)
-    else:
-        raise AssertionError("second registration was accepted")
 
 
-def test_executor_runs_up_to_concurrency_tasks_at_once():
-    barrier = threading.Barrier(4, timeout=5)   # breaks unless 4 tasks wait on it together
+# -- the executor --------------------------------------------------------------------------
+
+def test_every_task_gets_exactly_one_outcome(make_executor):
+    executor = make_executor(concurrency=2)
+    tasks = [square(i, i) for i in range(3000)]
+    tasks += [named(3000, "fail", "boom"), named(3001, "nope")]
+    for start in range(0, len(tasks), 500):        # in leases, as the worker submits them
+        executor.submit(tasks[start:start + 500])
+    assert executor.outstanding() > 0
+    got = gather(executor, len(tasks))
+    assert set(got) == {t.seq for t in tasks}
+    assert all(got[i] == Outcome(i, OK, i * i, None) for i in range(3000))
+    assert got[3000].kind == ERROR and got[3000].error.startswith("RuntimeError: boom")
+    assert got[3001].error == "UnknownTask: unknown task 'nope'"
+    assert executor.outstanding() == 0 and executor.collect() == []
+
+
+def test_tasks_run_in_child_processes_concurrency_at_once(make_executor, tmp_path):
+    executor = make_executor(concurrency=3)
+    executor.submit([named(i, "test_meet", str(tmp_path), str(i), 3) for i in range(3)])
+    got = gather(executor, 3, timeout=WAIT + 5)
+    assert all(o.kind == OK for o in got.values()), got
+    pids = {o.value for o in got.values()}
+    assert len(pids) == 3 and os.getpid() not in pids
+
+
+def test_task_past_its_timeout_is_killed_and_the_others_complete(make_executor, monkeypatch):
+    monkeypatch.setattr(executor_module, "MAX_WAIT", 60.0)   # found by its deadline, not a poll
+    executor = make_executor()
+    started = time.monotonic()
+    executor.submit([square(0, 0), named(1, "hang", timeout=0.3),
+                     named(2, "sleep", 0.05, "slept", timeout=None),   # no limit, not "0 s"
+                     named(3, "sleep", 0.05, "in time", timeout=5), square(4, 4)])
+    got = gather(executor, 5, timeout=5)
+    assert time.monotonic() - started >= 0.3
+    assert got[1].kind == TIMEOUT and got[1].value is None
+    assert got[1].error.startswith("TaskTimeout: timed out after 0.3 s")
+    assert [got[i].value for i in (0, 2, 3, 4)] == [0, "slept", "in time", 16]
+
+
+def test_timeout_in_the_middle_of_a_chunk_reruns_the_rest_exactly_once(make_executor, monkeypatch):
+    monkeypatch.setattr(executor_module, "MAX_WAIT", 60.0)
+    executor = make_executor()
+    warm_up(executor)
+    executor.submit([square(i, i, timeout=5) for i in range(20)]
+                    + [named(20, "hang", timeout=0.2)]
+                    + [square(i, i, timeout=5) for i in range(21, 60)])
+    got = gather(executor, 60, timeout=5)
+    assert got[20].kind == TIMEOUT and "timed out after 0.2 s" in got[20].error
+    assert all(got[i] == Outcome(i, OK, i * i, None) for i in range(60) if i != 20)
+    assert executor.outstanding() == 0
+
+
+def test_a_crash_fails_that_attempt_and_a_new_process_takes_over(make_executor):
+    executor = make_executor()
+    executor.submit([named(0, "test_pid"), named(1, "crash", 3), square(2, 2),
+                     named(3, "test_pid")])
+    got = gather(executor, 4)
+    assert got[1] == Outcome(1, CRASH, None,
+                             "WorkerCrash: the process running task 'crash' exited with code 3")
+    assert got[2].value == 4
+    assert got[0].kind == got[3].kind == OK and got[0].value != got[3].value
+
+
+def test_a_crash_in_the_middle_of_a_chunk_reruns_the_rest_exactly_once(make_executor):
+    executor = make_executor(concurrency=2)
+    warm_up(executor)
+    executor.submit([square(i, i) for i in range(30)] + [named(30, "crash", 3)]
+                    + [square(i, i) for i in range(31, 100)])
+    got = gather(executor, 100)
+    assert got[30].kind == CRASH and got[30].error.endswith("exited with code 3")
+    assert all(got[i] == Outcome(i, OK, i * i, None) for i in range(100) if i != 30)
+    assert executor.outstanding() == 0
+
+
+def test_a_segfault_is_a_crash_naming_the_signal(make_executor):
+    executor = make_executor()
+    executor.submit([named(0, "test_segfault"), square(1, 1)])
+    got = gather(executor, 2)
+    assert got[0].kind == CRASH
+    assert got[0].error == ("WorkerCrash: the process running task 'test_segfault' "
+                            "was killed by signal 11 (SIGSEGV)")
+    assert got[1].value == 1                      # and this process is still here to see it
+
+
+def test_take_unstarted_hands_back_queued_tasks_which_then_never_run(make_executor, tmp_path):
+    executor = make_executor()
+    gate = tmp_path / "gate"
+    executor.submit([named(0, "test_wait_for_gate", str(tmp_path / "pid"), str(gate))]
+                    + [square(i, i) for i in range(1, 6)])
+    read_pid(tmp_path / "pid")                     # task 0 is running; the squares wait
+    taken = executor.take_unstarted()
+    assert {t.seq for t in taken} == {1, 2, 3, 4, 5}
+    assert executor.outstanding() == 1 and executor.take_unstarted() == []
+    gate.touch()
+    assert gather(executor, 1) == {0: Outcome(0, OK, "opened", None)}
+    executor.submit([square(6, 6)])                # had the squares stayed queued, they came first
+    assert gather(executor, 1) == {6: Outcome(6, OK, 36, None)}
+    assert executor.outstanding() == 0
+
+
+@linux_only
+def test_close_kills_a_hanging_child_within_its_bound(make_executor, tmp_path):
+    executor = make_executor()
+    executor.submit([named(0, "test_hang_after_writing_pid", str(tmp_path / "pid"))])
+    pid = read_pid(tmp_path / "pid")
+    assert process_running(pid)
+    started = time.monotonic()
+    executor.close()
+    assert time.monotonic() - started < CLOSE_TIMEOUT + 0.5
+    wait_until(lambda: not process_running(pid), 2.0, f"task process {pid} to be gone")
+    executor.close()                               # a second close is harmless
+    with pytest.raises(RuntimeError, match="closed"):
+        executor.submit([square(1, 1)])
+
+
+def test_children_ignore_sigint_and_sigterm(make_executor):
+    executor = make_executor()
+    executor.submit([named(0, "test_pid")])
+    pid = gather(executor, 1)[0].value
+    os.kill(pid, signal.SIGINT)                    # Ctrl-C and docker stop: the worker's to handle
+    os.kill(pid, signal.SIGTERM)
+    executor.submit([named(1, "test_pid")])
+    assert gather(executor, 1)[1] == Outcome(1, OK, pid, None)
+
+
+@linux_only
+def test_children_exit_when_the_worker_dies(tmp_path):
+    script = ("import sys, threading, time\n"
+              "from procfleet.shared.records import Task\n"
+              "from procfleet.shared.tasks import registry\n"
+              "from procfleet.worker.executor import Executor\n"
+              f"ex = Executor(registry, 1, threading.Event(), ({TEST_TASKS!r},))\n"
+              "ex.submit([Task(0, '0', 'test_hang_after_writing_pid', [sys.argv[1]], {})])\n"
+              "time.sleep(60)\n")
+    worker = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "pid")],
+                              env={**os.environ, "PYTHONPATH": str(TESTS_DIR)})
+    try:
+        pid = read_pid(tmp_path / "pid")
+        worker.kill()                              # no close(), no atexit: gone at once
+        worker.wait(WAIT)
+        wait_until(lambda: not process_running(pid), 5.0, f"orphaned task process {pid} to exit")
+    finally:
+        worker.kill()
+        worker.wait(WAIT)
+
+
+def test_children_import_the_user_modules_given(make_executor):
+    assert "test_pid" not in registry.names()     # this process never imported them
+    executor = make_executor(imports=(TEST_TASKS,))
+    executor.submit([named(0, "test_pid")])
+    outcome = gather(executor, 1)[0]
+    assert outcome.kind == OK and outcome.value != os.getpid()
+
+
+def test_a_registry_of_module_level_functions_reaches_the_children(make_executor):
     reg = TaskRegistry()
-    reg.register(lambda i: (barrier.wait(), i)[1], name="meet")
-    wakeup = threading.Event()
-    ex = Executor(reg, 4, wakeup)
-    ex.submit([Task(str(i), "meet", [i], {}) for i in range(4)])
-    got = []
-    for _ in range(40):
-        if not wakeup.wait(1):
-            break
-        wakeup.clear()
-        got += ex.collect()
-        if len(got) == 4:
-            break
-    assert sorted(o.value for o in got) == [0, 1, 2, 3]
-    assert all(o.ok for o in got)
+    reg.register(os.getpid, name="pid")
+    executor = make_executor(imports=(), reg=reg)
+    executor.submit([named(0, "pid"), named(1, "square", 2)])
+    got = gather(executor, 2)
+    assert got[0].kind == OK and got[0].value != os.getpid()
+    assert got[1].error == "UnknownTask: unknown task 'square'"   # this registry, not procfleet's
+
+
+def test_a_registry_children_cannot_import_is_refused():
+    reg = TaskRegistry()
+    reg.register(lambda: 1, name="local")
+    with pytest.raises(ValueError, match="module-level"):
+        Executor(reg, 1, threading.Event())
+
+
+def test_large_tasks_and_results_do_not_jam_the_pipes(make_executor):
+    """Chunks and result batches far over a pipe's buffer, both ways at once."""
+    executor = make_executor(concurrency=2)
+    warm_up(executor)                              # so chunks are large too
+    big = "x" * 300_000
+    executor.submit([named(i, "sleep", 0, big + str(i)) for i in range(60)])
+    got = gather(executor, 60, timeout=30)
+    assert all(got[i].value == big + str(i) for i in range(60))

@@ -3,10 +3,14 @@
 User modules add tasks with the `task` decorator and are loaded by `procfleet worker --import`.
 """
 
+import os
 import time
 from collections.abc import Callable
 
 from .errors import UnknownTask
+
+#: how long `hang` sleeps between checks that it should go on hanging (always)
+HANG_STEP = 60.0
 
 
 class TaskRegistry:
@@ -57,3 +61,19 @@ def sleep(seconds, value=None):
 def fail(message):
     """Raise RuntimeError(message): a task that always fails."""
     raise RuntimeError(message)
+
+
+@task
+def crash(code=1):
+    """Exit the process running this task at once with `code` (os._exit: no cleanup, no result).
+
+    For tests of crash handling: the attempt fails as a crash and the worker carries on.
+    """
+    os._exit(code)
+
+
+@task
+def hang():
+    """Never return (sleep forever, HANG_STEP at a time). For tests of timeouts and shutdown."""
+    while True:
+        time.sleep(HANG_STEP)

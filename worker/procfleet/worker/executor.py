@@ -1,32 +1,93 @@
-"""Running tasks: a fixed set of threads, an inbox of leased tasks, an outbox of outcomes."""
+"""Running tasks in long-lived child processes, killed on a timeout and replaced when they die.
 
+One parent thread (a slot) owns one child at a time. It sends the child chunks of tasks down a
+pipe and reads results back in batches; the child shows which task it is running, and since
+when, in a two-number shared array instead of a message per task, so tiny tasks stay cheap while
+the slot can still time out the running task and blame a crash on it.
+"""
+
+import atexit
+import collections
+import importlib
 import json
+import logging
 import math
-import queue
+import multiprocessing
+import operator
+import os
+import pickle
+import signal
+import sys
 import threading
+import time
 import traceback
 
+from procfleet.shared import tasks as builtin_tasks
 from procfleet.shared.errors import UnknownTask
-from procfleet.shared.records import ERROR, OK, Outcome, Task
+from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
 from procfleet.shared.tasks import TaskRegistry
+
+log = logging.getLogger(__name__)
+
+#: a chunk holds about this much work, judged by how long the child took per task so far ...
+CHUNK_SECONDS = 0.005
+#: ... and at most this many tasks (a slot starts at 1 and doubles while tasks stay quick)
+CHUNK_MAX = 64
+#: a child sends its results when a chunk is done, and mid-chunk when this long passed since its
+#: last send
+FLUSH_INTERVAL = 0.002
+#: while a child still has work, a slot sends more only if the pipe then holds at most this many
+#: bytes, so the send cannot block: a slot stuck in a send could not read results (the child may be
+#: blocked sending them) nor enforce a timeout
+PIPELINE_BYTES = 32 * 1024
+#: the longest a slot waits before looking again at its child, the queue and close()
+MAX_WAIT = 1.0
+#: how long to wait for a killed or dead child's exit status
+REAP_TIMEOUT = 0.5
+#: close() returns within this, whatever the children are doing
+CLOSE_TIMEOUT = 1.5
+#: a child that dies without finishing a task is started again after a pause doubling up to the max
+RESTART_PAUSE_MIN = 0.05
+RESTART_PAUSE_MAX = 2.0
+
+# a child's shared state: how many tasks it has started, and when (time.monotonic(), one clock for
+# every process on Linux) the one it is running started, 0.0 between tasks
+_STARTED = 0
+_SINCE = 1
+#: tries at reading the two numbers consistently while the child may be changing them
+_STATE_READS = 3
+
+#: a record from a plain tuple without NamedTuple's Python-level __new__ (a third of the cost)
+_outcome = tuple.__new__
+#: what a child needs of a task, as a plain tuple: (seq, name, args, kwargs)
+_for_child = operator.attrgetter("seq", "name", "args", "kwargs")
+
+# why a slot let go of its child
+_DIED = "died"
+_TIMED_OUT = "timed out"
+_CLOSING = "closing"
 
 
 def run_task(registry: TaskRegistry, task: Task) -> Outcome:
-    """Run one task; any failure becomes a failed outcome, never an exception."""
+    """Run one task; any failure becomes an ERROR outcome, never an exception."""
+    return _outcome(Outcome, _attempt(registry, task.seq, task.name, task.args, task.kwargs))
+
+
+def _attempt(registry: TaskRegistry, seq: int, name: str, args: list, kwargs: dict) -> tuple:
+    """run_task as a plain (seq, kind, value, error) tuple, which pickles several times faster."""
     try:
-        func = registry.get(task.name)
+        func = registry.get(name)
     except UnknownTask as exc:
-        return Outcome(task.seq, ERROR, None, f"UnknownTask: {exc}")
+        return seq, ERROR, None, f"UnknownTask: {exc}"
     try:
-        value = func(*task.args, **task.kwargs)
+        value = func(*args, **kwargs)
     except (Exception, SystemExit) as exc:
-        return Outcome(task.seq, ERROR, None, format_error(exc))
+        return seq, ERROR, None, format_error(exc)
     try:
-        return Outcome(task.seq, OK, to_json_value(value), None)
+        return seq, OK, to_json_value(value), None
     except (TypeError, ValueError) as exc:
-        return Outcome(task.seq, ERROR, None,
-                       f"ResultNotJSON: task {task.name!r} returned a value that is not "
-                       f"JSON-serialisable: {exc}")
+        return (seq, ERROR, None, f"ResultNotJSON: task {name!r} returned a value that is not "
+                                  f"JSON-serialisable: {exc}")
 
 
 def format_error(exc: BaseException) -> str:
@@ -46,43 +107,447 @@ def to_json_value(value):
     return json.loads(json.dumps(value, allow_nan=False))
 
 
+# -- the child ---------------------------------------------------------------------------------
+
+def _child_main(conn, state, registry: TaskRegistry | None, imports: tuple[str, ...]) -> None:
+    """A task process: run the chunks that arrive on `conn` until the parent closes it."""
+    # Ctrl-C and `docker stop` are for the worker to act on (drain), not for its task processes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
+    builtins = _import_task_modules(imports)
+    if registry is None:
+        registry = builtins
+    view = memoryview(state).cast("B").cast("d")
+    monotonic = time.monotonic
+    started = 0
+    while True:
+        try:
+            chunk = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return                                  # the parent closed the pipe: it is done with us
+        results = []
+        busy = 0.0
+        last_send = monotonic()
+        for seq, name, args, kwargs in chunk:
+            started += 1
+            view[_STARTED] = started                # the number first: see Slot._running
+            view[_SINCE] = since = monotonic()
+            results.append(_attempt(registry, seq, name, args, kwargs))
+            view[_SINCE] = 0.0
+            now = monotonic()
+            busy += now - since
+            if now - last_send >= FLUSH_INTERVAL:
+                _send_results(conn, busy, results)
+                results, busy, last_send = [], 0.0, now
+        if results:
+            _send_results(conn, busy, results)
+
+
+def _send_results(conn, busy: float, results: list[tuple]) -> None:
+    try:
+        conn.send_bytes(pickle.dumps((busy, results), pickle.HIGHEST_PROTOCOL))
+    except OSError:
+        sys.exit(0)                                 # the parent is gone
+
+
+def _exit_with_parent() -> None:
+    """Leave when the worker goes away, even in the middle of a task that never returns."""
+    multiprocessing.parent_process().join()
+    os._exit(0)                     # a task may be running: skip the cleanup, no one is listening
+
+
+def _import_task_modules(imports: tuple[str, ...]) -> TaskRegistry:
+    """Register the builtins and the user's tasks in this process; the worker already checked
+    that they import, so a failure here is only reported (its tasks then fail as unknown)."""
+    for name in imports:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a user's module can raise anything while importing
+            print(f"procfleet task process: cannot import {name}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
+    return builtin_tasks.registry
+
+
+# -- the parent --------------------------------------------------------------------------------
+
+def _context(imports: tuple[str, ...]):
+    """A private multiprocessing context for the task processes.
+
+    forkserver where there is one: the worker has threads, so forking it directly is unsafe,
+    while a fork server is a single-threaded process that imported our modules once and forks a
+    new child in milliseconds. Each child still runs the worker's main script again (until
+    CPython gh-126631, preloading "__main__" does nothing), so the procfleet modules the worker
+    has loaded, which that script imports, are preloaded to make the rerun cheap. The preload
+    list is process-wide and fixed once the server runs; children import `imports` themselves
+    too, so a later Executor still gets its modules.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        loaded = sorted(name for name in sys.modules if name.startswith("procfleet."))
+        ctx.set_forkserver_preload(["__main__", __name__, *loaded, *imports])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _registry_for_children(registry: TaskRegistry) -> TaskRegistry | None:
+    """None for procfleet's registry (children rebuild it by importing), else the registry to
+    pickle to them, which works when its functions are module-level."""
+    if registry is builtin_tasks.registry:
+        return None
+    try:
+        pickle.dumps(registry)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise ValueError("task processes cannot receive this registry; register module-level "
+                         f"functions (or use procfleet's registry with imports=): {exc}") from None
+    return registry
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "exited (its exit status is unknown)"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+        return f"was killed by signal {-exitcode} ({name})"
+    return f"exited with code {exitcode}"
+
+
+def _longer(pause: float) -> float:
+    """The next pause before starting a child again after one that did no work."""
+    return min(max(2 * pause, RESTART_PAUSE_MIN), RESTART_PAUSE_MAX)
+
+
+class _Chunk(collections.namedtuple("_Chunk", "last nbytes min_timeout")):
+    """A chunk sent to a child: the child's number of its last task, its pickled size, and its
+    smallest timeout (None: none)."""
+
+
+class _Child:
+    """One task process and what its slot has sent it."""
+
+    def __init__(self, ctx, name: str, registry: TaskRegistry | None,
+                 imports: tuple[str, ...]) -> None:
+        self.conn, child_conn = ctx.Pipe()
+        self.state = ctx.RawArray("d", 2)
+        self.view = memoryview(self.state).cast("B").cast("d")
+        # Not daemonic, so a task may start processes of its own; close(), also run at exit,
+        # kills it instead.
+        self.proc = ctx.Process(target=_child_main, name=name,
+                                args=(child_conn, self.state, registry, imports))
+        try:
+            self.proc.start()
+        except BaseException:
+            self.conn.close()
+            raise
+        finally:
+            child_conn.close()                      # so the child's death reads as EOF here
+        self.inflight: collections.deque[Task] = collections.deque()  # in the order it runs them
+        self.received = 0                           # results so far; inflight[0] is task received+1
+        self.chunks: collections.deque[_Chunk] = collections.deque()
+        self.inflight_bytes = 0
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except (OSError, ValueError):
+            pass                                    # already gone, or closed
+
+    def release(self) -> None:
+        self.conn.close()
+        if self.proc.exitcode is not None:
+            self.proc.close()                       # frees its pipes to the fork server
+
+
+class _Slot:
+    """A thread that keeps one child busy: feeds it chunks, collects results, times out and
+    replaces it."""
+
+    def __init__(self, executor: "Executor", index: int) -> None:
+        self.ex = executor
+        self.index = index
+        self.target = 1                             # tasks per chunk, adapted to their duration
+        self.child: _Child | None = None
+        self.thread = threading.Thread(target=self._run, name=f"task-slot-{index}", daemon=True)
+
+    def kill(self) -> None:
+        child = self.child
+        if child is not None:
+            child.kill()
+
+    # -- life of the slot ------------------------------------------------------------------
+    def _run(self) -> None:
+        ex = self.ex
+        pause = 0.0
+        while not ex._closing.is_set():
+            if pause and ex._closing.wait(pause):
+                break
+            child = self._start_child()
+            if child is None:
+                pause = _longer(pause)
+                continue
+            try:
+                worked = self._serve(child)
+            except Exception:
+                log.exception("task slot %d failed; its tasks go back to the queue", self.index)
+                child.kill()
+                child.proc.join(REAP_TIMEOUT)
+                ex._requeue(list(child.inflight))
+                worked = False
+            finally:
+                self.child = None
+                child.release()
+            pause = 0.0 if worked else _longer(pause)
+
+    def _start_child(self) -> _Child | None:
+        ex = self.ex
+        try:
+            child = _Child(ex._ctx, f"procfleet-task-{self.index}", ex._child_registry, ex.imports)
+        except Exception:
+            log.exception("cannot start a task process; trying again")
+            return None
+        self.child = child
+        if ex._closing.is_set():                    # close() ran while we were starting it
+            child.kill()
+            child.proc.join(REAP_TIMEOUT)
+            self.child = None
+            child.release()
+            return None
+        return child
+
+    def _serve(self, child: _Child) -> bool:
+        """Run tasks on `child` until it dies, overruns a timeout or the executor closes.
+
+        True if the child got through a task (so a replacement can start at once)."""
+        ex = self.ex
+        while True:
+            try:
+                if not child.inflight:
+                    with ex._cond:
+                        ex._cond.wait_for(lambda: ex._queue or ex._closing.is_set(), MAX_WAIT)
+                    if not ex._closing.is_set():
+                        self._feed(child)
+                elif child.conn.poll(self._wait_time(child)):
+                    busy, results = pickle.loads(child.conn.recv_bytes())
+                    self._accept(child, busy, results)
+                    self._feed(child)
+            except (EOFError, OSError):
+                return self._bury(child, _DIED)
+            if ex._closing.is_set():
+                return self._bury(child, _CLOSING)
+            running = self._running(child)
+            if running is not None and self._overdue(*running):
+                return self._bury(child, _TIMED_OUT)
+
+    # -- feeding and reading ---------------------------------------------------------------
+    def _feed(self, child: _Child) -> None:
+        """Send the child a chunk if it is running low; never blocks on a full pipe."""
+        ex = self.ex
+        if len(child.inflight) >= self.target:
+            return
+        with ex._cond:
+            fair_share = -(-len(ex._queue) // ex.concurrency)
+            n = min(self.target, fair_share)
+            chunk = [ex._queue.popleft() for _ in range(n)]
+        if not chunk:
+            return
+        data = pickle.dumps(list(map(_for_child, chunk)), pickle.HIGHEST_PROTOCOL)
+        if child.inflight and child.inflight_bytes + len(data) > PIPELINE_BYTES:
+            ex._requeue(chunk)                      # sent once the child has caught up
+            return
+        timeouts = [t.timeout for t in chunk if t.timeout is not None]
+        child.inflight.extend(chunk)
+        child.chunks.append(_Chunk(child.received + len(child.inflight), len(data),
+                                   min(timeouts, default=None)))
+        child.inflight_bytes += len(data)
+        child.conn.send_bytes(data)
+
+    def _accept(self, child: _Child, busy: float, results: list[tuple]) -> None:
+        n = len(results)
+        for _ in range(n):
+            child.inflight.popleft()
+        child.received += n
+        while child.chunks and child.chunks[0].last <= child.received:
+            child.inflight_bytes -= child.chunks.popleft().nbytes
+        per_task = busy / n
+        fits = int(CHUNK_SECONDS / per_task) if per_task > 0 else CHUNK_MAX
+        self.target = max(1, min(CHUNK_MAX, 2 * self.target, fits))
+        self.ex._deliver([_outcome(Outcome, r) for r in results])
+
+    # -- watching the running task ---------------------------------------------------------
+    def _running(self, child: _Child) -> tuple[Task, float] | None:
+        """The task the child is running and when it started, or None between tasks.
+
+        The child writes the task's number, then its start time, and zeroes the time when the
+        task ends; equal times before and after reading the number mean the number belongs to
+        them."""
+        view = child.view
+        for _ in range(_STATE_READS):
+            since = view[_SINCE]
+            number = int(view[_STARTED])
+            if view[_SINCE] == since:
+                break
+        else:
+            return None                             # changing fast: nothing is overdue
+        index = number - child.received - 1
+        if not since or not 0 <= index < len(child.inflight):
+            return None
+        return child.inflight[index], since
+
+    @staticmethod
+    def _overdue(task: Task, since: float) -> bool:
+        return task.timeout is not None and time.monotonic() - since >= task.timeout
+
+    def _wait_time(self, child: _Child) -> float:
+        """How long to wait for results before something could be overdue."""
+        wait = MAX_WAIT
+        running = self._running(child)
+        if running is not None and running[0].timeout is not None:
+            task, since = running
+            wait = min(wait, since + task.timeout - time.monotonic())
+        # a task that has not started yet cannot be overdue sooner than its whole timeout
+        for chunk in child.chunks:
+            if chunk.min_timeout is not None:
+                wait = min(wait, chunk.min_timeout)
+        return max(wait, 0.0)
+
+    # -- the end of a child ----------------------------------------------------------------
+    def _bury(self, child: _Child, why: str) -> bool:
+        """Make sure the child is gone, take the results it sent, report the task it was running
+        (TIMEOUT or CRASH) and queue the rest again. Returns whether it got through a task."""
+        ex = self.ex
+        if why != _DIED:
+            child.kill()
+        child.proc.join(REAP_TIMEOUT)
+        if child.proc.exitcode is None:             # its pipe broke but it lingers: end it
+            child.kill()
+            child.proc.join(REAP_TIMEOUT)
+        if why == _CLOSING:
+            return True
+        for _ in range(len(child.inflight) + 1):    # each message holds at least one result
+            try:
+                if not child.conn.poll(0):
+                    break
+                self._accept(child, *pickle.loads(child.conn.recv_bytes()))
+            except (EOFError, OSError):
+                break
+        worked = child.received > 0
+        culprit = None
+        since = child.view[_SINCE]                  # final now: the child is dead
+        index = int(child.view[_STARTED]) - child.received - 1
+        if since and 0 <= index < len(child.inflight):
+            task = child.inflight[index]
+            pid = child.proc.pid
+            if why == _TIMED_OUT and self._overdue(task, since):
+                culprit = Outcome(task.seq, TIMEOUT, None,
+                                  f"TaskTimeout: timed out after {task.timeout:g} s; the process "
+                                  f"running task {task.name!r} was killed")
+                log.warning("task %r (seq %d) timed out after %g s; killed its process %d",
+                            task.name, task.seq, task.timeout, pid)
+            elif why == _DIED:
+                how = _describe_exit(child.proc.exitcode)
+                culprit = Outcome(task.seq, CRASH, None,
+                                  f"WorkerCrash: the process running task {task.name!r} {how}")
+                log.warning("task %r (seq %d): its process %d %s; starting another",
+                            task.name, task.seq, pid, how)
+            if culprit is not None:
+                del child.inflight[index]
+                worked = True
+        elif why == _DIED:
+            log.warning("task process %d %s between tasks; starting another",
+                        child.proc.pid, _describe_exit(child.proc.exitcode))
+        ex._requeue(list(child.inflight))
+        child.inflight.clear()
+        if culprit is not None:
+            ex._deliver([culprit])
+        return worked
+
+
 class Executor:
-    """`concurrency` daemon threads; results land in `outbox` and set `wakeup`."""
+    """Runs tasks in `concurrency` child processes; outcomes are collected and set `wakeup`.
+
+    A task that runs past its timeout is killed with its process (TIMEOUT); one whose process
+    dies fails as CRASH; either way a fresh process takes over and the worker carries on. A task
+    may run more than once (a child killed before sending a result), never report twice.
+    `imports` are the user's task modules, which every child imports.
+    """
 
     def __init__(self, registry: TaskRegistry, concurrency: int, wakeup: threading.Event,
                  imports: tuple[str, ...] = ()) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.registry = registry
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.concurrency = concurrency
         self.wakeup = wakeup
-        for i in range(concurrency):
-            threading.Thread(target=self._loop, name=f"task-{i}", daemon=True).start()
+        self.imports = tuple(imports)
+        self._ctx = _context(self.imports)
+        self._child_registry = _registry_for_children(registry)
+        self._cond = threading.Condition()          # guards _queue and _submitted/_taken
+        self._queue: collections.deque[Task] = collections.deque()
+        self._results_lock = threading.Lock()       # guards _outcomes and _collected
+        self._outcomes: list[Outcome] = []
+        self._submitted = self._collected = self._taken = 0
+        self._closing = threading.Event()
+        self._slots = [_Slot(self, i) for i in range(concurrency)]
+        atexit.register(self.close)                 # children ignore SIGTERM; never leave them
+        for slot in self._slots:
+            slot.thread.start()
 
     def submit(self, tasks: list[Task]) -> None:
-        for task in tasks:
-            self.inbox.put(task)
+        """Queue `tasks` to run; never blocks."""
+        if self._closing.is_set():
+            raise RuntimeError("the executor is closed")
+        with self._cond:
+            self._queue.extend(tasks)
+            self._submitted += len(tasks)
+            self._cond.notify(len(tasks))
 
     def collect(self) -> list[Outcome]:
-        outcomes = []
-        while True:
-            try:
-                outcomes.append(self.outbox.get_nowait())
-            except queue.Empty:
-                return outcomes
+        """The outcomes that finished since the last call; never blocks."""
+        with self._results_lock:
+            outcomes, self._outcomes = self._outcomes, []
+            self._collected += len(outcomes)
+        return outcomes
 
     def take_unstarted(self) -> list[Task]:
-        tasks = []
-        while True:
-            try:
-                tasks.append(self.inbox.get_nowait())
-            except queue.Empty:
-                return tasks
+        """Remove and return the queued tasks no child has been given; they get no outcome."""
+        with self._cond:
+            tasks = list(self._queue)
+            self._queue.clear()
+            self._taken += len(tasks)
+        return tasks
+
+    def outstanding(self) -> int:
+        """Tasks submitted and neither collected nor taken back, queued ones included."""
+        with self._cond, self._results_lock:
+            return self._submitted - self._taken - self._collected
 
     def close(self) -> None:
-        pass
+        """Kill the children and stop the slots, within CLOSE_TIMEOUT; safe to call again."""
+        with self._cond:
+            if self._closing.is_set():
+                return
+            self._closing.set()
+            self._cond.notify_all()
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        for slot in self._slots:
+            slot.kill()
+        for slot in self._slots:
+            slot.thread.join(max(0.0, deadline - time.monotonic()))
+        atexit.unregister(self.close)
 
-    def _loop(self) -> None:
-        while True:
-            task = self.inbox.get()
-            self.outbox.put(run_task(self.registry, task))
-            self.wakeup.set()
+    # -- for the slots ---------------------------------------------------------------------
+    def _deliver(self, outcomes: list[Outcome]) -> None:
+        with self._results_lock:
+            self._outcomes.extend(outcomes)
+        self.wakeup.set()
+
+    def _requeue(self, tasks: list[Task]) -> None:
+        """Put tasks a child did not finish back at the front of the queue, in order."""
+        if not tasks:
+            return
+        with self._cond:
+            self._queue.extendleft(reversed(tasks))
+            self._cond.notify(len(tasks))
