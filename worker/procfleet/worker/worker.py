@@ -192,10 +192,12 @@ class Worker:
 
     def _shutdown(self, proxy, executor: Executor, unsent: list, leased: dict) -> int:
         """Report what is finished, hand back what is not, and leave."""
-        executor.close()
         for outcome in executor.collect():
             if leased.pop(outcome.seq, None) == self.batch:
                 unsent.append(tuple(outcome))
+        # Killing the task processes is our doing, not the tasks' crash: whatever they were
+        # running is handed back below, and nothing close() reports is sent.
+        executor.close()
         if leased:
             log.info("drain over: handing back %d unfinished tasks", len(leased))
         try:
