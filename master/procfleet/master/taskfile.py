@@ -10,7 +10,6 @@ import hashlib
 import json
 import math
 import sys
-from array import array
 from collections.abc import Callable, Iterable, Iterator
 
 from procfleet.shared.errors import TaskFileError
@@ -20,6 +19,8 @@ FIELDS = ("id", "task", "args", "kwargs", "timeout")
 _FIELD_SET = frozenset(FIELDS)
 #: report at most this many bad lines, then stop reading
 MAX_ERRORS = 20
+#: bits in the duplicate-id bitmap (16 MiB); more ids than ~1/30 of this means more re-checks
+ID_BITMAP_BITS = 1 << 27
 
 
 class DemoSource:
@@ -141,11 +142,13 @@ def parse_lines(lines: Iterable[str], name: str, timeout: float | None = None) -
 def check_lines(lines: Callable[[], Iterable[str]], name: str) -> int:
     """Check every line of `lines()`; return the number of tasks, or TaskFileError listing errors.
 
-    Duplicate ids are found from 64-bit hashes (8 bytes per task, not the ids themselves); only
-    a hash that repeats sends us back to the lines to compare the ids.
+    Duplicate ids are found in constant memory: each id's hash sets one bit of a fixed bitmap
+    (16 MiB), and only when a bit was already set (a duplicate, or two ids sharing a bit) does a
+    second pass over the lines compare the ids behind those bits.
     """
     errors: list[str] = []
-    hashes = array("q")
+    bitmap = bytearray(ID_BITMAP_BITS >> 3)
+    shared: set[int] = set()
     count = 0
     for _lineno, task in _tasks(lines(), name, None):
         if isinstance(task, str):
@@ -154,10 +157,15 @@ def check_lines(lines: Callable[[], Iterable[str]], name: str) -> int:
                 errors.append(f"{name}: stopped after {MAX_ERRORS} errors")
                 break
             continue
-        hashes.append(hash(task.id))
+        bit = hash(task.id) & (ID_BITMAP_BITS - 1)
+        if bitmap[bit >> 3] & (1 << (bit & 7)):
+            shared.add(bit)
+        else:
+            bitmap[bit >> 3] |= 1 << (bit & 7)
         count += 1
-    if not errors and len(set(hashes)) != len(hashes):
-        errors.extend(_duplicate_ids(lines(), name, hashes))
+    del bitmap
+    if not errors and shared:
+        errors.extend(_duplicate_ids(lines(), name, shared))
     if errors:
         shown = len(errors) if len(errors) <= MAX_ERRORS else "many"
         raise TaskFileError(
@@ -166,13 +174,11 @@ def check_lines(lines: Callable[[], Iterable[str]], name: str) -> int:
     return count
 
 
-def _duplicate_ids(lines: Iterable[str], name: str, hashes: array) -> list[str]:
-    seen: set[int] = set()
-    repeated = {h for h in hashes if h in seen or seen.add(h)}
+def _duplicate_ids(lines: Iterable[str], name: str, shared: set[int]) -> list[str]:
     first_line: dict[str, int] = {}
     errors = []
     for lineno, task in _tasks(lines, name, None):
-        if hash(task.id) not in repeated:
+        if hash(task.id) & (ID_BITMAP_BITS - 1) not in shared:
             continue
         if task.id in first_line:
             errors.append(f"{name}:{lineno}: duplicate id {task.id!r} "
