@@ -1,5 +1,7 @@
 """The lease state machine, driven by a fake clock."""
 
+import json
+
 import pytest
 
 from procfleet.master.dispatcher import Dispatcher, TaskState
@@ -32,7 +34,7 @@ def ok(task: Task) -> Outcome:
 
 
 def records(d):
-    return [record for _seq, record in d.take_results()]
+    return [json.loads(line) for _seq, line in d.take_results()]
 
 
 def test_lease_hands_out_each_task_once_in_order():

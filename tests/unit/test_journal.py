@@ -53,9 +53,8 @@ def test_resumed_dispatcher_never_reruns_finished_tasks(tmp_path):
 def test_one_transaction_per_call_and_duplicates_are_ignored(tmp_path):
     journal = Journal(str(tmp_path / "j.db"))
     journal.open_batch("s", "f", 3)
-    record = {"id": "0", "status": "ok"}
-    journal.record([], [(0, record)])
-    journal.record([], [(0, {"id": "0", "status": "failed"})])
+    journal.record([], [(0, '{"id":"0","status":"ok"}')])
+    journal.record([], [(0, '{"id":"0","status":"failed"}')])
     assert list(journal.results()) == ['{"id":"0","status":"ok"}']
 
 

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from procfleet.shared.records import CRASH, ERROR, TIMEOUT, Outcome, Task, result_record
+from procfleet.shared.records import CRASH, ERROR, TIMEOUT, Outcome, Task, result_line
 
 #: the longest a retry waits, however many times the task failed
 MAX_RETRY_DELAY = 300.0
@@ -86,7 +86,7 @@ class Dispatcher:
         self._untouched = total - self.finished - len(self.active)
         self.workers: dict[str, WorkerState] = {}
         self.counters = Counters()
-        self._ready: list[tuple[int, dict]] = []
+        self._ready: list[tuple[int, str]] = []
         self.leased_log: list[TaskState] | None = None   # set to a list to record leases
         self.events: list[str] = []   # human-readable notes for the log, drained by the owner
 
@@ -109,8 +109,8 @@ class Dispatcher:
     def alive_workers(self) -> list[str]:
         return [w.id for w in self.workers.values() if w.alive]
 
-    def take_results(self) -> list[tuple[int, dict]]:
-        """(seq, result record) finished since the last call, each task exactly once."""
+    def take_results(self) -> list[tuple[int, str]]:
+        """(seq, JSON result line) finished since the last call, each task exactly once."""
         ready, self._ready = self._ready, []
         return ready
 
@@ -220,8 +220,8 @@ class Dispatcher:
                                              f"{self.retries})")
         if kind == TIMEOUT:
             pass   # final: a task that overran once would overrun again
-        self._finish(state, result_record(state.task, outcome, attempts=state.attempts,
-                                          worker=worker_id))
+        self._finish(state, *result_line(state.task, outcome, attempts=state.attempts,
+                                         worker=worker_id))
 
     def release(self, worker_id: str, seqs: Iterable[int]) -> int:
         """A worker hands tasks back on purpose; they do not count as lost."""
@@ -262,7 +262,7 @@ class Dispatcher:
                 state.holder = None
                 state.lost += 1
                 if state.lost >= self.max_attempts:
-                    self._finish(state, result_record(
+                    self._finish(state, *result_line(
                         state.task, None, attempts=state.attempts, worker=worker.id,
                         error=f"WorkerLost: worker lost {state.lost} times "
                               f"(last holder {worker.id}, lease timeout {self.lease_timeout:g} s)"))
@@ -282,13 +282,13 @@ class Dispatcher:
             while self.delayed and self.delayed[0][0] <= now:
                 self.requeued.append(heapq.heappop(self.delayed)[1])
 
-    def _finish(self, state: TaskState, record: dict) -> None:
+    def _finish(self, state: TaskState, ok: bool, line: str) -> None:
         seq = state.task.seq
         del self.active[seq]
         self.done_flags[seq] = 1
         self.finished += 1
-        if record["status"] == "ok":
+        if ok:
             self.counters.ok += 1
         else:
             self.counters.failed += 1
-        self._ready.append((seq, record))
+        self._ready.append((seq, line))

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 
 from procfleet.shared.errors import ConfigError
-from procfleet.shared.records import Task, dumps
+from procfleet.shared.records import Task
 
 from .dispatcher import TaskState
 
@@ -84,8 +84,8 @@ class Journal:
             "SELECT count(*) FROM results WHERE json_extract(record, '$.status') = 'ok'").fetchone()
         return count
 
-    def record(self, leased: list[tuple], results: list[tuple[int, dict]]) -> None:
-        """One transaction: leases as (task, attempts, lost, errors), results as (seq, record)."""
+    def record(self, leased: list[tuple], results: list[tuple[int, str]]) -> None:
+        """One transaction: leases as (task, attempts, lost, errors), results as (seq, line)."""
         if not leased and not results:
             return
         with self._transaction():
@@ -95,8 +95,7 @@ class Journal:
                     [(t.seq, json.dumps(t, separators=(",", ":")), a, lost, e)
                      for t, a, lost, e in leased])
             if results:
-                self.db.executemany("INSERT OR IGNORE INTO results VALUES (?, ?)",
-                                    [(seq, dumps(record)) for seq, record in results])
+                self.db.executemany("INSERT OR IGNORE INTO results VALUES (?, ?)", results)
 
     def close(self) -> None:
         self.db.close()

@@ -1,9 +1,9 @@
 """Writing result records as JSON Lines to a file or stdout, buffered, flushed per batch."""
 
+import itertools
 import sys
 
 from procfleet.shared.errors import ConfigError
-from procfleet.shared.records import dumps
 
 
 def _open(path: str, mode: str):
@@ -23,18 +23,17 @@ class ResultWriter:
         if path != "-":
             _open(path, "a").close()
 
-    def write(self, records: list[dict]) -> None:
-        if not records:
-            return
-        self._fh.write("".join([dumps(r) + "\n" for r in records]))
-        self._fh.flush()
-
     def write_lines(self, lines) -> int:
-        """Write already-encoded records (a resumed batch's, from its journal); return count."""
+        """Write encoded result records, one per line, and flush; return how many."""
+        if isinstance(lines, list):
+            chunks = [lines]
+        else:   # e.g. a resumed batch's journal: in pieces, never all in memory
+            chunks = iter(lambda it=iter(lines): list(itertools.islice(it, 10_000)), [])
         count = 0
-        for line in lines:
-            self._fh.write(line + "\n")
-            count += 1
+        for chunk in chunks:
+            if chunk:
+                self._fh.write("\n".join(chunk) + "\n")
+                count += len(chunk)
         self._fh.flush()
         return count
 

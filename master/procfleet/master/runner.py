@@ -2,6 +2,7 @@
 
 import logging
 import signal
+import sys
 import time
 import uuid
 
@@ -155,7 +156,7 @@ class Batch:
         leased, results, events = self.service.tick()
         if self.journal is not None:
             self.journal.record(leased, results)   # committed before the file sees them
-        self.writer.write([record for _seq, record in results])
+        self.writer.write_lines([line for _seq, line in results])
         for event in events:
             log.warning("%s", event)
 

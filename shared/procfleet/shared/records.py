@@ -6,6 +6,7 @@ by `seq`, their position in the batch; the user's `id` travels along for logs an
 """
 
 import json
+from json.encoder import encode_basestring
 from typing import Any, NamedTuple
 
 STATUS_OK = "ok"
@@ -66,15 +67,44 @@ def outcome_from_wire(item) -> Outcome:
     return Outcome(seq, kind, value, error)
 
 
-def result_record(task: Task, outcome: Outcome | None, *, attempts: int,
-                  worker: str | None, error: str | None = None) -> dict:
-    """The JSON Lines result record, one per task id."""
+def result_line(task: Task, outcome: Outcome | None, *, attempts: int, worker: str | None,
+                error: str | None = None) -> tuple[bool, str]:
+    """(ok?, the JSON Lines result record), one per task id, built without a dict.
+
+    Field order: id, task, status, result, error, attempts, worker. This runs once per task in
+    the master, so it is a template around the parts that vary, not json.dumps of a dict.
+    """
     if outcome is not None and outcome.ok:
-        return {"id": task.id, "task": task.name, "status": STATUS_OK, "result": outcome.value,
-                "error": None, "attempts": attempts, "worker": worker}
-    return {"id": task.id, "task": task.name, "status": STATUS_FAILED, "result": None,
-            "error": outcome.error if outcome is not None else error,
-            "attempts": attempts, "worker": worker}
+        try:
+            value = encode_value(outcome.value)
+        except (TypeError, ValueError) as exc:      # a worker sent what JSON cannot carry
+            outcome, error = None, f"ResultNotJSON: {exc}"
+        else:
+            return True, (f'{{"id":{_str(task.id)},"task":{_str(task.name)},"status":"ok",'
+                          f'"result":{value},"error":null,"attempts":{attempts:d},'
+                          f'"worker":{_str(worker)}}}')
+    text = outcome.error if outcome is not None else error
+    return False, (f'{{"id":{_str(task.id)},"task":{_str(task.name)},"status":"failed",'
+                   f'"result":null,"error":{_str(text)},"attempts":{attempts:d},'
+                   f'"worker":{_str(worker)}}}')
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode_value(value) -> str:
+    """`value` as compact JSON (ints and strings by a shortcut); TypeError/ValueError if it
+    is not a JSON value."""
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is str:
+        return encode_basestring(value)
+    return _encode(value)
+
+
+def _str(text: str | None) -> str:
+    return "null" if text is None else encode_basestring(text)
 
 
 def dumps(record: dict) -> str:
