@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from procfleet.shared.records import CRASH, ERROR, TIMEOUT, Outcome, Task, result_line
+from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task, result_line
 
 #: the longest a retry waits, however many times the task failed
 MAX_RETRY_DELAY = 300.0
@@ -142,58 +142,65 @@ class Dispatcher:
         sharers = max(1, sum(1 for w in self.workers.values() if w.alive))
         count = min(want, -(-pending // sharers))
         leased = []
+        held, active, flags, log = worker.held, self.active, self.done_flags, self.leased_log
         while len(leased) < count:
-            state = self._next_pending()
-            if state is None:
+            if self.requeued:
+                state = self._next_requeued()
+                if state is None:
+                    continue
+            elif self._untouched > 0:          # fresh tasks, in order: the common case
+                task = next(self._fresh, None)
+                if task is None:               # the source ended early: nothing more to lease
+                    self._untouched = 0
+                    break
+                if flags[task[0]] or task[0] in active:
+                    continue                   # finished or restored before this master started
+                self._untouched -= 1
+                state = active[task[0]] = TaskState(task)
+            else:
                 break
             state.attempts += 1
             state.holder = worker_id
-            worker.held[state.task.seq] = None
+            held[state.task[0]] = None
             leased.append(state.task)
-            if self.leased_log is not None:
-                self.leased_log.append(state)
+            if log is not None:
+                log.append(state)
         return leased
 
-    def _next_pending(self) -> TaskState | None:
-        while self.requeued:
-            state = self.active.get(self.requeued.popleft())
-            if state is not None and state.holder is None:
-                return state
-        while self._untouched > 0:
-            task = next(self._fresh, None)
-            if task is None:          # the source ended early: nothing more to lease
-                self._untouched = 0
-                break
-            if self.done_flags[task.seq] or task.seq in self.active:
-                continue              # finished or restored before this master started
-            self._untouched -= 1
-            state = self.active[task.seq] = TaskState(task)
-            return state
-        return None
+    def _next_requeued(self) -> TaskState | None:
+        state = self.active.get(self.requeued.popleft())
+        return state if state is not None and state.holder is None else None
 
-    def complete(self, worker_id: str, outcomes: Iterable[Outcome]) -> None:
-        """Take results; the first per task wins, later ones are dropped and counted."""
+    def complete(self, worker_id: str, outcomes: Iterable[tuple]) -> None:
+        """Take results (Outcomes or checked (seq, kind, value, error) tuples); the first per
+        task wins, later ones are dropped and counted. The path for `ok` is kept inline: it
+        runs once per task."""
         worker = self.touch(worker_id)
+        held, flags, active, total = worker.held, self.done_flags, self.active, self.total
         for outcome in outcomes:
-            seq = outcome.seq
-            worker.held.pop(seq, None)
-            if not 0 <= seq < self.total:
+            seq = outcome[0]
+            held.pop(seq, None)
+            if not 0 <= seq < total:
                 self.events.append(f"worker {worker_id} sent a result for task #{seq}, which "
                                    f"this batch does not have: ignored")
                 continue
-            if self.done_flags[seq]:
+            if flags[seq]:
                 self.counters.duplicates += 1
                 continue
-            state = self.active.get(seq)
+            state = active.get(seq)
             if state is None:
                 self.counters.stale += 1    # e.g. leased by a master before a restart
                 continue
-            if state.holder is not None and state.holder != worker_id:
+            if state.holder != worker_id and state.holder is not None:
                 holder = self.workers.get(state.holder)
                 if holder is not None:
                     holder.held.pop(seq, None)
             state.holder = None
-            self._settle(state, outcome, worker_id)
+            if outcome[1] == OK:
+                self._finish(state, *result_line(state.task, outcome, attempts=state.attempts,
+                                                 worker=worker_id))
+            else:
+                self._settle(state, Outcome(*outcome), worker_id)
 
     def _settle(self, state: TaskState, outcome: Outcome, worker_id: str) -> None:
         kind = outcome.kind

@@ -9,7 +9,7 @@ import logging
 import threading
 
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
-from procfleet.shared.records import outcome_from_wire
+from procfleet.shared.records import outcome_checked, outcome_from_wire
 
 from .dispatcher import Dispatcher
 from .server import current_peer
@@ -92,6 +92,8 @@ class DispatcherService:
 
     @staticmethod
     def _parse(worker_id: str, outcomes: list) -> list:
+        if all(map(outcome_checked, outcomes)):
+            return outcomes
         parsed = []
         for item in outcomes:
             try:

@@ -35,10 +35,11 @@ class DemoSource:
         self.rereadable = True
 
     def __iter__(self) -> Iterator[Task]:
-        t, sleep = self.timeout, self.sleep
+        t, sleep, new = self.timeout, self.sleep, tuple.__new__   # a Task without its __new__
         if sleep > 0:
-            return (Task(i, str(i), "sleep", [sleep, i * i], {}, t) for i in range(self.total))
-        return (Task(i, str(i), "square", [i], {}, t) for i in range(self.total))
+            return (new(Task, (i, str(i), "sleep", [sleep, i * i], {}, t))
+                    for i in range(self.total))
+        return (new(Task, (i, str(i), "square", [i], {}, t)) for i in range(self.total))
 
 
 class FileSource:

@@ -49,11 +49,20 @@ def task_to_wire(task: Task) -> tuple:
 
 
 def task_from_wire(item) -> Task:
-    return Task(*item)
+    """A leased task; six fields, as task_to_wire sends them (checked by length only)."""
+    if len(item) != len(Task._fields):
+        raise ValueError(f"a task has {len(Task._fields)} fields, got {len(item)}")
+    return tuple.__new__(Task, item)
 
 
 def outcome_to_wire(outcome: Outcome) -> tuple:
     return tuple(outcome)
+
+
+def outcome_checked(item) -> bool:
+    """Whether `item` is a well-formed outcome tuple (the fast check, for every result)."""
+    return (type(item) is tuple and len(item) == 4 and type(item[0]) is int
+            and item[1] in OUTCOME_KINDS and (item[3] is None or type(item[3]) is str))
 
 
 def outcome_from_wire(item) -> Outcome:
@@ -67,26 +76,25 @@ def outcome_from_wire(item) -> Outcome:
     return Outcome(seq, kind, value, error)
 
 
-def result_line(task: Task, outcome: Outcome | None, *, attempts: int, worker: str | None,
+def result_line(task: Task, outcome: tuple | None, *, attempts: int, worker: str | None,
                 error: str | None = None) -> tuple[bool, str]:
     """(ok?, the JSON Lines result record), one per task id, built without a dict.
 
-    Field order: id, task, status, result, error, attempts, worker. This runs once per task in
-    the master, so it is a template around the parts that vary, not json.dumps of a dict.
+    `outcome` is an Outcome or a (seq, kind, value, error) tuple. Field order: id, task,
+    status, result, error, attempts, worker. This runs once per task in the master, so it is a
+    template around the parts that vary, not json.dumps of a dict.
     """
-    if outcome is not None and outcome.ok:
+    head = f'{{"id":{encode_basestring(task.id)},"task":{encode_basestring(task.name)},'
+    tail = f',"attempts":{attempts:d},"worker":{_str(worker)}}}'
+    if outcome is not None and outcome[1] == OK:
         try:
-            value = encode_value(outcome.value)
+            value = encode_value(outcome[2])
         except (TypeError, ValueError) as exc:      # a worker sent what JSON cannot carry
             outcome, error = None, f"ResultNotJSON: {exc}"
         else:
-            return True, (f'{{"id":{_str(task.id)},"task":{_str(task.name)},"status":"ok",'
-                          f'"result":{value},"error":null,"attempts":{attempts:d},'
-                          f'"worker":{_str(worker)}}}')
-    text = outcome.error if outcome is not None else error
-    return False, (f'{{"id":{_str(task.id)},"task":{_str(task.name)},"status":"failed",'
-                   f'"result":null,"error":{_str(text)},"attempts":{attempts:d},'
-                   f'"worker":{_str(worker)}}}')
+            return True, f'{head}"status":"ok","result":{value},"error":null{tail}'
+    text = outcome[3] if outcome is not None else error
+    return False, f'{head}"status":"failed","result":null,"error":{_str(text)}{tail}'
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
