@@ -74,7 +74,7 @@ def run_recipe(tasks: int, workers: int, batch: int = 1, python: str = sys.execu
     """
     authkey = secrets.token_bytes(32)
     manager = RecipeManager(address=("127.0.0.1", 0), authkey=authkey)
-    manager.start()
+    manager.start(_default_signals)
     procs: list[subprocess.Popen] = []
     try:
         host, port = manager.address
@@ -152,25 +152,31 @@ def recipe_worker(address: str, batch: int) -> None:
             result_q.put([(i, square(i)) for i in item])
 
 
-def run_pool(tasks: int, processes: int, chunksize: int) -> float:
+def run_pool(tasks: int, processes: int, chunksize: int, timeout: float = 600.0) -> float:
     """`Pool(processes).map(square, range(tasks), chunksize)`; return the seconds map took."""
     pool = multiprocessing.Pool(processes, initializer=_default_signals)
     try:
-        pool.map(square, range(processes))          # every process started before the clock
+        pool.map_async(square, range(processes)).get(READY_TIMEOUT)   # all started before the clock
         started = time.perf_counter()
-        out = pool.map(square, range(tasks), chunksize=chunksize)
+        try:
+            out = pool.map_async(square, range(tasks), chunksize=chunksize).get(timeout)
+        except multiprocessing.TimeoutError:
+            raise BaselineError(f"Pool.map: not done after {timeout:g} s") from None
         elapsed = time.perf_counter() - started
-        pool.close()                                # a clean exit: terminate() would SIGTERM them
-    finally:
+    except BaseException:
         pool.terminate()
         pool.join()
+        raise
+    pool.close()
+    pool.join()
     if len(out) != tasks or any(v != i * i for i, v in enumerate(out)):
         raise BaselineError("Pool.map returned wrong or missing results")
     return elapsed
 
 
 def _default_signals() -> None:
-    # Forked from the suite, whose SIGTERM raises KeyboardInterrupt; a pool worker just exits.
+    # Forked from the suite, whose SIGTERM raises KeyboardInterrupt: a pool worker or the
+    # manager's server process just exits, without a traceback.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

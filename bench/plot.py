@@ -16,7 +16,7 @@ def plot_scaling(lines: dict[str, list[Series]], path: Path, title: str) -> str 
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (`make bench` installs it into the venv)"
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=110)
     drawn = 0
     for (label, series), marker in zip(lines.items(), "osd^v"):
         points = [s for s in series if s.ok and s.workers]
@@ -38,7 +38,8 @@ def plot_scaling(lines: dict[str, list[Series]], path: Path, title: str) -> str 
     ax.set_ylabel("tasks/s (log scale)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    # Below the axes: the lines span the whole height, so inside it would hide points.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -28,6 +28,8 @@ DIST_TASKS, DIST_SLEEP, DIST_WORKERS, DIST_CONCURRENCY = 3200, 0.05, 8, 8
 RECOVERY_TASKS, RECOVERY_SLEEP, RECOVERY_LEASE, RECOVERY_CONCURRENCY = 400, 0.05, 2.0, 2
 RECOVERY_GOAL_S = 3.0
 MEMORY_LIMIT_MB, MEMORY_MAX_GROWTH = 200.0, 1.25
+#: a 1-minute load average above this × cores at start is noted as a busy machine
+BUSY_LOAD = 0.5
 #: bound on `scripts/images.sh` when --build-images asks for it
 IMAGES_TIMEOUT = 1800
 
@@ -119,6 +121,10 @@ def _run(args, argv: list[str], workdir: Path, started: float) -> int:
         notes.append("Quick run: fewer tasks and one run per case, so the ratios are indicative; "
                      "`make bench` measures at the goals' sizes.")
     machine = machine_info(args, argv, pf)
+    busy = os.getloadavg()[0]
+    if busy > BUSY_LOAD * len(os.sched_getaffinity(0)):
+        notes.append(f"Other work was running when the suite started (load average {busy:.1f} on "
+                     f"{len(os.sched_getaffinity(0))} cores): the numbers are noisier than usual.")
     say(f"procfleet: {pf.executable}; {plan.name} plan: {plan.runs} run(s) per case")
 
     unusable = None
