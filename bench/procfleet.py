@@ -78,7 +78,7 @@ class Procfleet:
         return self._help
 
     def has_master_option(self, option: str) -> bool:
-        return re.search(rf"(^|\s){re.escape(option)}\b", self.check()) is not None
+        return re.search(rf"(^|\s){re.escape(option)}(?=[\s,=]|$)", self.check(), re.M) is not None
 
     def path(self, stem: str, suffix: str = ".jsonl") -> Path:
         self._n += 1

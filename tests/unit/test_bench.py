@@ -3,7 +3,7 @@
 import pytest
 
 from bench import report
-from bench.procfleet import RunFailed, check_results
+from bench.procfleet import Procfleet, RunFailed, check_results
 from bench.run import QUICK, evaluate_goals, parse_args
 from bench.stats import (FAIL, INFO, PASS, SKIP, Missing, Series, at_least, below, memory_goal,
                          missing_from, parse_summary, ratio)
@@ -172,3 +172,11 @@ def test_quick_with_fewer_tasks_shrinks_the_per_call_recipe_too():
     plan = parse_args(["--quick", "--tasks", "1000", "--procfleet", "x"]).plan
     assert (plan.name, plan.runs, plan.tasks, plan.percall_tasks) == ("quick", 1, 1000, 1000)
     assert parse_args(["--procfleet", "x"]).plan.runs == 3
+
+
+def test_journal_detected_from_the_masters_help_only_as_a_whole_option(tmp_path):
+    pf = Procfleet("procfleet", tmp_path)
+    pf._help = "Options:\n  --journal-fsync  sync often\n  --results PATH  where results go\n"
+    assert not pf.has_master_option("--journal")
+    pf._help += "  --journal PATH  append each outcome to PATH\n"
+    assert pf.has_master_option("--journal")
