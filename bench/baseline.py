@@ -184,7 +184,7 @@ def _default_signals() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.baseline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    worker = sub.add_parser("worker", help="a recipe worker (the key comes from " + AUTHKEY_ENV + ")")
+    worker = sub.add_parser("worker", help=f"a recipe worker (the key comes from {AUTHKEY_ENV})")
     worker.add_argument("address", metavar="HOST:PORT")
     worker.add_argument("--batch", type=int, default=1)
     run = sub.add_parser("run", help="time one recipe run and print tasks/s")

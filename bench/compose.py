@@ -23,7 +23,7 @@ _projects: set[tuple[tuple[str, ...], str]] = set()
 
 
 def compose_command() -> list[str] | None:
-    """$COMPOSE (the Makefile's choice), else `docker compose` (v2) if present, else docker-compose."""
+    """$COMPOSE (the Makefile's choice), else `docker compose` (v2), else docker-compose (v1)."""
     if os.environ.get("COMPOSE"):
         return shlex.split(os.environ["COMPOSE"])
     if shutil.which("docker") and _ok(["docker", "compose", "version"]):

@@ -210,7 +210,8 @@ class Procfleet:
             while master.popen.poll() is None and time.monotonic() < killed_at + timeout:
                 tail.poll()
                 for t, r in tail.lines:
-                    if t >= killed_at and (r.get("attempts") or 1) > 1 and r.get("worker") != victim_id:
+                    requeued = (r.get("attempts") or 1) > 1 and r.get("worker") != victim_id
+                    if t >= killed_at and requeued:
                         first_requeued = t
                         break
                 if first_requeued is not None:

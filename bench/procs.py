@@ -120,7 +120,7 @@ class Child:
         return None
 
     def wait(self, timeout: float) -> int:
-        """The exit code; after `timeout` seconds the whole process group is killed (ChildTimeout)."""
+        """The exit code; after `timeout` seconds the process group is killed (ChildTimeout)."""
         try:
             code = self.popen.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -8,9 +8,9 @@ HEADER = """\
 This file is written by the benchmark suite; do not edit it by hand. Run it again with:
 
 ```
-make bench          # full: every case {full_runs}× (median, min, max), 200,000 tiny tasks, the compose
-                    # cluster too (builds the images first when Docker is usable); 20-25 minutes
-                    # on 2 cores, most of it the one-task-per-call recipe and the 1M-task file
+make bench          # full: every case {full_runs}× (median, min, max), 200,000 tiny tasks, the
+                    # compose cluster too (builds the images first when Docker is usable);
+                    # 20-25 minutes on 2 cores, most of it the per-call recipe and the 1M file
 make bench-quick    # the same cases once each with fewer tasks: 1-2 minutes, indicative only
 ```
 
@@ -18,7 +18,8 @@ Options go through `BENCH_ARGS` (`python -m bench --help` lists them), e.g. anot
 installation: `make bench-quick BENCH_ARGS="--procfleet /path/to/venv/bin/procfleet"` (or
 `PROCFLEET_BIN=...`), or `--no-compose`. The suite drives procfleet only through its CLI and reads
 the master's closing `summary:` line; a run that loses or duplicates a result counts as failed.
-Benchmarks are not part of `make test`; matplotlib (for the plot) is installed only by these targets.
+Benchmarks are not part of `make test`; matplotlib (for the plot) is installed only by these
+targets.
 """
 
 METHOD = """\

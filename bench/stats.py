@@ -125,7 +125,7 @@ def below(name: str, value: float | None, maximum: float, *, unit: str = "",
 
 def memory_goal(name: str, small: Series | None, large: Series | None, limit_mb: float,
                 max_growth: float) -> Goal:
-    """Both peaks under `limit_mb`, and the large batch's peak at most `max_growth` × the small one's."""
+    """Both peaks under `limit_mb`; the large batch's at most `max_growth` × the small one's."""
     target = f"< {limit_mb:g} MB each, large/small ≤ {max_growth:g}×"
     if not (small and large and small.ok and large.ok):
         why = missing_from(small, large)

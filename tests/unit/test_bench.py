@@ -4,7 +4,8 @@ import pytest
 
 from bench import report
 from bench.procfleet import Procfleet, RunFailed, check_results
-from bench.run import QUICK, evaluate_goals, parse_args
+from bench.run import parse_args
+from bench.suite import QUICK, Case, Suite, evaluate_goals
 from bench.stats import (FAIL, INFO, PASS, SKIP, Missing, Series, at_least, below, memory_goal,
                          missing_from, parse_summary, ratio)
 
@@ -107,13 +108,14 @@ def test_memory_goal_limit_and_growth():
 
 
 def test_evaluate_goals_uses_the_four_worker_cases():
-    by_key = {"procfleet-4": series("procfleet-4", 60_000.0),
-              "procfleet-1": series("procfleet-1", 1.0),
-              "recipe-batched-4": series("recipe-batched-4", 100_000.0),
-              "recipe-percall-4": series("recipe-percall-4", 1_000.0),
-              "journal-4": series("journal-4", skipped="no --journal")}
-    goals = evaluate_goals(by_key, series("d", 48.0), [series("s", 50.0), series("l", 55.0)],
-                           series("r", 2.4), series("c", 20_000.0), QUICK)
+    suite = Suite()
+    for s in [series("procfleet-4", 60_000.0), series("procfleet-1", 1.0),
+              series("recipe-batched-4", 100_000.0), series("recipe-percall-4", 1_000.0),
+              series("journal-4", skipped="no --journal"), series("compose-4", 20_000.0),
+              series("distributed", 48.0), series("memory-10000", 50.0),
+              series("memory-100000", 55.0), series("recovery", 2.4)]:
+        suite.cases.append(Case(s, lambda: 0.0))
+    goals = evaluate_goals(suite, QUICK)
     status = [g.status for g in goals]
     assert status == [PASS, PASS, SKIP, INFO, PASS, FAIL, PASS]
     assert goals[0].measured == "0.6×"
