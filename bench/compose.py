@@ -1,5 +1,11 @@
 """The compose case: the repo's docker-compose.yml under a project name of its own, the master's
-summary read from its container's logs, and `down -v` whatever happens."""
+summary read from its container's logs, and `down -v` whatever happens.
+
+The demo master writes its results to stdout, so they live in the container's log; a daemon that
+rotates logs (`log-opts` max-size/max-file) drops the oldest lines of a large batch. An override
+file gives the master's log room for the whole batch, so every id can be counted; it changes
+nothing else.
+"""
 
 import json
 import os
@@ -14,6 +20,8 @@ from .procfleet import RunFailed, batch_timeout
 from .stats import parse_summary
 
 IMAGES = ("procfleet-master:latest", "procfleet-worker:latest")
+#: room for the master's log: ~100 bytes of result and ~80 of json-file framing per task
+LOG_BYTES_PER_TASK = 400
 #: bounds for the docker commands that are not the batch itself
 UP_TIMEOUT = 180.0
 DOWN_TIMEOUT = 120.0
@@ -57,10 +65,13 @@ def unusable_reason(images: tuple[str, ...]) -> str | None:
 class ComposeCluster:
     """The real compose file, a unique project name, extra -f files (e.g. other images)."""
 
-    def __init__(self, repo: Path, env: dict[str, str], extra_files: list[str]) -> None:
+    def __init__(self, repo: Path, env: dict[str, str], workdir: Path, tasks: int,
+                 images: tuple[str, str] | None = None) -> None:
         self.compose = compose_command() or ["docker-compose"]
         self.project = f"procfleet-bench-{os.getpid()}-{secrets.token_hex(3)}"
-        files = [str(repo / "docker-compose.yml"), *extra_files]
+        override = workdir / f"{self.project}.yml"
+        override.write_text(override_file(tasks, images))
+        files = [str(repo / "docker-compose.yml"), str(override)]
         self.base = [*self.compose, "-p", self.project, *(a for f in files for a in ("-f", f))]
         self.env = env
 
@@ -115,6 +126,18 @@ class ComposeCluster:
             self._run(["down", "-v", "--remove-orphans", "-t", "5"], DOWN_TIMEOUT)
         finally:
             _projects.discard((tuple(self.base), self.project))
+
+
+def override_file(tasks: int, images: tuple[str, str] | None) -> str:
+    """The compose override: a master log that keeps every result line, and other images."""
+    size_mb = max(100, tasks * LOG_BYTES_PER_TASK // 1_000_000)
+    lines = ["services:", "  master:",
+             "    logging:", "      driver: json-file",
+             f'      options: {{max-size: "{size_mb}m", max-file: "1"}}']
+    if images:
+        lines.insert(2, f"    image: {images[0]}")
+        lines += ["  worker:", f"    image: {images[1]}"]
+    return "\n".join(lines) + "\n"
 
 
 def down_all() -> None:

@@ -37,7 +37,9 @@ METHOD = """\
   with the pool already started.
 - **compose**: the repo's `docker-compose.yml` under a unique project name, `PROCFLEET_DEMO=T`,
   `up -d --scale worker=4`; tasks/s from the master container's summary (its clock includes the
-  workers waiting for the master's health check); every id checked in its output; `down -v` after.
+  workers waiting for the master's health check); every id checked in its output, which an
+  override file keeps whole (json-file log sized for the batch, as a daemon's rotation would drop
+  the oldest lines); `down -v` after.
 - **distributed sleep**: `--demo 3200 --demo-sleep 0.05` served to 8 separate
   `procfleet worker --concurrency 8` processes; speed-up = 3200 × 0.05 s / the summary's seconds.
 - **master peak RSS**: VmHWM of the master process itself (not its local workers), read from

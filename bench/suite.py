@@ -229,14 +229,8 @@ def compose_skip(args, notes: list[str]) -> str | None:
 
 
 def run_compose(args, pf: Procfleet, tasks: int, workers: int) -> float:
-    extra = []
-    if args.compose_images:
-        override = pf.workdir / "compose.images.yml"
-        override.write_text("services:\n"
-                            f"  master:\n    image: {args.compose_images[0]}\n"
-                            f"  worker:\n    image: {args.compose_images[1]}\n")
-        extra.append(str(override))
-    cluster = compose.ComposeCluster(REPO, pf.env, extra)
+    images = tuple(args.compose_images) if args.compose_images else None
+    cluster = compose.ComposeCluster(REPO, pf.env, pf.workdir, tasks, images)
     summary = cluster.run_demo(tasks, workers)
     left = compose.wait_gone(cluster.project)
     if left:
