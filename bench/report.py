@@ -10,7 +10,7 @@ This file is written by the benchmark suite; do not edit it by hand. Run it agai
 ```
 make bench          # full: every case {full_runs}× (median, min, max), 200,000 tiny tasks, the
                     # compose cluster too (builds the images first when Docker is usable);
-                    # 20-25 minutes on 2 cores, most of it the per-call recipe and the 1M file
+                    # 15-25 minutes on 2 cores, most of it the per-call recipe and the 1M file
 make bench-quick    # the same cases once each with fewer tasks: 1-2 minutes, indicative only
 ```
 

@@ -8,6 +8,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from . import compose, plot, report
@@ -93,7 +94,9 @@ def _run(args, argv: list[str], workdir: Path) -> int:
     suite = build_suite(args, plan, pf, notes)
     run_cases(suite.cases, plan.runs)
     if suite.recovery_seen:
-        notes.append("Recovery seen through: " + ", ".join(suite.recovery_seen) + ".")
+        seen = Counter(suite.recovery_seen)
+        notes.append("Recovery seen through: " + ", ".join(
+            f"{how} ({n} of {len(suite.recovery_seen)} runs)" for how, n in seen.items()) + ".")
     goals = evaluate_goals(suite, plan)
 
     png = args.output.with_suffix(".png")
