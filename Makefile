@@ -65,3 +65,19 @@ clean: ## down -v, and remove the downloaded wheels and build output
 distclean: clean ## clean, and remove the venv and the images
 	rm -rf $(VENV)
 	-docker image rm procfleet-master:latest procfleet-worker:latest procfleet-base:bookworm
+
+# Benchmarks (bench/, docs/benchmarks.md): outside `make test`, so the tests never need matplotlib;
+# it goes into the same venv through a stamp of its own. BENCH_ARGS passes options, e.g.
+# BENCH_ARGS="--procfleet other-venv/bin/procfleet --no-compose" (python -m bench --help).
+.PHONY: bench bench-quick
+BENCH_STAMP := $(VENV)/.procfleet-bench-installed
+
+$(BENCH_STAMP): $(VENV_STAMP)
+	$(VENV)/bin/python -m pip install --disable-pip-version-check matplotlib
+	touch $@
+
+bench: $(BENCH_STAMP) ## Full benchmarks (3 runs a case, rebuilds the images): docs/benchmarks.md + .png
+	$(VENV)/bin/python -m bench --full --build-images $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP) ## Short benchmark run (~1-2 min, indicative): docs/benchmarks.md + .png
+	$(VENV)/bin/python -m bench --quick $(BENCH_ARGS)

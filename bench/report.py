@@ -1,0 +1,137 @@
+"""docs/benchmarks.md and the console table: plain rendering of measured series and goals."""
+
+from .stats import Goal, Series
+
+HEADER = """\
+# Benchmarks
+
+This file is written by the benchmark suite; do not edit it by hand. Run it again with:
+
+```
+make bench          # full: every case {full_runs}× (median, min, max), 200,000 tiny tasks, the
+                    # compose cluster too (builds the images first when Docker is usable);
+                    # 15-25 minutes on 2 cores, most of it the per-call recipe and the 1M file
+make bench-quick    # the same cases once each with fewer tasks: 1-2 minutes, indicative only
+```
+
+Options go through `BENCH_ARGS` (`python -m bench --help` lists them), e.g. another procfleet
+installation: `make bench-quick BENCH_ARGS="--procfleet /path/to/venv/bin/procfleet"` (or
+`PROCFLEET_BIN=...`), or `--no-compose`. The suite drives procfleet only through its CLI and reads
+the master's closing `summary:` line; a run that loses or duplicates a result counts as failed.
+Benchmarks are not part of `make test`; matplotlib (for the plot) is installed only by these
+targets.
+"""
+
+METHOD = """\
+## How each number is measured
+
+- **procfleet, N local workers**: `procfleet master --demo T --local-workers N --bind 127.0.0.1:0
+  --results FILE`; tasks/s is the summary's `tasks_per_s`, whose clock starts before the local
+  workers have started (their start-up counts against procfleet). The results file must hold T
+  distinct ids.
+- **recipe per-call / batched (100)**: `bench/baseline.py`, the blog recipe — a `BaseManager`
+  serving two `queue.Queue` proxies on 127.0.0.1 with an authkey, N worker processes connecting over
+  TCP; one task per proxy call, or lists of 100. The clock starts once every worker is connected,
+  the master puts every task, then reads every result (each id checked once).
+- **Pool.map**: `multiprocessing.Pool(4).map(square, range(T), chunksize=C)`, timed around `map`
+  with the pool already started.
+- **compose**: the repo's `docker-compose.yml` under a unique project name, `PROCFLEET_DEMO=T`,
+  `up -d --scale worker=4`; tasks/s from the master container's summary (its clock includes the
+  workers waiting for the master's health check); every id checked in its output, which an
+  override file keeps whole (json-file log sized for the batch, as a daemon's rotation would drop
+  the oldest lines); `down -v` after.
+- **distributed sleep**: `--demo 3200 --demo-sleep 0.05` served to 8 separate
+  `procfleet worker --concurrency 8` processes; speed-up = 3200 × 0.05 s / the summary's seconds.
+- **master peak RSS**: VmHWM of the master process itself (not its local workers), read from
+  /proc every 20 ms while it streams a generated JSONL file of `square` tasks with 4 local workers.
+- **recovery**: `--lease-timeout 2`, `--demo 400 --demo-sleep 0.05`, two separate workers
+  (`--concurrency 2`); one is SIGKILLed once a quarter of the batch is done; seconds from the kill
+  to the first result of a requeued task (attempts > 1) read from the results file, or else to the
+  master's "silent ... requeued" line.
+"""
+
+
+def fmt(value: float | None, unit: str = "tasks/s") -> str:
+    if value is None:
+        return "—"
+    if unit == "tasks/s" or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}"
+
+
+def _status(s: Series) -> str:
+    if s.skipped:
+        return f"skipped: {s.skipped}"
+    if s.errors:
+        return f"{len(s.errors)} failed run(s): {_one_line(s.errors[0])}"
+    return ""
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def throughput_table(series: list[Series]) -> str:
+    lines = [_row(["case", "tasks", "runs", "median tasks/s", "min", "max", "note"]),
+             _row(["---", "---:", "---:", "---:", "---:", "---:", "---"])]
+    for s in series:
+        lines.append(_row([s.label, f"{s.tasks:,}" if s.tasks else "—", str(s.runs),
+                           fmt(s.median), fmt(s.min), fmt(s.max), _status(s)]))
+    return "\n".join(lines)
+
+
+def other_table(series: list[Series]) -> str:
+    lines = [_row(["case", "runs", "median", "min", "max", "unit", "note"]),
+             _row(["---", "---:", "---:", "---:", "---:", "---", "---"])]
+    for s in series:
+        lines.append(_row([s.label, str(s.runs), fmt(s.median, s.unit), fmt(s.min, s.unit),
+                           fmt(s.max, s.unit), s.unit, _status(s)]))
+    return "\n".join(lines)
+
+
+def goals_table(goals: list[Goal]) -> str:
+    lines = [_row(["goal", "measured", "target", "result", "note"]),
+             _row(["---", "---:", "---", "---", "---"])]
+    for g in goals:
+        lines.append(_row([g.name, g.measured, g.target, f"**{g.status}**", g.note]))
+    return "\n".join(lines)
+
+
+def machine_list(machine: dict[str, str]) -> str:
+    return "\n".join(f"- {key}: {value}" for key, value in machine.items())
+
+
+def render(machine: dict[str, str], throughput: list[Series], other: list[Series],
+           goals: list[Goal], notes: list[str], plot: str | None, full_runs: int = 3) -> str:
+    parts = [HEADER.format(full_runs=full_runs), "## This run\n", machine_list(machine), "",
+             "## Throughput\n", throughput_table(throughput), "",
+             "## Scaling, memory, recovery\n", other_table(other), "",
+             "## Goals\n", "Ratios are of medians measured in this run.\n", goals_table(goals), ""]
+    if plot:
+        parts += ["## Throughput against workers\n", f"![throughput against workers]({plot})", ""]
+    if notes:
+        parts += ["## Notes\n", "\n".join(f"- {n}" for n in notes), ""]
+    parts += [METHOD]
+    return "\n".join(parts)
+
+
+def console(throughput: list[Series], other: list[Series], goals: list[Goal]) -> str:
+    """A plain-text version for the terminal."""
+    out = [f"{'case':58} {'tasks':>9} {'runs':>4} {'median':>10} {'min':>10} {'max':>10}"]
+    for s in throughput:
+        out.append(f"{s.label:58} {s.tasks or 0:>9,} {s.runs:>4} {fmt(s.median):>10} "
+                   f"{fmt(s.min):>10} {fmt(s.max):>10}  {_status(s)}")
+    out.append("")
+    for s in other:
+        out.append(f"{s.label:58} {'':>9} {s.runs:>4} {fmt(s.median, s.unit):>10} "
+                   f"{fmt(s.min, s.unit):>10} {fmt(s.max, s.unit):>10}  {s.unit} {_status(s)}")
+    out.append("")
+    for g in goals:
+        out.append(f"{g.status:5} {g.name}: {g.measured} (target {g.target})"
+                   + (f" — {g.note}" if g.note else ""))
+    return "\n".join(out)
