@@ -51,6 +51,11 @@ class MasterRun:
     wall: float
     peak_rss_mb: float | None = None
 
+    @property
+    def work_seconds(self) -> float:
+        """From the first lease to the end (the summary's work_seconds), else its seconds."""
+        return self.summary.get("work_seconds", self.summary["seconds"])
+
 
 class Procfleet:
     """One procfleet installation, reached through its `procfleet` executable."""

@@ -26,9 +26,9 @@ METHOD = """\
 ## How each number is measured
 
 - **procfleet, N local workers**: `procfleet master --demo T --local-workers N --bind 127.0.0.1:0
-  --results FILE`; tasks/s is the summary's `tasks_per_s`, whose clock starts before the local
-  workers have started (their start-up counts against procfleet). The results file must hold T
-  distinct ids.
+  --results FILE`; tasks/s is the summary's `tasks_per_s`, counted from the first task leased
+  to the last result (like the recipe's clock, it leaves out the workers' start-up; the later
+  workers' start still counts). The results file must hold T distinct ids.
 - **recipe per-call / batched (100)**: `bench/baseline.py`, the blog recipe — a `BaseManager`
   serving two `queue.Queue` proxies on 127.0.0.1 with an authkey, N worker processes connecting over
   TCP; one task per proxy call, or lists of 100. The clock starts once every worker is connected,
@@ -41,7 +41,8 @@ METHOD = """\
   override file keeps whole (json-file log sized for the batch, as a daemon's rotation would drop
   the oldest lines); `down -v` after.
 - **distributed sleep**: `--demo 3200 --demo-sleep 0.05` served to 8 separate
-  `procfleet worker --concurrency 8` processes; speed-up = 3200 × 0.05 s / the summary's seconds.
+  `procfleet worker --concurrency 8` processes; speed-up = 3200 × 0.05 s / the summary's
+  work_seconds (first lease to last result).
 - **master peak RSS**: VmHWM of the master process itself (not its local workers), read from
   /proc every 20 ms while it streams a generated JSONL file of `square` tasks with 4 local workers.
 - **recovery**: `--lease-timeout 2`, `--demo 400 --demo-sleep 0.05`, two separate workers

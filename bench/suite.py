@@ -122,7 +122,7 @@ def build_suite(args, plan: Plan, pf: Procfleet, notes: list[str]) -> Suite:
         Series("distributed", f"{DIST_TASKS:,} × sleep({DIST_SLEEP:g}) on {DIST_WORKERS} "
                f"workers × {DIST_CONCURRENCY} slots: speed-up", unit="×", tasks=DIST_TASKS),
         lambda: DIST_TASKS * DIST_SLEEP / pf.distributed(
-            DIST_TASKS, DIST_SLEEP, DIST_WORKERS, DIST_CONCURRENCY).summary["seconds"], unusable)
+            DIST_TASKS, DIST_SLEEP, DIST_WORKERS, DIST_CONCURRENCY).work_seconds, unusable)
     small_n, large_n = plan.memory_sizes
     for n in (small_n, large_n):
         add_other(Series(f"memory-{n}", f"master peak RSS, {n:,}-task file, {w} local workers",

@@ -88,6 +88,7 @@ class Dispatcher:
         self.counters = Counters()
         self._ready: list[tuple[int, str]] = []
         self.leased_log: list[TaskState] | None = None   # set to a list to record leases
+        self.first_lease_at: float | None = None   # when work started: the clock of throughput
         self.events: list[str] = []   # human-readable notes for the log, drained by the owner
 
     # -- state ------------------------------------------------------------------------------
@@ -165,6 +166,8 @@ class Dispatcher:
             leased.append(state.task)
             if log is not None:
                 log.append(state)
+        if leased and self.first_lease_at is None:
+            self.first_lease_at = self.clock()
         return leased
 
     def _next_requeued(self) -> TaskState | None:

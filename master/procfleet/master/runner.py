@@ -188,12 +188,14 @@ class Batch:
         elif outcome == "workers gone":
             log.error("every local worker exited and no other worker is connected; "
                       "%d of %d tasks unfinished", unfinished, d.total)
-        rate = (d.finished - self.done_at_start) / elapsed if elapsed > 0 else 0.0
+        # Throughput counts from the first lease (workers start at their own pace) to now.
+        work = time.monotonic() - d.first_lease_at if d.first_lease_at is not None else elapsed
+        rate = (d.finished - self.done_at_start) / work if work > 0 else 0.0
         log.info("summary: tasks=%d ok=%d failed=%d unfinished=%d duplicates_dropped=%d "
                  "requeued=%d handed_back=%d retried=%d crashed=%d workers=%d workers_lost=%d "
-                 "seconds=%.2f tasks_per_s=%.0f",
+                 "seconds=%.2f work_seconds=%.2f tasks_per_s=%.0f",
                  d.total, ok, failed, unfinished, c.duplicates, c.requeued, c.released,
-                 c.retried, c.crashed, len(d.workers), c.workers_lost, elapsed, rate)
+                 c.retried, c.crashed, len(d.workers), c.workers_lost, elapsed, work, rate)
         if unfinished:
             return EXIT_UNFINISHED
         return EXIT_TASKS_FAILED if failed else EXIT_OK
