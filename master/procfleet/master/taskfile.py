@@ -35,11 +35,12 @@ class DemoSource:
         self.rereadable = True
 
     def __iter__(self) -> Iterator[Task]:
-        t, sleep, new = self.timeout, self.sleep, tuple.__new__   # a Task without its __new__
+        # A Task without its __new__, and one shared empty kwargs (the master never changes it).
+        t, sleep, new, none = self.timeout, self.sleep, tuple.__new__, {}
         if sleep > 0:
-            return (new(Task, (i, str(i), "sleep", [sleep, i * i], {}, t))
+            return (new(Task, (i, str(i), "sleep", [sleep, i * i], none, t))
                     for i in range(self.total))
-        return (new(Task, (i, str(i), "square", [i], {}, t)) for i in range(self.total))
+        return (new(Task, (i, str(i), "square", [i], none, t)) for i in range(self.total))
 
 
 class FileSource:
