@@ -120,6 +120,9 @@ def test_tasks_that_raise_are_retried_with_backoff(spawn, tmp_path):
     assert (tmp_path / "countx").read_text() == "3"
     stats = summary(master)
     assert stats["retried"] == 5 * 2 + 2 + 2
+    chaos.record("tasks that raise twice, and one always (--retries 2)",
+                 [t["id"] for t in tasks], results, dropped=stats["duplicates_dropped"],
+                 recovery="5 ok on the 3rd try; the rest failed with the last traceback")
 
 
 @pytest.mark.chaos
