@@ -69,9 +69,11 @@ class ComposeCluster:
         self.compose = compose_command() or ["docker-compose"]
         self.project = f"procfleet-bench-{os.getpid()}-{secrets.token_hex(3)}"
         self.workdir = workdir
-        override = workdir / f"{self.project}.yml"
-        override.write_text(override_file(tasks, images))
-        files = [str(repo / "docker-compose.yml"), str(override)]
+        files = [str(repo / "docker-compose.yml")]
+        if images:
+            override = workdir / f"{self.project}.yml"
+            override.write_text(override_file(tasks, images))
+            files.append(str(override))
         self.base = [*self.compose, "-p", self.project, *(a for f in files for a in ("-f", f))]
         self.env = env
 
@@ -135,10 +137,8 @@ class ComposeCluster:
             _projects.discard((tuple(self.base), self.project))
 
 
-def override_file(tasks: int, images: tuple[str, str] | None) -> str:
-    """The compose override: other images, if asked for (else an empty services map)."""
-    if not images:
-        return "services: {}\n"
+def override_file(tasks: int, images: tuple[str, str]) -> str:
+    """The compose override that points both services at other images."""
     return (f"services:\n  master:\n    image: {images[0]}\n"
             f"  worker:\n    image: {images[1]}\n")
 

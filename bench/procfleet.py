@@ -112,10 +112,14 @@ class Procfleet:
             raise RunFailed("could not read the master's VmHWM from /proc")
         return MasterRun(summary, wall, rss)
 
+    def _wait(self, workers: int) -> list[str]:
+        """`--wait-workers N` where the master has it: every worker starts with the clock."""
+        return ["--wait-workers", str(workers)] if self.has_master_option("--wait-workers") else []
+
     def demo(self, tasks: int, local_workers: int, journal: bool = False) -> MasterRun:
         results = self.path("results")
         journal_path = self.path("journal", ".journal")
-        args = ["--demo", str(tasks), "--local-workers", str(local_workers)]
+        args = ["--demo", str(tasks), "--local-workers", str(local_workers), *self._wait(local_workers)]
         if journal:
             args += ["--journal", str(journal_path)]
         try:
@@ -165,7 +169,8 @@ class Procfleet:
         """A master serving sleep tasks to `workers` separate worker processes."""
         results = self.path("results")
         master, port, timeout = self._serve(
-            ["--demo", str(tasks), "--demo-sleep", f"{sleep:g}"], tasks, results)
+            ["--demo", str(tasks), "--demo-sleep", f"{sleep:g}", *self._wait(workers)], tasks,
+            results)
         started = time.monotonic()
         procs = []
         try:

@@ -185,7 +185,6 @@ def test_journal_detected_from_the_masters_help_only_as_a_whole_option(tmp_path)
     assert pf.has_master_option("--journal")
 
 
-def test_compose_override_sets_images_only_when_asked():
-    assert "image:" not in override_file(20_000, None)
+def test_compose_override_sets_both_images():
     both = override_file(10, ("m:1", "w:1"))
     assert "  master:\n    image: m:1\n" in both and "  worker:\n    image: w:1\n" in both

@@ -321,3 +321,10 @@ def test_large_tasks_and_results_do_not_jam_the_pipes(make_executor):
     executor.submit([named(i, "sleep", 0, big + str(i)) for i in range(60)])
     got = gather(executor, 60, timeout=30)
     assert all(got[i].value == big + str(i) for i in range(60))
+
+
+def test_wait_started_returns_once_every_slot_has_its_task_process(make_executor):
+    executor = make_executor(concurrency=3)
+    assert executor.wait_started(30)
+    pids = [slot.child.proc.pid for slot in executor._slots]
+    assert len(set(pids)) == 3 and all(os.path.exists(f"/proc/{pid}") for pid in pids)

@@ -103,3 +103,20 @@ def test_release_hands_back_unstarted_tasks_for_others():
     again = service.exchange("b", B, [], 3, 0)[0] + service.exchange("b", B, [], 3, 0)[0]
     assert [t[0] for t in again] == [leased[1][0], leased[2][0]]   # a still counts: 1 each
     assert service.dispatcher.counters.released == 2
+
+
+def test_wait_workers_leases_nothing_until_that_many_joined():
+    clock = FakeClock()
+    d = Dispatcher(tasks(4), lease_timeout=5, max_attempts=3, clock=clock)
+    service = DispatcherService(d, heartbeat_interval=10.0, batch=B, wait_workers=2)
+    hello(service, "a")
+    assert service.exchange("a", B, [], 4, 0) == ([], RUN)
+    assert service.exchange("a", B, [], 4, 0.05) == ([], RUN)      # a long poll stays empty
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(r=service.exchange("a", B, [], 4, 30)))
+    waiter.start()
+    with service.cond:
+        service.cond.wait_for(lambda: len(service.cond._waiters) > 0, timeout=5)
+    hello(service, "b")                                             # the second one joins
+    waiter.join(5)
+    assert not waiter.is_alive() and len(got["r"][0]) == 2          # fair share of 4 over 2

@@ -59,10 +59,14 @@ from .supervise import supervise
               show_default=True, metavar="N", envvar="PROCFLEET_RESTART_ON_CRASH",
               help="Run the batch in a child process and restart it from the journal up to "
                    "N times if it is killed (SIGKILL, out of memory); needs --journal.")
+@click.option("--wait-workers", type=click.IntRange(min=0, max=10_000), default=0,
+              show_default=True, metavar="N", envvar="PROCFLEET_WAIT_WORKERS",
+              help="Lease nothing until N workers have joined, so they all start together "
+                   "(like Locust's --expect-workers).")
 @click.option("-v", "--verbose", count=True, help="Log more (debug).")
 def master(tasks_path, demo, demo_sleep, results_path, bind, local_workers, timeout,
            lease_timeout, max_attempts, task_timeout, retries, retry_backoff, journal_path,
-           restart_on_crash, verbose):
+           restart_on_crash, wait_workers, verbose):
     """Serve a batch of tasks to workers and write one result line per task.
 
     \b
@@ -86,7 +90,7 @@ def master(tasks_path, demo, demo_sleep, results_path, bind, local_workers, time
             demo=demo, demo_sleep=demo_sleep, results_path=results_path,
             local_workers=local_workers, timeout=timeout, lease_timeout=lease_timeout,
             max_attempts=max_attempts, task_timeout=task_timeout, retries=retries,
-            retry_backoff=retry_backoff, journal_path=journal_path)
+            retry_backoff=retry_backoff, journal_path=journal_path, wait_workers=wait_workers)
         code = run_master(settings)
     except ProcfleetError as exc:
         fail(exc)

@@ -105,7 +105,8 @@ class Batch:
                          "%d were in flight and run again", batch, journal.path,
                          self.dispatcher.finished, source.total, len(restored))
         self.service = DispatcherService(self.dispatcher, batch=batch,
-                                         heartbeat_interval=settings.heartbeat_interval)
+                                         heartbeat_interval=settings.heartbeat_interval,
+                                         wait_workers=settings.wait_workers)
 
     def run(self) -> int:
         s = self.settings

@@ -22,10 +22,12 @@ MAX_LONG_POLL = 1.0
 
 class DispatcherService:
     def __init__(self, dispatcher: Dispatcher, *, heartbeat_interval: float,
-                 batch: str = "") -> None:
+                 batch: str = "", wait_workers: int = 0) -> None:
         self.dispatcher = dispatcher
         self.heartbeat_interval = heartbeat_interval
         self.batch = batch
+        self.wait_workers = wait_workers     # lease nothing until this many workers joined
+        self.started = wait_workers == 0
         self.cond = threading.Condition()
         self.stopping = False
 
@@ -44,6 +46,11 @@ class DispatcherService:
             self.dispatcher.touch(worker_id)
             if self._finished():
                 return {**reply, "state": self._stop(worker_id)[1]}
+            if not self.started and len(self.dispatcher.alive_workers()) >= self.wait_workers:
+                self.started = True
+                self.cond.notify_all()
+                log.info("%d workers have joined (--wait-workers): starting the batch",
+                         self.wait_workers)
         log.info("worker %s %s from %s (python %s, concurrency %s)", worker_id,
                  "reconnected" if known else "joined", current_peer(),
                  info.get("python", "?"), info.get("concurrency", "?"))
@@ -71,13 +78,13 @@ class DispatcherService:
                     self.cond.notify_all()
             if self._finished():
                 return self._stop(worker_id)
-            tasks = d.lease(worker_id, want)
+            tasks = d.lease(worker_id, want) if self.started else []
             if not tasks and want > 0 and wait > 0:
-                self.cond.wait_for(lambda: d.has_pending() or self._finished(),
+                self.cond.wait_for(lambda: (self.started and d.has_pending()) or self._finished(),
                                    timeout=min(wait, MAX_LONG_POLL, self.heartbeat_interval))
                 if self._finished():
                     return self._stop(worker_id)
-                tasks = d.lease(worker_id, want)
+                tasks = d.lease(worker_id, want) if self.started else []
             return [tuple(t) for t in tasks], RUN
 
     def release(self, worker_id: str, seqs: list) -> int:

@@ -24,6 +24,7 @@ class MasterSettings:
     retries: int = 0
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
     journal_path: str | None = None
+    wait_workers: int = 0
 
     @property
     def heartbeat_interval(self) -> float:

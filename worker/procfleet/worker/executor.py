@@ -270,6 +270,7 @@ class _Slot:
         self.index = index
         self.target = 1                             # tasks per chunk, adapted to their duration
         self.child: _Child | None = None
+        self.started = False                        # has had a task process at least once
         self.thread = threading.Thread(target=self._run, name=f"task-slot-{index}", daemon=True)
 
     def kill(self) -> None:
@@ -309,6 +310,11 @@ class _Slot:
             log.exception("cannot start a task process; trying again")
             return None
         self.child = child
+        if not self.started:
+            self.started = True
+            with ex._cond:
+                ex._slots_started += 1
+                ex._cond.notify_all()
         if ex._closing.is_set():                    # close() ran while we were starting it
             child.kill()
             child.proc.join(REAP_TIMEOUT)
@@ -489,11 +495,18 @@ class Executor:
         self._results_lock = threading.Lock()       # guards _outcomes and _collected
         self._outcomes: list[Outcome] = []
         self._submitted = self._collected = self._taken = 0
+        self._slots_started = 0
         self._closing = threading.Event()
         self._slots = [_Slot(self, i) for i in range(concurrency)]
         atexit.register(self.close)                 # children ignore SIGTERM; never leave them
         for slot in self._slots:
             slot.thread.start()
+
+    def wait_started(self, timeout: float) -> bool:
+        """Wait until every slot has started its task process; False if `timeout` passed."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._slots_started >= self.concurrency
+                                       or self._closing.is_set(), timeout)
 
     def submit(self, tasks: list[Task]) -> None:
         """Queue `tasks` to run; never blocks."""

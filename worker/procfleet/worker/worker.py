@@ -34,6 +34,8 @@ MAX_LEASED = 2000
 LOW_WATER = 0.5
 #: finished results wait at most this long before they are sent
 RESULT_DELAY = 0.02
+#: how long the worker waits for its task processes to start before it connects anyway
+STARTUP_TIMEOUT = 10.0
 #: how long an idle worker lets the master hold its request waiting for work
 LONG_POLL = 1.0
 #: a call with no reply for this many lease timeouts means the connection is dead
@@ -72,12 +74,17 @@ class Worker:
 
         Raises AuthenticationFailed / ConfigError (exit 2) and MasterUnreachable (exit 3).
         """
-        proxy = self._initialize()
-        if proxy is None:
-            return EXIT_OK
+        # Task processes start first, so a worker that joins can run tasks at once (a master
+        # with --wait-workers starts the batch when the last one joins).
         executor = Executor(self.registry, self.settings.concurrency, self.wakeup,
                             self.settings.imports)
         try:
+            if not executor.wait_started(STARTUP_TIMEOUT):
+                log.warning("task processes still starting after %g s; connecting anyway",
+                            STARTUP_TIMEOUT)
+            proxy = self._initialize()
+            if proxy is None:
+                return EXIT_OK
             return self._loop(proxy, executor)
         finally:
             executor.close()
