@@ -87,7 +87,7 @@ class ComposeCluster:
     def run_demo(self, tasks: int, workers: int) -> dict[str, float]:
         """PROCFLEET_DEMO=tasks with `workers` worker containers; the master's summary."""
         self.env = dict(self.env, PROCFLEET_DEMO=str(tasks), PROCFLEET_DEMO_SLEEP="0",
-                        PROCFLEET_CONCURRENCY="1")
+                        PROCFLEET_CONCURRENCY="1", PROCFLEET_WAIT_WORKERS=str(workers))
         _projects.add((tuple(self.base), self.project))
         try:
             # Detached: attached, compose would print all result lines itself and steal CPU.

@@ -3,7 +3,7 @@
 import pytest
 
 from procfleet.master.dispatcher import Dispatcher
-from procfleet.master.journal import Journal
+from procfleet.master.journal import Journal, restore
 from procfleet.shared.errors import ConfigError
 from procfleet.shared.records import OK, Outcome
 from test_dispatcher import FakeClock, tasks
@@ -15,7 +15,7 @@ def run_some(journal: Journal, n: int, finish: int):
     d.leased_log = []
     leased = d.lease("a", 4)
     d.complete("a", [Outcome(t.seq, OK, t.args[0] ** 2, None) for t in leased[:finish]])
-    journal.record([(st.task, st.attempts, st.lost, st.errors) for st in d.leased_log],
+    journal.record([(st.task.seq, st.attempts, st.lost, st.errors) for st in d.leased_log],
                    d.take_results())
     return leased
 
@@ -31,7 +31,7 @@ def test_new_journal_starts_a_batch_and_the_same_source_resumes_it(tmp_path):
     again = Journal(path)
     assert again.open_batch("--demo 10", "demo:10:0.0", 10) == (batch, True)
     assert sorted(again.done()) == [leased[0].seq, leased[1].seq]
-    in_flight = again.in_flight()
+    in_flight = restore(tasks(10), again.in_flight())
     assert [st.task for st in in_flight] == leased[2:]
     assert all(st.attempts == 1 for st in in_flight)
     lines = list(again.results())
@@ -44,7 +44,7 @@ def test_resumed_dispatcher_never_reruns_finished_tasks(tmp_path):
     journal.open_batch("s", "f", 10)
     run_some(journal, 10, finish=3)
     d = Dispatcher(tasks(10), 10, lease_timeout=5, max_attempts=3, done=journal.done(),
-                   restored=journal.in_flight(), clock=FakeClock())
+                   restored=restore(tasks(10), journal.in_flight()), clock=FakeClock())
     leased = d.lease("b", 100)
     assert len(leased) == 7 and {t.seq for t in leased}.isdisjoint({0, 1, 2})
     assert [t.seq for t in leased[:1]] == [3]          # in flight before: first again

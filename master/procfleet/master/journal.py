@@ -9,24 +9,34 @@ A master killed between a worker's report and the next commit loses that report;
 simply run again after the restart.
 """
 
-import json
 import sqlite3
 import uuid
 from collections.abc import Iterator
 
 from procfleet.shared.errors import ConfigError
-from procfleet.shared.records import Task
 
 from .dispatcher import TaskState
+
+
+def restore(source, counts: dict[int, tuple[int, int, int]]) -> list[TaskState]:
+    """The in-flight tasks of a resumed batch, read again from `source`, with their counts."""
+    restored = []
+    if counts:
+        for task in source:
+            if task.seq in counts:
+                restored.append(TaskState(task, *counts[task.seq]))
+                if len(restored) == len(counts):
+                    break
+    return restored
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (
-    seq INTEGER PRIMARY KEY, task TEXT NOT NULL,
+    seq INTEGER PRIMARY KEY,
     attempts INTEGER NOT NULL, lost INTEGER NOT NULL, errors INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS results (seq INTEGER PRIMARY KEY, record TEXT NOT NULL);
 """
-FORMAT = "1"
+FORMAT = "2"
 
 
 class Journal:
@@ -66,13 +76,12 @@ class Journal:
     def done(self) -> Iterator[int]:
         return (seq for (seq,) in self.db.execute("SELECT seq FROM results"))
 
-    def in_flight(self) -> list[TaskState]:
-        """Tasks that were leased and have no result: they run again, with their counts."""
+    def in_flight(self) -> dict[int, tuple[int, int, int]]:
+        """seq -> (attempts, lost, errors) of tasks leased without a result: they run again."""
         rows = self.db.execute(
-            "SELECT task, attempts, lost, errors FROM leases WHERE seq NOT IN "
-            "(SELECT seq FROM results) ORDER BY seq")
-        return [TaskState(Task(*json.loads(task)), attempts, lost, errors)
-                for task, attempts, lost, errors in rows]
+            "SELECT seq, attempts, lost, errors FROM leases WHERE seq NOT IN "
+            "(SELECT seq FROM results)")
+        return {seq: counts for seq, *counts in rows}
 
     def results(self) -> Iterator[str]:
         """Every result record so far, as JSON lines, in task order."""
@@ -85,15 +94,15 @@ class Journal:
         return count
 
     def record(self, leased: list[tuple], results: list[tuple[int, str]]) -> None:
-        """One transaction: leases as (task, attempts, lost, errors), results as (seq, line)."""
+        """One transaction: leases as (seq, attempts, lost, errors), results as (seq, line).
+
+        Only numbers are kept for a lease: the task itself is read again from its source (the
+        fingerprint guarantees it is the same) when a resumed batch needs it."""
         if not leased and not results:
             return
         with self._transaction():
             if leased:
-                self.db.executemany(
-                    "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
-                    [(t.seq, json.dumps(t, separators=(",", ":")), a, lost, e)
-                     for t, a, lost, e in leased])
+                self.db.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)", leased)
             if results:
                 self.db.executemany("INSERT OR IGNORE INTO results VALUES (?, ?)", results)
 

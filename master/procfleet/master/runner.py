@@ -11,7 +11,7 @@ from procfleet.shared.errors import ConfigError, EXIT_OK, EXIT_TASKS_FAILED, EXI
 from procfleet.shared.settings import format_address
 
 from .dispatcher import Dispatcher
-from .journal import Journal
+from .journal import Journal, restore
 from .localworkers import LocalWorkers, check_worker_installed
 from .output import ResultWriter
 from .server import start_server
@@ -91,7 +91,7 @@ class Batch:
             batch, self.resumed = journal.open_batch(source.name, source.fingerprint,
                                                      source.total)
             if self.resumed:
-                done, restored = list(journal.done()), journal.in_flight()
+                done, restored = list(journal.done()), restore(source, journal.in_flight())
         else:
             batch = uuid.uuid4().hex[:12]
         self.dispatcher = Dispatcher(source, source.total, lease_timeout=settings.lease_timeout,

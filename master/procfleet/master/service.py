@@ -132,7 +132,7 @@ class DispatcherService:
                 self.cond.notify_all()     # also wakes long polls when a retry comes due
             leased = []
             if d.leased_log:
-                leased = [(st.task, st.attempts, st.lost, st.errors) for st in d.leased_log]
+                leased = [(st.task[0], st.attempts, st.lost, st.errors) for st in d.leased_log]
                 d.leased_log.clear()
             return leased, d.take_results(), d.take_events()
 
