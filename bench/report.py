@@ -25,10 +25,11 @@ targets.
 METHOD = """\
 ## How each number is measured
 
-- **procfleet, N local workers**: `procfleet master --demo T --local-workers N --bind 127.0.0.1:0
-  --results FILE`; tasks/s is the summary's `tasks_per_s`, counted from the first task leased
-  to the last result (like the recipe's clock, it leaves out the workers' start-up; the later
-  workers' start still counts). The results file must hold T distinct ids.
+- **procfleet, N local workers**: `procfleet master --demo T --local-workers N --wait-workers N
+  --bind 127.0.0.1:0 --results FILE`; tasks/s is the summary's `tasks_per_s`, counted from the
+  first task leased to the last result; `--wait-workers N` holds the first lease until all N
+  workers have joined, as the recipe's clock starts once its workers are connected. The results
+  file must hold T distinct ids.
 - **recipe per-call / batched (100)**: `bench/baseline.py`, the blog recipe — a `BaseManager`
   serving two `queue.Queue` proxies on 127.0.0.1 with an authkey, N worker processes connecting over
   TCP; one task per proxy call, or lists of 100. The clock starts once every worker is connected,
@@ -36,13 +37,12 @@ METHOD = """\
 - **Pool.map**: `multiprocessing.Pool(4).map(square, range(T), chunksize=C)`, timed around `map`
   with the pool already started.
 - **compose**: the repo's `docker-compose.yml` under a unique project name, `PROCFLEET_DEMO=T`,
-  `up -d --scale worker=4`; tasks/s from the master container's summary (its clock includes the
-  workers waiting for the master's health check); every id checked in its output, which an
-  override file keeps whole (json-file log sized for the batch, as a daemon's rotation would drop
-  the oldest lines); `down -v` after.
+  `PROCFLEET_WAIT_WORKERS=4`, `up -d --scale worker=4`; tasks/s from the master container's
+  summary. The compose master runs as shipped: with its journal and `--restart-on-crash`. Every
+  id is checked in `results.jsonl`, copied out of the master's volume; `down -v` after.
 - **distributed sleep**: `--demo 3200 --demo-sleep 0.05` served to 8 separate
-  `procfleet worker --concurrency 8` processes; speed-up = 3200 × 0.05 s / the summary's
-  work_seconds (first lease to last result).
+  `procfleet worker --concurrency 8` processes, the master with `--wait-workers 8`; speed-up =
+  3200 × 0.05 s / the summary's work_seconds (first lease to last result).
 - **master peak RSS**: VmHWM of the master process itself (not its local workers), read from
   /proc every 20 ms while it streams a generated JSONL file of `square` tasks with 4 local workers.
 - **recovery**: `--lease-timeout 2`, `--demo 400 --demo-sleep 0.05`, two separate workers
