@@ -209,7 +209,8 @@ class Batch:
         return EXIT_TASKS_FAILED if failed else EXIT_OK
 
     def _totals_with_journal(self) -> tuple[int, int]:
-        return self.journal.count_ok(), self.dispatcher.finished - self.journal.count_ok()
+        ok = self.journal.count_ok()
+        return ok, self.dispatcher.finished - ok
 
     def _stop_workers(self) -> None:
         """Answer STOP to every worker call; wait (bounded) until each live worker heard it."""

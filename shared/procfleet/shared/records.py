@@ -113,7 +113,3 @@ def encode_value(value) -> str:
 
 def _str(text: str | None) -> str:
     return "null" if text is None else encode_basestring(text)
-
-
-def dumps(record: dict) -> str:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
