@@ -1,6 +1,5 @@
 """One batch, start to end: load, serve, watch leases, write results, tell workers to stop."""
 
-import gc
 import logging
 import signal
 import sys
@@ -9,6 +8,7 @@ import uuid
 
 from procfleet.shared.errors import ConfigError, EXIT_OK, EXIT_TASKS_FAILED, EXIT_UNFINISHED
 from procfleet.shared.settings import format_address
+from procfleet.shared.tuning import tune_gc
 
 from .dispatcher import Dispatcher
 from .journal import Journal, restore
@@ -29,10 +29,6 @@ PROGRESS_INTERVAL = 5.0
 #: worker waits for the GIL after every socket read and write, so under load a shorter interval
 #: keeps a round trip from queueing behind another thread's 5 ms slice
 SWITCH_INTERVAL = 0.001
-#: allocations between young-generation collections in the master (CPython's default: 700).
-#: Every lease and result allocates a few objects, and thousands of tasks are in flight, so the
-#: default collects many times per exchange; tasks hold no reference cycles worth chasing.
-GC_THRESHOLD = 50_000
 
 
 class Interrupt:
@@ -69,8 +65,7 @@ def run_master(settings: MasterSettings) -> int:
     interrupt = Interrupt()
     interrupt.install()
     sys.setswitchinterval(SWITCH_INTERVAL)
-    gc.freeze()                  # what is loaded so far lives as long as the process
-    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    tune_gc()
     try:
         return Batch(settings, source, interrupt, journal).run()
     finally:

@@ -26,6 +26,7 @@ from procfleet.shared import tasks as builtin_tasks
 from procfleet.shared.errors import UnknownTask
 from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
 from procfleet.shared.tasks import TaskRegistry
+from procfleet.shared.tuning import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def _child_main(conn, state, registry: TaskRegistry | None, imports: tuple[str, 
     if registry is None:
         registry = builtins
     view = memoryview(state).cast("B").cast("d")
+    tune_gc()
     monotonic = time.monotonic
     started = 0
     while True:

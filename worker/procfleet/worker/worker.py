@@ -17,6 +17,7 @@ from procfleet.shared.manager import CONNECT_ERRORS, PROTOCOL_VERSION, STOP
 from procfleet.shared.records import task_from_wire
 from procfleet.shared.settings import format_address
 from procfleet.shared.tasks import TaskRegistry
+from procfleet.shared.tuning import tune_gc
 
 from .connection import connect_with_retry
 from .executor import Executor
@@ -78,6 +79,7 @@ class Worker:
         # with --wait-workers starts the batch when the last one joins).
         executor = Executor(self.registry, self.settings.concurrency, self.wakeup,
                             self.settings.imports)
+        tune_gc()
         try:
             if not executor.wait_started(STARTUP_TIMEOUT):
                 log.warning("task processes still starting after %g s; connecting anyway",
