@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
 from procfleet.shared.tasks import TaskRegistry, registry
 from procfleet.worker import executor as executor_module
-from procfleet.worker.executor import CLOSE_TIMEOUT, Executor, run_task
+from procfleet.worker.executor import (AHEAD, CHUNK_MAX, CHUNK_SECONDS, CLOSE_TIMEOUT, Executor,
+                                       pace, run_task)
 from procs import wait_until
 
 #: the test tasks' module (tests/tasks_for_tests.py); only task processes import it
@@ -142,6 +144,28 @@ def test_registry_refuses_a_second_function_under_the_same_name():
 
 
 # -- the executor --------------------------------------------------------------------------
+
+# -- pacing: chunk sizes and how much a child holds --------------------------------------------
+
+def test_quick_tasks_grow_to_full_chunks_and_a_child_holds_several():
+    target, limit = 1, 1
+    for _ in range(20):
+        target, limit = pace(target, 2e-6)
+    assert target == CHUNK_MAX and limit == AHEAD * CHUNK_MAX > target
+
+
+def test_a_task_longer_than_a_chunk_goes_alone():
+    target, limit = pace(CHUNK_MAX, 10 * CHUNK_SECONDS)
+    assert (target, limit) == (1, 1)
+
+
+@given(st.integers(1, CHUNK_MAX), st.floats(1e-7, 100.0))
+def test_a_child_never_holds_more_than_ahead_chunks_of_work(target, per_task):
+    new_target, limit = pace(target, per_task)
+    assert 1 <= new_target <= min(CHUNK_MAX, 2 * target)
+    assert limit >= new_target
+    assert limit == 1 or limit * per_task <= AHEAD * CHUNK_SECONDS
+
 
 def test_every_task_gets_exactly_one_outcome(make_executor):
     executor = make_executor(concurrency=2)

@@ -33,7 +33,12 @@ log = logging.getLogger(__name__)
 #: a chunk holds about this much work, judged by how long the child took per task so far ...
 CHUNK_SECONDS = 0.005
 #: ... and at most this many tasks (a slot starts at 1 and doubles while tasks stay quick)
-CHUNK_MAX = 64
+CHUNK_MAX = 256
+#: a slot keeps up to this many chunks of quick tasks in its child's pipe, so the child goes on
+#: to the next chunk while the worker, which shares the CPU with other processes, has not yet read
+#: the last one's results; the tasks a child holds are still at most AHEAD * CHUNK_SECONDS of work.
+#: Tasks longer than a chunk go one at a time, so none waits behind a slow one in a child's pipe.
+AHEAD = 4
 #: a child sends its results when a chunk is done, and mid-chunk when this long passed since its
 #: last send
 FLUSH_INTERVAL = 0.002
@@ -222,6 +227,18 @@ def _longer(pause: float) -> float:
     return min(max(2 * pause, RESTART_PAUSE_MIN), RESTART_PAUSE_MAX)
 
 
+def pace(target: int, per_task: float) -> tuple[int, int]:
+    """(tasks per chunk, tasks a child may hold) after chunks of `target` took `per_task` s each.
+
+    A chunk doubles while tasks stay quick, up to CHUNK_MAX and CHUNK_SECONDS of work; a child
+    holds AHEAD chunks of quick tasks, but never more than AHEAD * CHUNK_SECONDS of work, and a
+    task longer than a chunk alone.
+    """
+    fits = int(CHUNK_SECONDS / per_task) if per_task > 0 else CHUNK_MAX
+    target = max(1, min(CHUNK_MAX, 2 * target, fits))
+    return target, max(1, min(target, fits) * AHEAD)
+
+
 class _Chunk(collections.namedtuple("_Chunk", "last nbytes min_timeout")):
     """A chunk sent to a child: the child's number of its last task, its pickled size, and its
     smallest timeout (None: none)."""
@@ -271,6 +288,7 @@ class _Slot:
         self.ex = executor
         self.index = index
         self.target = 1                             # tasks per chunk, adapted to their duration
+        self.limit = 1                              # tasks its child may hold (AHEAD chunks)
         self.child: _Child | None = None
         self.started = False                        # has had a task process at least once
         self.thread = threading.Thread(target=self._run, name=f"task-slot-{index}", daemon=True)
@@ -353,7 +371,7 @@ class _Slot:
     def _feed(self, child: _Child) -> None:
         """Send the child a chunk if it is running low; never blocks on a full pipe."""
         ex = self.ex
-        if len(child.inflight) >= self.target:
+        if len(child.inflight) >= self.limit:
             return
         with ex._cond:
             fair_share = -(-len(ex._queue) // ex.concurrency)
@@ -379,9 +397,7 @@ class _Slot:
         child.received += n
         while child.chunks and child.chunks[0].last <= child.received:
             child.inflight_bytes -= child.chunks.popleft().nbytes
-        per_task = busy / n
-        fits = int(CHUNK_SECONDS / per_task) if per_task > 0 else CHUNK_MAX
-        self.target = max(1, min(CHUNK_MAX, 2 * self.target, fits))
+        self.target, self.limit = pace(self.target, busy / n)
         self.ex._deliver([_outcome(Outcome, r) for r in results])
 
     # -- watching the running task ---------------------------------------------------------
