@@ -86,7 +86,7 @@ def test_silent_worker_is_expired_and_its_tasks_requeued_first():
     assert d.expire() == ["a"]
     assert d.counters.requeued == 1
     assert d.lease("b", 1)[0].id == held[0].id  # requeued to the front
-    assert d.active[held[0].seq].attempts == 2
+    assert d.task_state(held[0].seq).attempts == 2
 
 
 def test_late_duplicate_is_dropped_and_counted():
@@ -144,7 +144,7 @@ def test_leave_hands_tasks_back_without_counting_them_lost():
     d.complete("a", [ok(leased[0])])
     d.leave("a")
     assert d.counters.released == 2
-    assert d.active[leased[1].seq].lost == 0
+    assert d.task_state(leased[1].seq).lost == 0
     assert [t.id for t in d.lease("b", 5)] == [leased[1].id, leased[2].id]
 
 
@@ -245,7 +245,7 @@ def test_resume_skips_finished_tasks_and_requeues_in_flight_ones_first():
     assert d.finished == 2 and d.pending() == 3
     leased = d.lease("a", 10)
     assert [t.seq for t in leased] == [3, 2, 4]
-    assert d.active[3].attempts == 2
+    assert d.task_state(3).attempts == 2
     d.complete("a", [ok(t) for t in leased] + [ok(tasks(5)[0])])
     assert d.done and d.counters.duplicates == 1
     assert sorted(seq for seq, _ in d.take_results()) == [2, 3, 4]
@@ -255,4 +255,35 @@ def test_leases_are_logged_for_the_journal_when_asked():
     d, _ = make(3)
     d.leased_log = []
     d.lease("a", 2)
-    assert [(st.task.seq, st.attempts) for st in d.leased_log] == [(0, 1), (1, 1)]
+    assert [(seq, attempts) for seq, attempts, _lost, _errors in d.take_leased()] == [(0, 1), (1, 1)]
+
+
+def test_the_journal_sees_a_lease_with_its_counts_as_of_the_tick():
+    d, clock = make(3, lease_timeout=5)
+    d.leased_log = []
+    first = d.lease("a", 1)
+    d.lease("b", 1)
+    d.complete("b", [Outcome(1, OK, 1, None)])      # finished: its result row says the rest
+    clock.advance(6)
+    d.touch("b")
+    d.expire()                                       # a is lost: its task now has lost=1
+    assert d.take_leased() == [(first[0].seq, 1, 1, 0)]
+    assert d.take_leased() == []
+
+
+def test_a_result_from_a_worker_that_does_not_hold_the_task_is_taken_once():
+    d, _ = make(2)
+    a = d.lease("a", 1)
+    d.complete("b", [ok(a[0])])                      # e.g. b had it before a restart
+    assert [r["worker"] for r in records(d)] == ["b"]
+    assert not d.workers["a"].held and d.task_state(a[0].seq) is None
+    d.complete("a", [ok(a[0])])
+    assert d.counters.duplicates == 1
+
+
+def test_an_error_on_a_first_lease_keeps_its_attempt_count():
+    d, _ = make(2, retries=1, rng=lambda: 0.0)
+    a = d.lease("a", 1)
+    d.complete("a", [Outcome(a[0].seq, ERROR, None, "RuntimeError: x")])
+    state = d.task_state(a[0].seq)
+    assert (state.attempts, state.errors, state.holder) == (1, 1, None)

@@ -15,7 +15,7 @@ def run_some(journal: Journal, n: int, finish: int):
     d.leased_log = []
     leased = d.lease("a", 4)
     d.complete("a", [Outcome(t.seq, OK, t.args[0] ** 2, None) for t in leased[:finish]])
-    journal.record([(st.task.seq, st.attempts, st.lost, st.errors) for st in d.leased_log],
+    journal.record(d.take_leased(),
                    d.take_results())
     return leased
 

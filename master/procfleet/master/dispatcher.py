@@ -6,6 +6,11 @@ fake clock. The thread-safe wrapper that the manager serves lives in `service.py
 Memory does not grow with the batch: tasks stream in from their source as they are leased, a
 task is kept only while it is in flight (leased, requeued or waiting for a retry), and a finished
 one leaves a single byte behind (its `done` flag), so late duplicates are still recognised.
+
+The common case is kept cheap, since it runs for every task: a task leased for the first time is
+held as the task itself, and gets a TaskState only once something else happens to it (an error,
+a crash, a requeue, a result from another worker). `lease` takes fresh tasks from the source in
+slices, and `complete` writes the result line of a first-time `ok` inline.
 """
 
 import heapq
@@ -14,8 +19,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
+from json.encoder import encode_basestring
 
-from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task, result_line
+from procfleet.shared.records import (CRASH, ERROR, OK, TIMEOUT, Outcome, Task, encode_value,
+                                      result_line)
 
 #: the longest a retry waits, however many times the task failed
 MAX_RETRY_DELAY = 300.0
@@ -28,6 +36,11 @@ class TaskState:
     lost: int = 0            # attempts lost: its worker went silent, or its process died
     errors: int = 0          # attempts that raised (retried while errors <= retries)
     holder: str | None = None
+
+
+def _fresh_state(task: Task, holder: str | None) -> TaskState:
+    """The state of a task leased once, to `holder`, with nothing else happened to it yet."""
+    return TaskState(task, attempts=1, holder=holder)
 
 
 @dataclass(slots=True)
@@ -75,7 +88,9 @@ class Dispatcher:
         for seq in done:
             self.done_flags[seq] = 1
             self.finished += 1
-        self.active: dict[int, TaskState] = {}     # in flight: leased, requeued or delayed
+        # in flight (leased, requeued or delayed): a TaskState, or the task itself while it is
+        # on its first lease and nothing else happened to it (see _state)
+        self.active: dict[int, TaskState | Task] = {}
         self.requeued: deque[int] = deque()         # active seqs waiting for a worker, in order
         self.delayed: list[tuple[float, int]] = []  # heap of (ready at, seq) for retries
         for state in restored:
@@ -84,10 +99,13 @@ class Dispatcher:
             self.requeued.append(state.task.seq)
         self._fresh = iter(tasks)
         self._untouched = total - self.finished - len(self.active)
+        # a resumed batch's source also yields tasks that are done or restored: skip those
+        self._skip_known = bool(self.finished or self.active)
         self.workers: dict[str, WorkerState] = {}
         self.counters = Counters()
         self._ready: list[tuple[int, str]] = []
-        self.leased_log: list[TaskState] | None = None   # set to a list to record leases
+        self.leased_log: list[int] | None = None   # set to a list to record leased seqs
+        self._line_parts: dict[str, str] = {}      # task name -> its part of a result line
         self.first_lease_at: float | None = None   # when work started: the clock of throughput
         self.events: list[str] = []   # human-readable notes for the log, drained by the owner
 
@@ -109,6 +127,31 @@ class Dispatcher:
 
     def alive_workers(self) -> list[str]:
         return [w.id for w in self.workers.values() if w.alive]
+
+    def task_state(self, seq: int) -> TaskState | None:
+        """The state of in-flight task `seq` (a copy for one on its first lease), else None."""
+        entry = self.active.get(seq)
+        if entry is None or type(entry) is TaskState:
+            return entry
+        return _fresh_state(entry, self._holder_of(seq))
+
+    def take_leased(self) -> list[tuple[int, int, int, int]]:
+        """(seq, attempts, lost, errors) of the tasks leased since the last call that are still
+        in flight (the leased_log must be on), for the journal."""
+        log = self.leased_log
+        if not log:
+            return []
+        self.leased_log = []
+        counts = []
+        for seq in dict.fromkeys(log):
+            entry = self.active.get(seq)
+            if entry is None:
+                continue                       # finished since: its result says the rest
+            if type(entry) is TaskState:
+                counts.append((seq, entry.attempts, entry.lost, entry.errors))
+            else:
+                counts.append((seq, 1, 0, 0))
+        return counts
 
     def take_results(self) -> list[tuple[int, str]]:
         """(seq, JSON result line) finished since the last call, each task exactly once."""
@@ -133,7 +176,8 @@ class Dispatcher:
         return worker
 
     def lease(self, worker_id: str, want: int) -> list[Task]:
-        """Lease up to `want` tasks, capped at a fair share of what is pending."""
+        """Lease up to `want` tasks, capped at a fair share of what is pending: requeued ones
+        first, then fresh ones from the source, in order."""
         worker = self.touch(worker_id)
         if want <= 0:
             return []
@@ -143,32 +187,47 @@ class Dispatcher:
         sharers = max(1, sum(1 for w in self.workers.values() if w.alive))
         count = min(want, -(-pending // sharers))
         leased = []
-        held, active, flags, log = worker.held, self.active, self.done_flags, self.leased_log
-        while len(leased) < count:
-            if self.requeued:
-                state = self._next_requeued()
-                if state is None:
-                    continue
-            elif self._untouched > 0:          # fresh tasks, in order: the common case
-                task = next(self._fresh, None)
-                if task is None:               # the source ended early: nothing more to lease
-                    self._untouched = 0
-                    break
-                if flags[task[0]] or task[0] in active:
-                    continue                   # finished or restored before this master started
-                self._untouched -= 1
-                state = active[task[0]] = TaskState(task)
-            else:
-                break
+        held, log = worker.held, self.leased_log
+        while self.requeued and len(leased) < count:
+            state = self._next_requeued()
+            if state is None:
+                continue
             state.attempts += 1
             state.holder = worker_id
-            held[state.task[0]] = None
+            seq = state.task[0]
+            held[seq] = None
             leased.append(state.task)
             if log is not None:
-                log.append(state)
+                log.append(seq)
+        if len(leased) < count and self._untouched > 0:
+            fresh = self._take_fresh(count - len(leased))
+            seqs = [task[0] for task in fresh]
+            self.active.update(zip(seqs, fresh))
+            held.update(dict.fromkeys(seqs))
+            leased += fresh
+            if log is not None:
+                log += seqs
         if leased and self.first_lease_at is None:
             self.first_lease_at = self.clock()
         return leased
+
+    def _take_fresh(self, n: int) -> list[Task]:
+        """Up to `n` tasks from the source that are neither done nor in flight."""
+        n = min(n, self._untouched)
+        fresh = list(islice(self._fresh, n))
+        if self._skip_known:
+            flags, active = self.done_flags, self.active
+            fresh = [t for t in fresh if not flags[t[0]] and t[0] not in active]
+            while len(fresh) < n:
+                more = list(islice(self._fresh, n - len(fresh)))
+                if not more:
+                    break
+                fresh += [t for t in more if not flags[t[0]] and t[0] not in active]
+        if len(fresh) < n:
+            self._untouched = 0                # the source ended early: nothing more to lease
+        else:
+            self._untouched -= n
+        return fresh
 
     def _next_requeued(self) -> TaskState | None:
         state = self.active.get(self.requeued.popleft())
@@ -176,34 +235,85 @@ class Dispatcher:
 
     def complete(self, worker_id: str, outcomes: Iterable[tuple]) -> None:
         """Take results (Outcomes or checked (seq, kind, value, error) tuples); the first per
-        task wins, later ones are dropped and counted. The path for `ok` is kept inline: it
-        runs once per task."""
+        task wins, later ones are dropped and counted.
+
+        An `ok` for a task on its first lease, from the worker holding it, is handled inline:
+        that is nearly every result. Everything else goes through _complete_one."""
         worker = self.touch(worker_id)
-        held, flags, active, total = worker.held, self.done_flags, self.active, self.total
+        held, active, flags, ready = worker.held, self.active, self.done_flags, self._ready
+        parts = self._line_parts
+        tail = f',"error":null,"attempts":1,"worker":{encode_basestring(worker_id)}}}'
+        done = 0
         for outcome in outcomes:
             seq = outcome[0]
-            held.pop(seq, None)
-            if not 0 <= seq < total:
-                self.events.append(f"worker {worker_id} sent a result for task #{seq}, which "
-                                   f"this batch does not have: ignored")
-                continue
-            if flags[seq]:
-                self.counters.duplicates += 1
-                continue
-            state = active.get(seq)
-            if state is None:
-                self.counters.stale += 1    # e.g. leased by a master before a restart
-                continue
-            if state.holder != worker_id and state.holder is not None:
-                holder = self.workers.get(state.holder)
-                if holder is not None:
-                    holder.held.pop(seq, None)
-            state.holder = None
-            if outcome[1] == OK:
-                self._finish(state, *result_line(state.task, outcome, attempts=state.attempts,
-                                                 worker=worker_id))
+            task = active.get(seq)
+            if (task is not None and type(task) is not TaskState and outcome[1] == OK
+                    and seq in held):
+                value = outcome[2]
+                if type(value) is int:
+                    text = int.__repr__(value)
+                else:
+                    try:
+                        text = encode_value(value)
+                    except (TypeError, ValueError):
+                        self._complete_one(worker, outcome)    # ResultNotJSON
+                        continue
+                name = parts.get(task[2])
+                if name is None:
+                    name = parts[task[2]] = f',"task":{encode_basestring(task[2])},"status":"ok"'
+                del held[seq]
+                del active[seq]
+                flags[seq] = 1
+                done += 1
+                ready.append((seq, f'{{"id":{encode_basestring(task[1])}{name},"result":{text}'
+                                   f'{tail}'))
             else:
-                self._settle(state, Outcome(*outcome), worker_id)
+                self._complete_one(worker, outcome)
+        self.finished += done
+        self.counters.ok += done
+
+    def _complete_one(self, worker: WorkerState, outcome: tuple) -> None:
+        seq, worker_id = outcome[0], worker.id
+        worker.held.pop(seq, None)
+        if not 0 <= seq < self.total:
+            self.events.append(f"worker {worker_id} sent a result for task #{seq}, which "
+                               f"this batch does not have: ignored")
+            return
+        if self.done_flags[seq]:
+            self.counters.duplicates += 1
+            return
+        state = self._state(seq, worker_id)
+        if state is None:
+            self.counters.stale += 1    # e.g. leased by a master before a restart
+            return
+        if state.holder != worker_id and state.holder is not None:
+            holder = self.workers.get(state.holder)
+            if holder is not None:
+                holder.held.pop(seq, None)
+        state.holder = None
+        if outcome[1] == OK:
+            self._finish(state, *result_line(state.task, outcome, attempts=state.attempts,
+                                             worker=worker_id))
+        else:
+            self._settle(state, Outcome(*outcome), worker_id)
+
+    def _state(self, seq: int, holder: str | None = None) -> TaskState | None:
+        """The TaskState of in-flight `seq`, made now if it is on its first lease (`holder`:
+        a worker that may hold it, checked first)."""
+        entry = self.active.get(seq)
+        if entry is None or type(entry) is TaskState:
+            return entry
+        worker = self.workers.get(holder) if holder is not None else None
+        if worker is None or seq not in worker.held:
+            holder = self._holder_of(seq)
+        state = self.active[seq] = _fresh_state(entry, holder)
+        return state
+
+    def _holder_of(self, seq: int) -> str | None:
+        for worker in self.workers.values():
+            if seq in worker.held:
+                return worker.id
+        return None
 
     def _settle(self, state: TaskState, outcome: Outcome, worker_id: str) -> None:
         kind = outcome.kind
@@ -238,7 +348,7 @@ class Dispatcher:
         worker = self.touch(worker_id)
         returned = []
         for seq in seqs:
-            state = self.active.get(seq)
+            state = self._state(seq, worker_id)
             if state is None or state.holder != worker_id:
                 continue
             worker.held.pop(seq, None)
@@ -268,7 +378,7 @@ class Dispatcher:
             self.counters.workers_lost += 1
             requeue = []
             for seq in worker.held:
-                state = self.active[seq]
+                state = self._state(seq, worker.id)
                 state.holder = None
                 state.lost += 1
                 if state.lost >= self.max_attempts:

@@ -130,11 +130,7 @@ class DispatcherService:
             d = self.dispatcher
             if d.expire() or d.has_pending():
                 self.cond.notify_all()     # also wakes long polls when a retry comes due
-            leased = []
-            if d.leased_log:
-                leased = [(st.task[0], st.attempts, st.lost, st.errors) for st in d.leased_log]
-                d.leased_log.clear()
-            return leased, d.take_results(), d.take_events()
+            return d.take_leased(), d.take_results(), d.take_events()
 
     def wait_for_change(self, timeout: float) -> None:
         with self.cond:
