@@ -30,6 +30,8 @@ PREFETCH = 2
 #: ... and as many as this worker finishes in LEASE_WINDOW seconds, up to MAX_LEASED: tiny
 #: tasks travel in big batches, slow ones in small batches (the master's fair share caps both)
 LEASE_WINDOW = 0.1
+#: the first window the rate is measured over (see Pacer)
+FIRST_WINDOW = 0.005
 MAX_LEASED = 2000
 #: ask for more once fewer than this fraction of the target are left
 LOW_WATER = 0.5
@@ -220,11 +222,18 @@ class Worker:
 
 
 class Pacer:
-    """How many tasks to hold: enough for LEASE_WINDOW seconds at the rate this worker runs."""
+    """How many tasks to hold: enough for LEASE_WINDOW seconds at the rate this worker runs.
+
+    The rate is measured over windows that start at FIRST_WINDOW and double up to LEASE_WINDOW,
+    taking the highest figure while they grow: a worker holding the floor of a few tasks learns
+    within milliseconds that it could run thousands, instead of leasing a handful at a time for
+    its whole first LEASE_WINDOW.
+    """
 
     def __init__(self, concurrency: int) -> None:
         self.floor = concurrency * PREFETCH
         self.rate = 0.0            # tasks per second, smoothed
+        self.window = FIRST_WINDOW
         self._count = 0
         self._since = None
 
@@ -233,9 +242,13 @@ class Pacer:
             self._since = now
         self._count += count
         elapsed = now - self._since
-        if elapsed >= LEASE_WINDOW:
+        if elapsed >= self.window:
             rate = self._count / elapsed
-            self.rate = rate if not self.rate else 0.5 * self.rate + 0.5 * rate
+            if self.window < LEASE_WINDOW:
+                self.rate = max(self.rate, rate)
+                self.window = min(LEASE_WINDOW, 2 * self.window)
+            else:
+                self.rate = 0.5 * self.rate + 0.5 * rate
             self._count, self._since = 0, now
 
     def target(self) -> int:
