@@ -236,7 +236,7 @@ def pace(target: int, per_task: float) -> tuple[int, int]:
     """
     fits = int(CHUNK_SECONDS / per_task) if per_task > 0 else CHUNK_MAX
     target = max(1, min(CHUNK_MAX, 2 * target, fits))
-    return target, max(1, min(target, fits) * AHEAD)
+    return target, target * AHEAD if fits else 1
 
 
 class _Chunk(collections.namedtuple("_Chunk", "last nbytes min_timeout")):
