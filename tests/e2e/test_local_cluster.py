@@ -259,4 +259,4 @@ def test_tasks_from_stdin_and_a_user_task_module(spawn, tmp_path):
                        "--results", str(out), cwd=tmp_path, stdin=stdin,
                        env={"PROCFLEET_IMPORTS": "mytasks"})
         assert master.wait(60) == 0, master.stderr
-    assert {r["id"]: r["result"] for r in read_results(out)} == {"1": "HI!", "2": "YO!YO!"}
+    assert {r["id"]: r["result"] for r in read_results(out)} == {1: "HI!", 2: "YO!YO!"}

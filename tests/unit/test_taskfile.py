@@ -19,8 +19,9 @@ def test_valid_lines_with_defaults():
                   '\n'
                   '{"task": "sleep", "kwargs": {"seconds": 0}}\n'
                   '{"id": 7, "task": "fail", "args": ["x"]}\n')
-    assert tasks == [Task(0, "a1", "square", [3], {}), Task(1, "3", "sleep", [], {"seconds": 0}),
-                     Task(2, "7", "fail", ["x"], {})]
+    assert tasks == [Task(0, "a1", "square", [3], {}), Task(1, 3, "sleep", [], {"seconds": 0}),
+                     Task(2, 7, "fail", ["x"], {})]
+    assert [type(t.id) for t in tasks] == [str, int, int]    # ids keep their JSON type
 
 
 def test_empty_file_is_an_empty_batch():
@@ -55,7 +56,7 @@ def test_duplicate_ids_name_both_lines():
 
 
 def test_default_id_colliding_with_explicit_id_is_a_duplicate():
-    with pytest.raises(TaskFileError, match="t.jsonl:2: duplicate id '2' .first used on line 1"):
+    with pytest.raises(TaskFileError, match="t.jsonl:2: duplicate id 2 .first used on line 1"):
         parse('{"id": "2", "task": "square"}\n{"task": "square"}\n')
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from json.encoder import encode_basestring
 
-from procfleet.shared.records import (CRASH, ERROR, OK, TIMEOUT, Outcome, Task, encode_value,
-                                      result_line)
+from procfleet.shared.records import (CRASH, ERROR, OK, TIMEOUT, Outcome, Task, encode_id,
+                                      encode_value, result_line, utf8_safe)
 
 #: the longest a retry waits, however many times the task failed
 MAX_RETRY_DELAY = 300.0
@@ -249,15 +249,11 @@ class Dispatcher:
             task = active.get(seq)
             if (task is not None and type(task) is not TaskState and outcome[1] == OK
                     and seq in held):
-                value = outcome[2]
-                if type(value) is int:
-                    text = int.__repr__(value)
-                else:
-                    try:
-                        text = encode_value(value)
-                    except (TypeError, ValueError):
-                        self._complete_one(worker, outcome)    # ResultNotJSON
-                        continue
+                try:
+                    text = encode_value(outcome[2])
+                except (TypeError, ValueError, RecursionError):
+                    self._complete_one(worker, outcome)    # ResultNotJSON
+                    continue
                 name = parts.get(task[2])
                 if name is None:
                     name = parts[task[2]] = f',"task":{encode_basestring(task[2])},"status":"ok"'
@@ -265,8 +261,8 @@ class Dispatcher:
                 del active[seq]
                 flags[seq] = 1
                 done += 1
-                ready.append((seq, f'{{"id":{encode_basestring(task[1])}{name},"result":{text}'
-                                   f'{tail}'))
+                line = f'{{"id":{encode_id(task[1])}{name},"result":{text}{tail}'
+                ready.append((seq, line if line.isascii() else utf8_safe(line)))
             else:
                 self._complete_one(worker, outcome)
         self.finished += done

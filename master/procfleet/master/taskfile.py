@@ -159,7 +159,7 @@ def check_lines(lines: Callable[[], Iterable[str]], name: str) -> int:
                 errors.append(f"{name}: stopped after {MAX_ERRORS} errors")
                 break
             continue
-        bit = hash(task.id) & (ID_BITMAP_BITS - 1)
+        bit = hash(str(task.id)) & (ID_BITMAP_BITS - 1)
         if bitmap[bit >> 3] & (1 << (bit & 7)):
             shared.add(bit)
         else:
@@ -180,15 +180,16 @@ def _duplicate_ids(lines: Iterable[str], name: str, shared: set[int]) -> list[st
     first_line: dict[str, int] = {}
     errors = []
     for lineno, task in _tasks(lines, name, None):
-        if hash(task.id) & (ID_BITMAP_BITS - 1) not in shared:
+        key = str(task.id)     # 1 and "1" are the same id
+        if hash(key) & (ID_BITMAP_BITS - 1) not in shared:
             continue
-        if task.id in first_line:
+        if key in first_line:
             errors.append(f"{name}:{lineno}: duplicate id {task.id!r} "
-                          f"(first used on line {first_line[task.id]})")
+                          f"(first used on line {first_line[key]})")
             if len(errors) >= MAX_ERRORS:
                 break
         else:
-            first_line[task.id] = lineno
+            first_line[key] = lineno
     return errors
 
 
@@ -246,7 +247,7 @@ def _task_from_object(obj, lineno: int, where: str, timeout: float | None) -> Ta
             return f"{where}: \"timeout\" must be a positive number of seconds, " \
                    f"got {_json_type(timeout)}"
         timeout = seconds
-    return Task(0, str(task_id), name, args, kwargs, timeout)
+    return Task(0, task_id, name, args, kwargs, timeout)
 
 
 def _seconds(value) -> float | None:

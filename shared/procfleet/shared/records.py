@@ -6,6 +6,7 @@ by `seq`, their position in the batch; the user's `id` travels along for logs an
 """
 
 import json
+import re
 from json.encoder import encode_basestring
 from typing import Any, NamedTuple
 
@@ -19,12 +20,28 @@ TIMEOUT = "timeout"  # ran past its timeout and was killed; final
 CRASH = "crash"      # the process running it died; counts as a lost attempt (--max-attempts)
 OUTCOME_KINDS = (OK, ERROR, TIMEOUT, CRASH)
 
+# -- sizes: every message fits the wire's cap (wire.MAX_MESSAGE, 64 MiB) whatever tasks hold ----
+#: arrays and objects nested deeper than this in task arguments or results are refused
+MAX_DEPTH = 100
+#: the longest task line a task file may hold (its arguments travel in one lease)
+MAX_TASK_BYTES = 16 * 1024 * 1024
+#: a lease carries tasks whose lines add up to at most this (but always at least one task)
+LEASE_BYTES = 4 * 1024 * 1024
+#: a task line up to this long counts as this long when a lease is measured
+SMALL_TASK_BYTES = 1024
+#: the largest result, as JSON text, a task may return; a larger one fails ResultTooLarge
+MAX_RESULT_BYTES = 16 * 1024 * 1024
+#: one exchange carries outcomes adding up to at most this (but always at least one)
+RESULT_BATCH_BYTES = 16 * 1024 * 1024
+#: a failed task's error text is clipped to this many characters
+MAX_ERROR_CHARS = 64 * 1024
+
 
 class Task(NamedTuple):
     """A task as the master leases it."""
 
     seq: int
-    id: str
+    id: str | int      # as the task file gave it: a JSON string or integer
     name: str
     args: list
     kwargs: dict
@@ -38,6 +55,7 @@ class Outcome(NamedTuple):
     kind: str
     value: Any
     error: str | None
+    size: int = 0      # the worker's estimate of its bytes on the wire; never sent
 
     @property
     def ok(self) -> bool:
@@ -56,7 +74,7 @@ def task_from_wire(item) -> Task:
 
 
 def outcome_to_wire(outcome: Outcome) -> tuple:
-    return tuple(outcome)
+    return tuple(outcome[:4])
 
 
 def outcome_checked(item) -> bool:
@@ -84,17 +102,17 @@ def result_line(task: Task, outcome: tuple | None, *, attempts: int, worker: str
     status, result, error, attempts, worker. This runs once per task in the master, so it is a
     template around the parts that vary, not json.dumps of a dict.
     """
-    head = f'{{"id":{encode_basestring(task.id)},"task":{encode_basestring(task.name)},'
+    head = f'{{"id":{encode_id(task.id)},"task":{encode_basestring(task.name)},'
     tail = f',"attempts":{attempts:d},"worker":{_str(worker)}}}'
     if outcome is not None and outcome[1] == OK:
         try:
             value = encode_value(outcome[2])
-        except (TypeError, ValueError) as exc:      # a worker sent what JSON cannot carry
-            outcome, error = None, f"ResultNotJSON: {exc}"
+        except (TypeError, ValueError, RecursionError) as exc:  # what JSON cannot carry
+            outcome, error = None, f"ResultNotJSON: {_reason(exc)}"
         else:
-            return True, f'{head}"status":"ok","result":{value},"error":null{tail}'
+            return True, utf8_safe(f'{head}"status":"ok","result":{value},"error":null{tail}')
     text = outcome[3] if outcome is not None else error
-    return False, f'{head}"status":"failed","result":null,"error":{_str(text)}{tail}'
+    return False, utf8_safe(f'{head}"status":"failed","result":null,"error":{_str(text)}{tail}')
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -109,6 +127,85 @@ def encode_value(value) -> str:
     if kind is str:
         return encode_basestring(value)
     return _encode(value)
+
+
+def encode_id(task_id: str | int) -> str:
+    """A task id as JSON, keeping its type: 1 stays 1, "1" stays "1"."""
+    return encode_basestring(task_id) if type(task_id) is str else int.__repr__(task_id)
+
+
+def utf8_safe(line: str) -> str:
+    """`line` with any lone surrogate written as its JSON escape (\\ud800), so that the line
+    encodes as UTF-8. Surrogates can only sit inside JSON strings, where that escape means the
+    same character; an ASCII line (the O(1) common case) is returned as it is."""
+    if line.isascii():
+        return line
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply for JSON"
+    return str(exc)
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = str.maketrans({"[": "(", "{": "(", "]": ")", "}": ")"})
+
+
+def nesting(text: str) -> int:
+    """How deeply arrays and objects nest in the JSON text `text` (0 for a scalar)."""
+    if text.count("[") + text.count("{") <= 1:
+        return 1 if text[:1] in "[{" else 0
+    depth = deepest = 0
+    for char in _STRINGS.sub("", text).translate(_BRACKETS):
+        if char == "(":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif char == ")":
+            depth -= 1
+    return deepest
+
+
+class ResultTooLarge(ValueError):
+    """A result whose JSON is larger than MAX_RESULT_BYTES."""
+
+
+def check_result(value) -> tuple[Any, int]:
+    """(value as it reads back from JSON, its JSON size in bytes) for a task's return value.
+
+    ValueError says why it cannot be a result line: not JSON (a set, NaN), an integer too long
+    to print (over 4300 digits), nesting deeper than MAX_DEPTH; ResultTooLarge (a ValueError)
+    for JSON larger than MAX_RESULT_BYTES.
+    """
+    kind = type(value)
+    if value is None or kind is bool:
+        return value, 5
+    if kind is int:
+        return value, len(int.__repr__(value))          # ValueError past 4300 digits
+    if kind is str:
+        size = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+        size += 2
+    elif kind is float:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{value!r} is not a JSON number")
+        return value, 24
+    else:
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except RecursionError:
+            raise ValueError(f"nested more than {MAX_DEPTH} deep") from None
+        if nesting(text) > MAX_DEPTH:
+            raise ValueError(f"nested more than {MAX_DEPTH} deep")
+        size = len(text)
+        if size <= MAX_RESULT_BYTES:
+            value = json.loads(text)
+    if size > MAX_RESULT_BYTES:
+        raise ResultTooLarge(f"the result is {size:,} bytes as JSON; the limit is "
+                         f"{MAX_RESULT_BYTES:,} (MAX_RESULT_BYTES): write big outputs to "
+                         "storage and return where they are")
+    return value, size
 
 
 def _str(text: str | None) -> str:

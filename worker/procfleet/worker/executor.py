@@ -80,20 +80,20 @@ def run_task(registry: TaskRegistry, task: Task) -> Outcome:
 
 
 def _attempt(registry: TaskRegistry, seq: int, name: str, args: list, kwargs: dict) -> tuple:
-    """run_task as a plain (seq, kind, value, error) tuple, which pickles several times faster."""
+    """run_task as a plain (seq, kind, value, error, size) tuple, which pickles several times faster."""
     try:
         func = registry.get(name)
     except UnknownTask as exc:
-        return seq, ERROR, None, f"UnknownTask: {exc}"
+        return seq, ERROR, None, f"UnknownTask: {exc}", 0
     try:
         value = func(*args, **kwargs)
     except (Exception, SystemExit) as exc:
-        return seq, ERROR, None, format_error(exc)
+        return seq, ERROR, None, format_error(exc), 0
     try:
-        return seq, OK, to_json_value(value), None
+        return seq, OK, to_json_value(value), None, 0
     except (TypeError, ValueError) as exc:
         return (seq, ERROR, None, f"ResultNotJSON: task {name!r} returned a value that is not "
-                                  f"JSON-serialisable: {exc}")
+                                  f"JSON-serialisable: {exc}", 0)
 
 
 def format_error(exc: BaseException) -> str:

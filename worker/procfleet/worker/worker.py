@@ -14,7 +14,7 @@ import time
 
 from procfleet.shared.errors import EXIT_OK, ProtocolMismatch
 from procfleet.shared.manager import CONNECT_ERRORS, PROTOCOL_VERSION, STOP
-from procfleet.shared.records import task_from_wire
+from procfleet.shared.records import outcome_to_wire, task_from_wire
 from procfleet.shared.settings import format_address
 from procfleet.shared.tasks import TaskRegistry
 from procfleet.shared.tuning import tune_gc
@@ -138,7 +138,7 @@ class Worker:
                     unsent_since = now
                 for outcome in finished:
                     if leased.pop(outcome.seq, None) == self.batch:
-                        unsent.append(tuple(outcome))
+                        unsent.append(outcome_to_wire(outcome))
             if self.signals and drain_until is None:
                 drain_until = now + self.settings.drain_timeout
                 proxy = self._begin_drain(proxy, executor, leased)
@@ -205,7 +205,7 @@ class Worker:
         """Report what is finished, hand back what is not, and leave."""
         for outcome in executor.collect():
             if leased.pop(outcome.seq, None) == self.batch:
-                unsent.append(tuple(outcome))
+                unsent.append(outcome_to_wire(outcome))
         # Killing the task processes is our doing, not the tasks' crash: whatever they were
         # running is handed back below, and nothing close() reports is sent.
         executor.close()
