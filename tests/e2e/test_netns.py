@@ -1,0 +1,213 @@
+"""Master and workers on separate hosts (network namespaces): cuts, flaps, loss, partitions.
+
+Each test runs a real master in one namespace and two workers in two others, injects a fault on
+one worker's link mid-batch, heals it, and checks that the batch ends soon after (within the
+lease timeout, a few seconds to reconnect, and the work still left) with every task's result
+exactly once. Needs root and `ip netns`; skips without them, fails without them in CI.
+"""
+
+import json
+import math
+import os
+import random
+import time
+
+import pytest
+
+import chaos
+import netns
+from procs import assert_exactly_once, master_port, summary, wait_until
+
+pytestmark = pytest.mark.chaos
+
+LEASE_TIMEOUT = 2.0
+#: what the worker derives from it (worker.py: max(MIN_CALL_TIMEOUT, 2 x lease timeout))
+CALL_TIMEOUT = 5.0
+#: after a heal: time for the worker's next SYN (its backoff reaches 4 s) and for the master to
+#: notice and release what the fault left dangling
+SLACK = 5.0
+#: work estimates allow this much over pure sleeping (dispatch, a busy 2-core machine)
+OVERHEAD = 1.3
+
+
+@pytest.fixture
+def testbed(spawn):
+    """Factory: `testbed(workers, iptables=False)`; removed (and checked gone) at teardown.
+
+    Requests `spawn`, so it is torn down first: whatever still runs in a namespace is killed
+    with it, before `spawn` reaps its processes.
+    """
+    beds: list[netns.Testbed] = []
+
+    def make(workers: int, iptables: bool = False) -> netns.Testbed:
+        netns.require(iptables)
+        bed = netns.Testbed(workers)
+        beds.append(bed)
+        return bed
+
+    yield make
+    errors = []
+    for bed in beds:
+        try:
+            bed.close()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    assert not errors, errors
+
+
+class Batch:
+    """A master in the testbed's master namespace and one worker per link."""
+
+    def __init__(self, bed, spawn, tmp_path, tasks: list[dict], *, concurrency: int,
+                 timeout: float) -> None:
+        self.bed = bed
+        self.expected = {t["id"]: t["args"][1] for t in tasks}
+        self.seconds = tasks[0]["args"][0]
+        self.concurrency = concurrency
+        task_file = tmp_path / "tasks.jsonl"
+        task_file.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+        self.out = tmp_path / "results.jsonl"
+        workers = len(bed.links)
+        self.master = spawn("master", "--tasks", str(task_file), "--bind", "0.0.0.0:0",
+                            "--results", str(self.out), "--lease-timeout", str(LEASE_TIMEOUT),
+                            "--timeout", str(timeout), "--wait-workers", str(workers),
+                            python=bed.python(bed.master_ns))
+        self.timeout = timeout
+        port = master_port(self.master)
+        self.workers = [
+            spawn("worker", "--master", f"{link.master_ip}:{port}", "--id", f"w{link.index}",
+                  "--concurrency", str(concurrency), "--connect-timeout", str(timeout),
+                  python=bed.python(link.worker_ns))
+            for link in bed.links]
+
+    def results(self) -> list[dict]:
+        """The results file's complete lines so far."""
+        if not self.out.exists():
+            return []
+        text = self.out.read_text()
+        return [json.loads(line) for line in text.splitlines(keepends=True)
+                if line.endswith("\n") and line.strip()]
+
+    def wait_results(self, count: int, worker: str | None = None, timeout: float = 20) -> None:
+        wait_until(lambda: sum(1 for r in self.results()
+                               if worker is None or r["worker"] == worker) >= count,
+                   timeout, f"{count} results" + (f" from {worker}" if worker else ""))
+
+    def work_left(self, slots: int) -> float:
+        """Seconds `slots` task slots need for the tasks without a result yet."""
+        left = len(self.expected) - len(self.results())
+        return math.ceil(left / slots) * self.seconds * OVERHEAD
+
+    def end(self) -> float:
+        """Wait for the master's summary (the batch is over, or --timeout passed); its time."""
+        t, _ = self.master.wait_for(r"summary: ", timeout=self.timeout + 10)
+        return t
+
+    def last_progress(self) -> str:
+        lines = [line for line in self.master.stderr.splitlines() if "progress:" in line]
+        return lines[-1] if lines else "(no progress line)"
+
+
+def sleep_tasks(n: int, seconds: float) -> list[dict]:
+    return [{"id": f"t{i}", "task": "sleep", "args": [seconds, i]} for i in range(n)]
+
+
+def check(batch: Batch, fault: str, healed: float, deadline: float, *,
+          recovery: str = "heal to batch end") -> dict:
+    """Wait for the batch to end; add the chaos row; assert exit 0, exactly once, in time."""
+    ended = batch.end()
+    code = batch.master.wait(30)
+    stats = summary(batch.master)
+    results = batch.results()
+    chaos.record(fault, batch.expected, results, dropped=stats["duplicates_dropped"],
+                 recover_s=ended - healed, recovery=recovery)
+    tail = "\n".join(batch.master.stderr.splitlines()[-15:])
+    assert code == 0, (f"master exit {code}, last progress: {batch.last_progress()}\n"
+                       f"master stderr (tail):\n{tail}")
+    assert_exactly_once(results, batch.expected)
+    assert ended <= deadline, (f"batch ended {ended - healed:.1f} s after the heal, allowed "
+                               f"{deadline - healed:.1f} s; master stderr (tail):\n{tail}")
+    return stats
+
+
+def test_worker_link_cut_longer_than_the_lease_then_restored(testbed, spawn, tmp_path):
+    """The reported hang: 80 x sleep(0.5), a worker's link down 12 s mid-batch, then up."""
+    bed = testbed(2)
+    batch = Batch(bed, spawn, tmp_path, sleep_tasks(80, 0.5), concurrency=1, timeout=55)
+    victim = bed.links[0]
+    batch.wait_results(2, worker="w0")
+    victim.cut()
+    time.sleep(12.0)        # the fault's length, not a condition
+    victim.restore()
+    healed = time.monotonic()
+    deadline = healed + LEASE_TIMEOUT + SLACK + batch.work_left(slots=1)
+    stats = check(batch, "netns: a worker's link down 12 s (> lease 2 s), then up",
+                  healed, deadline)
+    assert stats["workers_lost"] >= 1 and stats["requeued"] >= 1, stats
+
+
+def test_flapping_link_cuts_exchanges_midway(testbed, spawn, tmp_path):
+    """A worker's link goes down six times for 0.05-6.5 s (shorter than the lease, between the
+    lease and the call timeout, longer than both) while quick tasks keep exchanges busy."""
+    seed = int(os.environ.get("PROCFLEET_NETNS_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    downs = [rng.uniform(0.05, 1.5) for _ in range(2)]
+    downs += [rng.uniform(LEASE_TIMEOUT + 0.2, CALL_TIMEOUT - 0.5) for _ in range(2)]
+    downs += [rng.uniform(CALL_TIMEOUT + 0.2, CALL_TIMEOUT + 1.5) for _ in range(2)]
+    rng.shuffle(downs)
+    bed = testbed(2)
+    batch = Batch(bed, spawn, tmp_path, sleep_tasks(1800, 0.05), concurrency=2, timeout=58)
+    victim = bed.links[0]
+    batch.wait_results(20, worker="w0")
+    flaps = []
+    for down in downs:
+        if batch.master.popen.poll() is not None:
+            break
+        victim.cut()
+        time.sleep(down)    # the fault's length
+        victim.restore()
+        flaps.append(round(down, 2))
+        time.sleep(rng.uniform(0.1, 1.0))
+    healed = time.monotonic()
+    deadline = healed + LEASE_TIMEOUT + SLACK + batch.work_left(slots=2)
+    stats = check(batch, f"netns: a worker's link flapping {len(flaps)} times (seed {seed})",
+                  healed, deadline, recovery="last flap to batch end")
+    assert len(flaps) == len(downs), f"the batch ended after {len(flaps)} flaps: too short"
+    assert stats["workers_lost"] >= 1, stats
+
+
+@pytest.mark.parametrize("loss", [0.05])
+def test_packet_loss_both_ways_over_the_whole_batch(testbed, spawn, tmp_path, loss):
+    """Every packet between master and both workers is dropped with probability `loss`."""
+    bed = testbed(2, iptables=True)
+    for link in bed.links:
+        link.lose(loss)
+    started = time.monotonic()
+    tasks = sleep_tasks(400, 0.05)
+    batch = Batch(bed, spawn, tmp_path, tasks, concurrency=2, timeout=45)
+    nominal = len(tasks) * 0.05 / 4
+    deadline = started + 3 * nominal + LEASE_TIMEOUT + SLACK
+    stats = check(batch, f"netns: {loss:.0%} packet loss both ways on both links", started,
+                  deadline, recovery="whole batch under loss")
+    dropped = [link.heal() for link in bed.links]
+    assert all(dropped), f"the loss rules dropped {dropped} packets: not exercised"
+    print(f"\n{loss:.0%} loss: dropped {dropped} packets; {stats}")
+
+
+@pytest.mark.parametrize("direction", [netns.TO_WORKER, netns.TO_MASTER])
+def test_one_way_partition_longer_than_the_lease_then_healed(testbed, spawn, tmp_path,
+                                                             direction):
+    """One direction of a worker's link drops everything for 8 s (> lease and call timeout)."""
+    bed = testbed(2, iptables=True)
+    batch = Batch(bed, spawn, tmp_path, sleep_tasks(200, 0.25), concurrency=2, timeout=50)
+    victim = bed.links[0]
+    batch.wait_results(4, worker="w0")
+    victim.drop(direction)
+    time.sleep(8.0)         # the fault's length
+    dropped = victim.heal()
+    healed = time.monotonic()
+    deadline = healed + LEASE_TIMEOUT + SLACK + batch.work_left(slots=2)
+    stats = check(batch, f"netns: one-way partition {direction} 8 s (> lease 2 s)", healed,
+                  deadline)
+    assert dropped > 0, "the partition dropped nothing"
+    assert stats["workers_lost"] >= 1 and stats["requeued"] >= 1, stats
