@@ -13,6 +13,7 @@ import random
 import time
 
 import pytest
+from procfleet.worker.worker import CALL_TIMEOUT_LEASES, MIN_CALL_TIMEOUT
 
 import chaos
 import netns
@@ -21,8 +22,8 @@ from procs import assert_exactly_once, master_port, summary, wait_until
 pytestmark = pytest.mark.chaos
 
 LEASE_TIMEOUT = 2.0
-#: what the worker derives from it (worker.py: max(MIN_CALL_TIMEOUT, 2 x lease timeout))
-CALL_TIMEOUT = 5.0
+#: a worker gives up on a call after this long and reconnects (as worker.py derives it)
+CALL_TIMEOUT = max(MIN_CALL_TIMEOUT, CALL_TIMEOUT_LEASES * LEASE_TIMEOUT)
 #: after a heal: time for the worker's next SYN (its backoff reaches 4 s) and for the master to
 #: notice and release what the fault left dangling
 SLACK = 5.0
@@ -171,13 +172,14 @@ def test_flapping_link_cuts_exchanges_midway(testbed, spawn, tmp_path):
     batch.wait_results(20, worker="w0")
     flaps = []
     for down in downs:
+        if flaps:
+            time.sleep(rng.uniform(0.1, 1.0))   # up between two cuts
         if batch.master.popen.poll() is not None:
             break
         victim.cut()
         time.sleep(down)    # the fault's length
         victim.restore()
         flaps.append(round(down, 2))
-        time.sleep(rng.uniform(0.1, 1.0))
     healed = time.monotonic()
     deadline = healed + LEASE_TIMEOUT + SLACK + batch.work_left()
     stats = check(batch, f"netns: a worker's link flapping {len(flaps)} times (seed {seed})",
