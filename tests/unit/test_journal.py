@@ -1,10 +1,12 @@
 """The SQLite journal: a batch is recognised, resumed with its counts, and refused if different."""
 
+import os
+
 import pytest
 
 from procfleet.master.dispatcher import Dispatcher
 from procfleet.master.journal import Journal, restore
-from procfleet.shared.errors import ConfigError
+from procfleet.shared.errors import ConfigError, ProcfleetError
 from procfleet.shared.records import OK, Outcome
 from test_dispatcher import FakeClock, tasks
 
@@ -76,3 +78,35 @@ def test_a_file_that_is_not_sqlite_is_a_config_error(tmp_path):
 def test_journal_uses_wal(tmp_path):
     journal = Journal(str(tmp_path / "j.db"))
     assert journal.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_second_master_on_the_same_journal_is_refused_until_the_first_closes(tmp_path):
+    path = str(tmp_path / "j.db")
+    first = Journal(path)
+    with pytest.raises(ConfigError, match=r"--journal .*j.db: another master holds it"):
+        Journal(path)
+    hard_link = tmp_path / "link.db"
+    os.link(path, hard_link)
+    with pytest.raises(ConfigError, match="another master holds it"):
+        Journal(str(hard_link))
+    first.close()
+    Journal(path).close()
+
+
+def test_a_full_journal_is_an_exit_3_error_and_the_transaction_is_rolled_back(tmp_path):
+    journal = Journal(str(tmp_path / "j.db"))
+    journal.open_batch("s", "f", 1000)
+    journal.record([(0, 1, 0, 0)], [(1, '{"id":1}')])
+    (pages,) = journal.db.execute("PRAGMA page_count").fetchone()
+    journal.db.execute(f"PRAGMA max_page_count = {pages}")        # the disk is full
+    big = [(seq, '{"id":%d,"result":"%s"}' % (seq, "x" * 500)) for seq in range(2, 500)]
+    with pytest.raises(ProcfleetError) as err:
+        journal.record([(0, 2, 0, 0)], big)
+    assert err.value.exit_code == 3
+    assert "database or disk is full" in str(err.value) and "\n" not in str(err.value)
+    assert "run the same command again" in str(err.value)
+    assert not journal.db.in_transaction
+    assert list(journal.results()) == ['{"id":1}'] and journal.in_flight() == {0: [1, 0, 0]}
+    journal.db.execute("PRAGMA max_page_count = 1000000")         # room again
+    journal.record([(0, 2, 0, 0)], big)
+    assert len(list(journal.results())) == 1 + len(big)
