@@ -119,8 +119,9 @@ def task_file_bytes(draw):
 
 
 def file_lines(text: str) -> list[str]:
-    """The lines as a text-mode file reads them (universal newlines)."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    """The lines as a text-mode file reads them (universal newlines), a leading UTF-8 BOM
+    skipped as the task file reader skips it."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def check_outcome(read, name: str, data: bytes) -> None:
