@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from procfleet.shared.errors import EXIT_UNFINISHED, ConfigError, ProcfleetError
 
-from .dispatcher import TaskState
+from .dispatcher import Dispatcher, TaskState
 
 
 def restore(source, counts: dict[int, tuple[int, int, int]]) -> list[TaskState]:
@@ -42,6 +42,27 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE TABLE IF NOT EXISTS results (seq INTEGER PRIMARY KEY, record TEXT NOT NULL);
 """
 FORMAT = "2"
+
+
+class JournalledDispatcher(Dispatcher):
+    """A Dispatcher whose leases are journalled before the worker gets them (`journal` and
+    `leased_log` set by its owner). This runs in a worker's server thread, so a failed write
+    is kept in `lease_failed` for the master's loop, never raised into the lease."""
+
+    journal: "Journal"
+    lease_failed: "JournalWriteError | None" = None
+
+    def lease(self, *args, **kwargs):
+        leased = super().lease(*args, **kwargs)
+        if leased and self.lease_failed is None:
+            try:
+                self.journal.record(self.take_leased(), [])
+            except JournalWriteError as exc:
+                self.lease_failed = exc
+            except Exception as exc:     # noqa: BLE001 - never into a worker's lease
+                self.lease_failed = JournalWriteError(f"--journal {self.journal.path}: cannot "
+                                                      f"record a lease: {exc}")
+        return leased
 
 
 class JournalWriteError(ProcfleetError):
