@@ -5,14 +5,14 @@ import sys
 import click
 
 from procfleet.shared.cli import Seconds, fail
-from procfleet.shared.errors import ProcfleetError
+from procfleet.shared.errors import EXIT_UNFINISHED, ProcfleetError
 from procfleet.shared.logs import configure_logging
 from procfleet.shared.settings import load_authkey, parse_address
 
 from .runner import run_master
 from .settings import (DEFAULT_BIND, DEFAULT_LEASE_TIMEOUT, DEFAULT_MAX_ATTEMPTS,
                        DEFAULT_RETRY_BACKOFF, MasterSettings)
-from .supervise import supervise
+from .supervise import ENV_SUPERVISOR_PID, die_with_supervisor, supervise
 
 
 @click.command()
@@ -63,10 +63,11 @@ from .supervise import supervise
               show_default=True, metavar="N", envvar="PROCFLEET_WAIT_WORKERS",
               help="Lease nothing until N workers have joined, so they all start together "
                    "(like Locust's --expect-workers).")
+@click.option("--supervisor-pid", type=int, hidden=True, envvar=ENV_SUPERVISOR_PID)
 @click.option("-v", "--verbose", count=True, help="Log more (debug).")
 def master(tasks_path, demo, demo_sleep, results_path, bind, local_workers, timeout,
            lease_timeout, max_attempts, task_timeout, retries, retry_backoff, journal_path,
-           restart_on_crash, wait_workers, verbose):
+           restart_on_crash, wait_workers, supervisor_pid, verbose):
     """Serve a batch of tasks to workers and write one result line per task.
 
     \b
@@ -84,6 +85,10 @@ def master(tasks_path, demo, demo_sleep, results_path, bind, local_workers, time
     configure_logging(verbose, "master")
     if restart_on_crash:
         sys.exit(supervise(restart_on_crash))
+    if supervisor_pid and not die_with_supervisor(supervisor_pid):
+        click.echo("procfleet: error: the --restart-on-crash supervisor is gone; the batch "
+                   "was not started", err=True)
+        sys.exit(EXIT_UNFINISHED)
     try:
         settings = MasterSettings(
             bind=parse_address(bind, "--bind"), authkey=load_authkey(), tasks_path=tasks_path,
