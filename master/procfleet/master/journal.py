@@ -112,25 +112,33 @@ class Journal:
                 "tasks to resume it, or give a new journal path to start a new batch")
         return meta["batch"], True
 
-    def done(self) -> Iterator[int]:
-        return (seq for (seq,) in self.db.execute("SELECT seq FROM results"))
+    def done(self) -> list[int]:
+        return [seq for (seq,) in self._read("SELECT seq FROM results")]
 
     def in_flight(self) -> dict[int, tuple[int, int, int]]:
         """seq -> (attempts, lost, errors) of tasks leased without a result: they run again."""
-        rows = self.db.execute(
+        rows = self._read(
             "SELECT seq, attempts, lost, errors FROM leases WHERE seq NOT IN "
             "(SELECT seq FROM results)")
         return {seq: counts for seq, *counts in rows}
 
-    def results(self) -> Iterator[str]:
-        """Every result record so far, as JSON lines, in task order."""
-        return (record for (record,) in self.db.execute(
-            "SELECT record FROM results ORDER BY seq"))
+    def results(self, chunk: int = 10_000) -> Iterator[str]:
+        """Every result record so far, as JSON lines, in task order. Read in chunks, each
+        fetched whole: leases are journalled from other threads meanwhile."""
+        after = -1
+        while rows := self._read("SELECT seq, record FROM results WHERE seq > ? ORDER BY seq "
+                                 "LIMIT ?", (after, chunk)):
+            after = rows[-1][0]
+            yield from (record for _seq, record in rows)
 
     def count_ok(self) -> int:
-        (count,) = self.db.execute(
-            "SELECT count(*) FROM results WHERE json_extract(record, '$.status') = 'ok'").fetchone()
+        [(count,)] = self._read(
+            "SELECT count(*) FROM results WHERE json_extract(record, '$.status') = 'ok'")
         return count
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._mutex:
+            return self.db.execute(sql, params).fetchall()
 
     def record(self, leased: list[tuple], results: list[tuple[int, str]]) -> None:
         """One transaction: leases as (seq, attempts, lost, errors), results as (seq, line).
