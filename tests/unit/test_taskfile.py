@@ -96,7 +96,8 @@ def test_demo_tasks():
 
 def test_timeout_from_the_line_overrides_the_batch_default(tmp_path):
     path = tmp_path / "t.jsonl"
-    path.write_text('{"task": "sleep", "args": [1]}\n{"task": "sleep", "args": [1], "timeout": 0.5}\n')
+    path.write_text('{"task": "sleep", "args": [1]}\n'
+                    '{"task": "sleep", "args": [1], "timeout": 0.5}\n')
     assert [t.timeout for t in FileSource(str(path), timeout=9.0)] == [9.0, 0.5]
     assert [t.timeout for t in FileSource(str(path))] == [None, 0.5]
 
@@ -118,9 +119,11 @@ def test_file_source_is_checked_first_and_streamed_again(tmp_path):
 
 def test_duplicate_ids_are_found_in_a_streamed_file(tmp_path):
     path = tmp_path / "t.jsonl"
-    lines = [f'{{"id": "t{i}", "task": "square"}}' for i in range(500)] + ['{"id": "t42", "task": "x"}']
+    lines = [f'{{"id": "t{i}", "task": "square"}}' for i in range(500)]
+    lines.append('{"id": "t42", "task": "x"}')
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(TaskFileError, match=r"t.jsonl:501: duplicate id 't42' \(first used on line 43\)"):
+    with pytest.raises(TaskFileError,
+                       match=r"t.jsonl:501: duplicate id 't42' \(first used on line 43\)"):
         FileSource(str(path))
 
 
@@ -197,8 +200,8 @@ def test_arguments_nested_deeper_than_max_depth_are_refused(tmp_path):
                     f'{{"task": "square", "args": {deep}}}\n')
     with pytest.raises(TaskFileError) as err:
         FileSource(str(path))
-    assert f"t.jsonl:2:" not in str(err.value)
-    assert f"t.jsonl:3: " in str(err.value) and f"t.jsonl:4: " in str(err.value)
+    assert "t.jsonl:2:" not in str(err.value)
+    assert "t.jsonl:3: " in str(err.value) and "t.jsonl:4: " in str(err.value)
     assert f"nest more than {MAX_DEPTH} deep" in str(err.value)
     path.write_text(f'{{"task": "square", "args": {ok}}}\n')
     assert FileSource(str(path)).total == 1

@@ -19,7 +19,8 @@ from .supervise import ENV_SUPERVISOR_PID, die_with_supervisor, supervise
 @click.option("--tasks", "tasks_path", metavar="PATH", envvar="PROCFLEET_TASKS",
               help="JSON Lines task file, '-' for stdin (env PROCFLEET_TASKS).")
 @click.option("--demo", type=click.IntRange(min=0), metavar="N", envvar="PROCFLEET_DEMO",
-              help="Run N demo tasks square(i), i = 0..N-1, instead of --tasks (env PROCFLEET_DEMO).")
+              help="Run N demo tasks square(i), i = 0..N-1, instead of --tasks "
+                   "(env PROCFLEET_DEMO).")
 @click.option("--demo-sleep", type=Seconds(min=0), default=0.0, metavar="SECONDS",
               envvar="PROCFLEET_DEMO_SLEEP",
               help="Make each demo task sleep(SECONDS, i*i) instead, to watch a slower batch "

@@ -411,7 +411,8 @@ def _task_from_object(obj, lineno: int, where: str, timeout: float | None) -> Ta
         return f"{where}: \"task\" must be a non-empty string, got {_json_type(name)}"
     task_id = obj.get("id", lineno)
     if isinstance(task_id, bool) or not isinstance(task_id, (str, int)) or task_id == "":
-        return f"{where}: \"id\" must be a non-empty string or an integer, got {_json_type(task_id)}"
+        return f"{where}: \"id\" must be a non-empty string or an integer, " \
+               f"got {_json_type(task_id)}"
     args = obj.get("args", [])
     if not isinstance(args, list):
         return f"{where}: \"args\" must be an array, got {_json_type(args)}"
