@@ -366,7 +366,8 @@ def _tasks(lines: Iterable[str | int], name: str,
         if not line.strip():
             continue
         size = len(line) if line.isascii() else len(line.encode("utf-8", "surrogatepass"))
-        size -= len(line) - len(line.rstrip("\r\n"))
+        if line[-1] == "\n":               # the newline is not the task's
+            size -= 2 if line[-2:] == "\r\n" else 1
         if size > MAX_TASK_BYTES:
             yield lineno, _too_long(name, lineno, size), size
             continue
