@@ -5,7 +5,7 @@ import os
 import pytest
 
 from procfleet.master.dispatcher import Dispatcher
-from procfleet.master.journal import Journal, restore
+from procfleet.master.journal import Journal, JournalledDispatcher, restore
 from procfleet.shared.errors import ConfigError, ProcfleetError
 from procfleet.shared.records import OK, Outcome
 from test_dispatcher import FakeClock, tasks
@@ -110,3 +110,37 @@ def test_a_full_journal_is_an_exit_3_error_and_the_transaction_is_rolled_back(tm
     journal.db.execute("PRAGMA max_page_count = 1000000")         # room again
     journal.record([(0, 2, 0, 0)], big)
     assert len(list(journal.results())) == 1 + len(big)
+
+
+def journalled(journal: Journal, n: int) -> JournalledDispatcher:
+    d = JournalledDispatcher(tasks(n), n, lease_timeout=5, max_attempts=3, clock=FakeClock())
+    d.journal, d.leased_log = journal, []
+    return d
+
+
+def test_a_lease_is_journalled_before_the_worker_gets_it(tmp_path):
+    journal = Journal(str(tmp_path / "j.db"))
+    journal.open_batch("s", "f", 10)
+    d = journalled(journal, 10)
+    leased = d.lease("a", 3)
+    assert journal.in_flight() == {t.seq: [1, 0, 0] for t in leased}   # no tick needed
+    # A master killed now and started again counts the next lease as the second.
+    again = Dispatcher(tasks(10), 10, lease_timeout=5, max_attempts=3, clock=FakeClock(),
+                       done=journal.done(), restored=restore(tasks(10), journal.in_flight()))
+    relet = again.lease("b", 1)[0]
+    again.complete("b", [Outcome(relet.seq, OK, 0, None)])
+    [(_seq, line)] = again.take_results()
+    assert '"attempts":2' in line
+
+
+def test_a_lease_whose_journal_write_fails_is_not_raised_into_the_lease(tmp_path):
+    journal = Journal(str(tmp_path / "j.db"))
+    journal.open_batch("s", "f", 10)
+    d = journalled(journal, 10)
+    (pages,) = journal.db.execute("PRAGMA page_count").fetchone()
+    journal.db.execute(f"PRAGMA max_page_count = {pages}")        # the disk is full
+    big = [(seq, 1, 0, 0) for seq in range(100, 50_000)]
+    d.take_leased = lambda: big                     # more than the full disk takes
+    assert len(d.lease("a", 2)) == 2                 # the worker's call still gets an answer
+    assert d.lease_failed is not None and d.lease_failed.exit_code == 3
+    assert "database or disk is full" in str(d.lease_failed)
