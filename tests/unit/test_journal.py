@@ -1,6 +1,7 @@
 """The SQLite journal: a batch is recognised, resumed with its counts, and refused if different."""
 
 import os
+import sqlite3
 
 import pytest
 
@@ -144,3 +145,14 @@ def test_a_lease_whose_journal_write_fails_is_not_raised_into_the_lease(tmp_path
     assert len(d.lease("a", 2)) == 2                 # the worker's call still gets an answer
     assert d.lease_failed is not None and d.lease_failed.exit_code == 3
     assert "database or disk is full" in str(d.lease_failed)
+
+
+def test_a_journal_sqlite_can_only_read_is_refused_at_the_start(tmp_path, monkeypatch):
+    path = str(tmp_path / "j.db")
+    Journal(path).close()
+    connect = sqlite3.connect
+    # As SQLite opens a file it may not write (root ignores file modes, so say it outright).
+    monkeypatch.setattr(sqlite3, "connect", lambda p, **kw: connect(f"file:{p}?mode=ro",
+                                                                     uri=True, **kw))
+    with pytest.raises(ConfigError, match=r"--journal .*j.db: .*readonly database"):
+        Journal(path)

@@ -84,9 +84,13 @@ class Journal:
             # undo the last few, and those tasks then run again.
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
-            # A read-only file or file system is accepted until the first write: try one now.
+            # A journal SQLite opened read-only says so only at the first write (BEGIN
+            # IMMEDIATE does not tell): write nothing, in a transaction, now.
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("ROLLBACK")
+            try:
+                self.db.execute("DELETE FROM meta WHERE 0")
+            finally:
+                self.db.execute("ROLLBACK")
         except sqlite3.Error as exc:
             self.close()
             raise ConfigError(f"--journal {path}: cannot use it as an SQLite journal: {exc}; "
