@@ -208,13 +208,10 @@ def test_parse_ipv6_addresses(text, expected):
     assert parse_address(text, "--bind") == expected
 
 
-@pytest.mark.parametrize("text,message", [("::1:50000", "IPv6 address in brackets"),
-                                          ("[::1:50000", "IPv6 address in brackets"),
-                                          ("[]:50000", "no address between the brackets")])
-def test_ipv6_address_mistakes_name_the_option(text, message):
-    with pytest.raises(ConfigError, match=message) as err:
-        parse_address(text, "--master")
-    assert str(err.value).startswith("--master")
+def test_empty_brackets_name_the_option():
+    with pytest.raises(ConfigError, match="no address between the brackets") as err:
+        parse_address("[]:50000", "--master")
+    assert str(err.value).startswith("--master: ")
 
 
 def test_format_address_brackets_ipv6_and_takes_a_socket_address():

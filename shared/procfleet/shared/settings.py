@@ -61,9 +61,6 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
         if not host:
             raise ConfigError(f"{option}: {text!r} has no address between the brackets "
                               "(e.g. [::1]:50000)")
-    elif ":" in host or "[" in host or "]" in host:
-        raise ConfigError(f"{option}: {text!r} is not HOST:PORT; write an IPv6 address in "
-                          "brackets, e.g. [::1]:50000 or [::]:50000")
     try:
         port = int(port_text)
     except ValueError:
