@@ -171,6 +171,15 @@ def test_the_ipv6_wildcard_falls_back_to_ipv4_without_ipv6(monkeypatch, caplog):
     assert "listening on 0.0.0.0:0, IPv4 only" in record.getMessage()
 
 
+@pytest.mark.parametrize("ci,outcome", [("", pytest.skip.Exception),
+                                        ("true", pytest.fail.Exception)])
+def test_ipv6_tests_skip_without_ipv6_but_fail_in_ci(monkeypatch, ci, outcome):
+    monkeypatch.setattr(socket, "socket", NoIPv6Socket)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match=r"cannot bind \[::1\]:0"):
+        require_ipv6_loopback()
+
+
 def test_an_explicit_ipv6_address_does_not_fall_back(monkeypatch):
     monkeypatch.setattr(socket, "socket", NoIPv6Socket)
     with pytest.raises(ConfigError, match=r"cannot listen on \[::1\]:0: Address family not "
