@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
+from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task, check_result
 from procfleet.shared.tasks import TaskRegistry, registry
 from procfleet.worker import executor as executor_module
 from procfleet.worker.executor import (AHEAD, CHUNK_MAX, CHUNK_SECONDS, CLOSE_TIMEOUT, Executor,
@@ -36,6 +36,15 @@ def square(seq: int, x: int, timeout: float | None = None) -> Task:
 
 def named(seq: int, name: str, *args, timeout: float | None = None) -> Task:
     return Task(seq, f"id-{seq}", name, list(args), {}, timeout)
+
+
+def ok(seq: int, value) -> Outcome:
+    """The outcome of a task that returned `value`, its size as the worker measures it."""
+    return Outcome(seq, OK, value, None, check_result(value)[1])
+
+
+def failed(seq: int, kind: str, error: str) -> Outcome:
+    return Outcome(seq, kind, None, error, len(error))
 
 
 def gather(executor: Executor, n: int, timeout: float = WAIT) -> dict[int, Outcome]:
@@ -93,7 +102,7 @@ def warm_up(executor: Executor) -> None:
 # -- one attempt ---------------------------------------------------------------------------
 
 def test_builtin_square():
-    assert run_task(registry, Task(1, "a", "square", [7], {})) == Outcome(1, OK, 49, None)
+    assert run_task(registry, Task(1, "a", "square", [7], {})) == ok(1, 49)
 
 
 def test_sleep_returns_value():
@@ -110,7 +119,7 @@ def test_failure_carries_type_message_and_traceback():
 
 def test_unknown_task_is_an_error():
     outcome = run_task(registry, Task(4, "u", "nope", [], {}))
-    assert outcome == Outcome(4, ERROR, None, "UnknownTask: unknown task 'nope'")
+    assert outcome == failed(4, ERROR, "UnknownTask: unknown task 'nope'")
 
 
 def test_bad_arguments_are_an_error():
@@ -126,7 +135,7 @@ def test_result_not_json_is_an_error():
     obj = run_task(reg, Task(6, "o", "obj", [], {}))
     assert obj.kind == ERROR and obj.error.startswith("ResultNotJSON: task 'obj'")
     assert run_task(reg, Task(7, "n", "nan", [], {})).kind == ERROR
-    assert run_task(reg, Task(8, "t", "tuple", [], {})) == Outcome(8, OK, [1, [2]], None)
+    assert run_task(reg, Task(8, "t", "tuple", [], {})) == ok(8, [1, [2]])
 
 
 def test_task_calling_sys_exit_is_an_error():
@@ -176,7 +185,7 @@ def test_every_task_gets_exactly_one_outcome(make_executor):
     assert executor.outstanding() > 0
     got = gather(executor, len(tasks))
     assert set(got) == {t.seq for t in tasks}
-    assert all(got[i] == Outcome(i, OK, i * i, None) for i in range(3000))
+    assert all(got[i] == ok(i, i * i) for i in range(3000))
     assert got[3000].kind == ERROR and got[3000].error.startswith("RuntimeError: boom")
     assert got[3001].error == "UnknownTask: unknown task 'nope'"
     assert executor.outstanding() == 0 and executor.collect() == []
@@ -214,7 +223,7 @@ def test_timeout_in_the_middle_of_a_chunk_reruns_the_rest_exactly_once(make_exec
                     + [square(i, i, timeout=5) for i in range(21, 60)])
     got = gather(executor, 60, timeout=5)
     assert got[20].kind == TIMEOUT and "timed out after 0.2 s" in got[20].error
-    assert all(got[i] == Outcome(i, OK, i * i, None) for i in range(60) if i != 20)
+    assert all(got[i] == ok(i, i * i) for i in range(60) if i != 20)
     assert executor.outstanding() == 0
 
 
@@ -223,8 +232,8 @@ def test_a_crash_fails_that_attempt_and_a_new_process_takes_over(make_executor):
     executor.submit([named(0, "test_pid"), named(1, "crash", 3), square(2, 2),
                      named(3, "test_pid")])
     got = gather(executor, 4)
-    assert got[1] == Outcome(1, CRASH, None,
-                             "WorkerCrash: the process running task 'crash' exited with code 3")
+    assert got[1] == failed(1, CRASH,
+                            "WorkerCrash: the process running task 'crash' exited with code 3")
     assert got[2].value == 4
     assert got[0].kind == got[3].kind == OK and got[0].value != got[3].value
 
@@ -236,7 +245,7 @@ def test_a_crash_in_the_middle_of_a_chunk_reruns_the_rest_exactly_once(make_exec
                     + [square(i, i) for i in range(31, 100)])
     got = gather(executor, 100)
     assert got[30].kind == CRASH and got[30].error.endswith("exited with code 3")
-    assert all(got[i] == Outcome(i, OK, i * i, None) for i in range(100) if i != 30)
+    assert all(got[i] == ok(i, i * i) for i in range(100) if i != 30)
     assert executor.outstanding() == 0
 
 
@@ -260,9 +269,9 @@ def test_take_unstarted_hands_back_queued_tasks_which_then_never_run(make_execut
     assert {t.seq for t in taken} == {1, 2, 3, 4, 5}
     assert executor.outstanding() == 1 and executor.take_unstarted() == []
     gate.touch()
-    assert gather(executor, 1) == {0: Outcome(0, OK, "opened", None)}
+    assert gather(executor, 1) == {0: ok(0, "opened")}
     executor.submit([square(6, 6)])                # had the squares stayed queued, they came first
-    assert gather(executor, 1) == {6: Outcome(6, OK, 36, None)}
+    assert gather(executor, 1) == {6: ok(6, 36)}
     assert executor.outstanding() == 0
 
 
@@ -288,7 +297,7 @@ def test_children_ignore_sigint_and_sigterm(make_executor):
     os.kill(pid, signal.SIGINT)                    # Ctrl-C and docker stop: the worker's to handle
     os.kill(pid, signal.SIGTERM)
     executor.submit([named(1, "test_pid")])
-    assert gather(executor, 1)[1] == Outcome(1, OK, pid, None)
+    assert gather(executor, 1)[1] == ok(1, pid)
 
 
 @linux_only

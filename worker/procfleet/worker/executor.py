@@ -9,9 +9,7 @@ the slot can still time out the running task and blame a crash on it.
 import atexit
 import collections
 import importlib
-import json
 import logging
-import math
 import multiprocessing
 import operator
 import os
@@ -24,7 +22,8 @@ import traceback
 
 from procfleet.shared import tasks as builtin_tasks
 from procfleet.shared.errors import UnknownTask
-from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
+from procfleet.shared.records import (CRASH, ERROR, MAX_ERROR_CHARS, OK, TIMEOUT, Outcome,
+                                      ResultTooLarge, Task, check_result)
 from procfleet.shared.tasks import TaskRegistry
 from procfleet.shared.tuning import tune_gc
 
@@ -80,37 +79,78 @@ def run_task(registry: TaskRegistry, task: Task) -> Outcome:
 
 
 def _attempt(registry: TaskRegistry, seq: int, name: str, args: list, kwargs: dict) -> tuple:
-    """run_task as a plain (seq, kind, value, error, size) tuple, which pickles several times faster."""
+    """run_task as a plain (seq, kind, value, error, size) tuple, which pickles several times
+    faster. An OK value is the result as it reads back from JSON; `size` is its JSON size, or an
+    error text's length."""
     try:
         func = registry.get(name)
     except UnknownTask as exc:
-        return seq, ERROR, None, f"UnknownTask: {exc}", 0
+        return _error(seq, f"UnknownTask: {exc}")
     try:
         value = func(*args, **kwargs)
-    except (Exception, SystemExit) as exc:
-        return seq, ERROR, None, format_error(exc), 0
+    except BaseException as exc:    # RecursionError, MemoryError, SystemExit: the task's, not ours
+        return _error(seq, format_error(exc))
     try:
-        return seq, OK, to_json_value(value), None, 0
-    except (TypeError, ValueError) as exc:
-        return (seq, ERROR, None, f"ResultNotJSON: task {name!r} returned a value that is not "
-                                  f"JSON-serialisable: {exc}", 0)
+        value, size = check_result(value)
+    except ResultTooLarge as exc:
+        return _error(seq, f"ResultTooLarge: task {name!r} returned too much: {exc}")
+    except Exception as exc:        # ValueError, TypeError, or whatever a strange object raises
+        return _error(seq, f"ResultNotJSON: task {name!r} returned a value that JSON cannot "
+                           f"carry: {_reason(exc)}")
+    return seq, OK, value, None, size
+
+
+def _error(seq: int, text: str, kind: str = ERROR) -> tuple:
+    """An outcome tuple for a failed attempt, its text clipped to MAX_ERROR_CHARS."""
+    text = clip_error(text)
+    return seq, kind, None, text, len(text)
 
 
 def format_error(exc: BaseException) -> str:
-    """`Type: message`, a blank line, then the traceback as the worker saw it."""
-    tb = "".join(traceback.format_exception(exc))
-    return f"{type(exc).__name__}: {exc}\n\n{tb}"
+    """`Type: message`, a blank line, then the traceback as the worker saw it, clipped to
+    MAX_ERROR_CHARS (a message or traceback line longer than a quarter of that is clipped on its
+    own, so a huge message is never copied whole into the text)."""
+    try:
+        head = f"{type(exc).__name__}: {clip_error(_safe_str(exc), _PART_CHARS)}"
+        try:
+            parts = traceback.TracebackException.from_exception(exc).format()
+            tb = "".join(clip_error(part, _PART_CHARS) for part in parts)
+        except Exception as err:    # a broken exception object, or no memory left
+            tb = f"(no traceback: formatting it raised {type(err).__name__})\n"
+        return clip_error(f"{head}\n\n{tb}")
+    except Exception:
+        return f"{type(exc).__name__} (its message and traceback could not be formatted)"
 
 
-def to_json_value(value):
-    """`value` as it will read back from JSON; ValueError/TypeError if it cannot be JSON."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{value!r} is not a JSON number")
-        return value
-    return json.loads(json.dumps(value, allow_nan=False))
+#: a task's message, or one part of a traceback, is clipped to this before the whole text is
+_PART_CHARS = MAX_ERROR_CHARS // 4
+
+
+def clip_error(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` if it has at most `limit` characters, else its head and its tail (where the
+    innermost frames of a traceback are) around a note saying how long it was."""
+    if len(text) <= limit:
+        return text
+    note = f"\n[... clipped: {len(text):,} characters, of which the first and last are kept ...]\n"
+    keep = max(limit - len(note), 0)
+    head = keep // 2
+    return f"{text[:head]}{note}{text[len(text) - (keep - head):]}"
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a value cannot be a result or be sent, in a few words."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, (ValueError, TypeError)):
+        return _safe_str(exc)
+    return f"{type(exc).__name__}: {_safe_str(exc)}"
 
 
 # -- the child ---------------------------------------------------------------------------------
@@ -465,16 +505,17 @@ class _Slot:
             task = child.inflight[index]
             pid = child.proc.pid
             if why == _TIMED_OUT and self._overdue(task, since):
-                culprit = Outcome(task.seq, TIMEOUT, None,
-                                  f"TaskTimeout: timed out after {task.timeout:g} s; the process "
-                                  f"running task {task.name!r} was killed")
-                log.warning("task %r (seq %d) timed out after %g s; killed its process %d",
+                culprit = _error(task.seq, f"TaskTimeout: timed out after {task.timeout:g} s; "
+                                           f"the process running task {task.name!r} was killed",
+                                 TIMEOUT)
+                log.warning("task %.200r (seq %d) timed out after %g s; killed its process %d",
                             task.name, task.seq, task.timeout, pid)
             elif why == _DIED:
                 how = _describe_exit(child.proc.exitcode)
-                culprit = Outcome(task.seq, CRASH, None,
-                                  f"WorkerCrash: the process running task {task.name!r} {how}")
-                log.warning("task %r (seq %d): its process %d %s; starting another",
+                culprit = _error(task.seq,
+                                 f"WorkerCrash: the process running task {task.name!r} {how}",
+                                 CRASH)
+                log.warning("task %.200r (seq %d): its process %d %s; starting another",
                             task.name, task.seq, pid, how)
             if culprit is not None:
                 del child.inflight[index]
@@ -485,7 +526,7 @@ class _Slot:
         ex._requeue(list(child.inflight))
         child.inflight.clear()
         if culprit is not None:
-            ex._deliver([culprit])
+            ex._deliver([_outcome(Outcome, culprit)])
         return worked
 
 
