@@ -192,10 +192,27 @@ def _child_main(conn, state, registry: TaskRegistry | None, imports: tuple[str, 
 
 
 def _send_results(conn, busy: float, results: list[tuple]) -> None:
+    """Send `results` to the parent; one that cannot be pickled is sent as an ERROR outcome
+    instead. Only a closed pipe ends the process."""
     try:
-        conn.send_bytes(pickle.dumps((busy, results), pickle.HIGHEST_PROTOCOL))
+        messages = [pickle.dumps((busy, results), pickle.HIGHEST_PROTOCOL)]
+    except Exception:                               # RecursionError, a broken object, no memory
+        share = busy / len(results)
+        messages = [_pickled_alone(share, result) for result in results]
+    try:
+        for data in messages:
+            conn.send_bytes(data)
     except OSError:
         sys.exit(0)                                 # the parent is gone
+
+
+def _pickled_alone(busy: float, result: tuple) -> bytes:
+    """A message of `result` alone, or of an ERROR outcome for its task if it cannot be pickled."""
+    try:
+        return pickle.dumps((busy, [result]), pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        error = _error(result[0], f"ResultNotJSON: cannot be sent: {_reason(exc)}")
+        return pickle.dumps((busy, [error]), pickle.HIGHEST_PROTOCOL)
 
 
 def _exit_with_parent() -> None:
