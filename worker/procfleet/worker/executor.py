@@ -54,6 +54,10 @@ CLOSE_TIMEOUT = 1.5
 #: a child that dies without finishing a task is started again after a pause doubling up to the max
 RESTART_PAUSE_MIN = 0.05
 RESTART_PAUSE_MAX = 2.0
+#: a task held by a task process that failed outside any task (it died between tasks, or its slot
+#: raised) goes back to the queue, and from then on to a child alone; held by this many such
+#: failures, it fails (ERROR) instead, so a task that breaks its process is not retried for ever
+MAX_STRIKES = 3
 
 # a child's shared state: how many tasks it has started, and when (time.monotonic(), one clock for
 # every process on Linux) the one it is running started, 0.0 between tasks
@@ -324,6 +328,7 @@ class _Child:
         self.received = 0                           # results so far; inflight[0] is task received+1
         self.chunks: collections.deque[_Chunk] = collections.deque()
         self.inflight_bytes = 0
+        self.suspect = False                        # inflight is one task sent alone, struck before
 
     def kill(self) -> None:
         try:
@@ -368,11 +373,11 @@ class _Slot:
                 continue
             try:
                 worked = self._serve(child)
-            except Exception:
+            except Exception as exc:
                 log.exception("task slot %d failed; its tasks go back to the queue", self.index)
                 child.kill()
                 child.proc.join(REAP_TIMEOUT)
-                ex._requeue(list(child.inflight))
+                ex._strike(list(child.inflight), f"its task slot failed: {_reason(exc)}")
                 worked = False
             finally:
                 self.child = None
@@ -428,15 +433,23 @@ class _Slot:
     def _feed(self, child: _Child) -> None:
         """Send the child a chunk if it is running low; never blocks on a full pipe."""
         ex = self.ex
-        if len(child.inflight) >= self.limit:
+        if len(child.inflight) >= self.limit or (child.suspect and child.inflight):
             return
+        alone = False
         with ex._cond:
             fair_share = -(-len(ex._queue) // ex.concurrency)
             n = min(self.target, fair_share)
+            if ex._strikes and n:
+                n, alone = self._before_suspect(child, n)
             chunk = [ex._queue.popleft() for _ in range(n)]
         if not chunk:
             return
-        data = pickle.dumps(list(map(_for_child, chunk)), pickle.HIGHEST_PROTOCOL)
+        try:
+            data = pickle.dumps(list(map(_for_child, chunk)), pickle.HIGHEST_PROTOCOL)
+        except Exception:                           # too deep, or not picklable: find which
+            chunk, data = self._sendable(chunk)
+            if not chunk:
+                return
         if child.inflight and child.inflight_bytes + len(data) > PIPELINE_BYTES:
             ex._requeue(chunk)                      # sent once the child has caught up
             return
@@ -445,10 +458,48 @@ class _Slot:
         child.chunks.append(_Chunk(child.received + len(child.inflight), len(data),
                                    min(timeouts, default=None)))
         child.inflight_bytes += len(data)
+        child.suspect = alone
         child.conn.send_bytes(data)
+
+    def _before_suspect(self, child: _Child, n: int) -> tuple[int, bool]:
+        """(how many of the first `n` queued tasks to send, whether that is a struck task alone):
+        the tasks before the first struck one, or that one alone once the child holds nothing."""
+        queue, strikes = self.ex._queue, self.ex._strikes
+        for i in range(n):
+            if queue[i].seq in strikes:
+                if i == 0 and not child.inflight:
+                    return 1, True
+                return i, False
+        return n, False
+
+    def _sendable(self, chunk: list[Task]) -> tuple[list[Task], bytes]:
+        """The tasks of `chunk` that can be pickled, and them pickled as a chunk; the others
+        fail at once (ERROR), since sending them again would fail again."""
+        good, failed = [], []
+        for task in chunk:
+            try:
+                pickle.dumps(_for_child(task), pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                text = (f"TaskNotSent: task {task.name!r} cannot be sent to a task process: "
+                        f"its arguments do not pickle: {_reason(exc)}")
+                log.warning("%.300s (seq %d)", text, task.seq)
+                failed.append(_outcome(Outcome, _error(task.seq, text)))
+            else:
+                good.append(task)
+        try:
+            data = pickle.dumps(list(map(_for_child, good)), pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:                    # each alone, not together: out of memory?
+            failed += [_outcome(Outcome, _error(task.seq, f"TaskNotSent: task {task.name!r} "
+                                                f"cannot be sent: {_reason(exc)}"))
+                       for task in good]
+            good, data = [], b""
+        self.ex._deliver(failed)
+        return good, data
 
     def _accept(self, child: _Child, busy: float, results: list[tuple]) -> None:
         n = len(results)
+        if not n:
+            return
         for _ in range(n):
             child.inflight.popleft()
         child.received += n
@@ -538,8 +589,10 @@ class _Slot:
                 del child.inflight[index]
                 worked = True
         elif why == _DIED:
-            log.warning("task process %d %s between tasks; starting another",
-                        child.proc.pid, _describe_exit(child.proc.exitcode))
+            how = _describe_exit(child.proc.exitcode)
+            log.warning("task process %d %s between tasks; starting another", child.proc.pid, how)
+            ex._strike(list(child.inflight), f"its task process {how} between tasks")
+            child.inflight.clear()
         ex._requeue(list(child.inflight))
         child.inflight.clear()
         if culprit is not None:
@@ -570,6 +623,7 @@ class Executor:
         self._queue: collections.deque[Task] = collections.deque()
         self._results_lock = threading.Lock()       # guards _outcomes and _collected
         self._outcomes: list[Outcome] = []
+        self._strikes: dict[int, int] = {}         # under _cond: seq -> failures that held it
         self._submitted = self._collected = self._taken = 0
         self._slots_started = 0
         self._closing = threading.Event()
@@ -606,6 +660,8 @@ class Executor:
             tasks = list(self._queue)
             self._queue.clear()
             self._taken += len(tasks)
+            for task in tasks if self._strikes else ():
+                self._strikes.pop(task.seq, None)
         return tasks
 
     def outstanding(self) -> int:
@@ -629,9 +685,39 @@ class Executor:
 
     # -- for the slots ---------------------------------------------------------------------
     def _deliver(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
         with self._results_lock:
             self._outcomes.extend(outcomes)
+        if self._strikes:
+            self._forget_strikes(outcomes)
         self.wakeup.set()
+
+    def _strike(self, tasks: list[Task], why: str) -> None:
+        """Put back tasks held by a task process that failed outside any task, as _requeue
+        does; a task held by MAX_STRIKES such failures fails (ERROR) instead."""
+        back, failed = [], []
+        with self._cond:
+            for task in tasks:
+                strikes = self._strikes.pop(task.seq, 0) + 1
+                if strikes < MAX_STRIKES:
+                    self._strikes[task.seq] = strikes
+                    back.append(task)
+                else:
+                    failed.append(task)
+        self._requeue(back)
+        for task in failed:
+            log.warning("task %.200r (seq %d) was held by %d task processes that failed outside "
+                        "any task; failing it", task.name, task.seq, MAX_STRIKES)
+        self._deliver([_outcome(Outcome, _error(
+            task.seq, f"TaskNotRun: {MAX_STRIKES} task processes failed outside any task while "
+                      f"holding task {task.name!r} (last: {why}); it is not tried again here"))
+            for task in failed])
+
+    def _forget_strikes(self, done) -> None:
+        with self._cond:
+            for item in done:
+                self._strikes.pop(item.seq, None)
 
     def _requeue(self, tasks: list[Task]) -> None:
         """Put tasks a child did not finish back at the front of the queue, in order."""
