@@ -41,7 +41,10 @@ def named(seq: int, name: str, *args, timeout: float | None = None) -> Task:
 
 
 def ok(seq: int, value) -> Outcome:
-    """The outcome of a task that returned `value`, its size as the worker measures it."""
+    """The outcome of a task that returned `value`, its size as the worker counts it: a small
+    int as long as it can be, anything else its JSON length."""
+    if type(value) is int and abs(value) < executor_module._SMALL_INT:
+        return Outcome(seq, OK, value, None, executor_module._SMALL_INT_BYTES)
     return Outcome(seq, OK, value, None, check_result(value)[1])
 
 
@@ -448,8 +451,8 @@ class LoadsBadly:
 
 
 AWKWARD = TaskRegistry()
-for _func in (deep, digits, not_a_number, a_set, long_text, surrogate, raise_long, interrupt,
-              recurse, out_of_memory, echo, unpicklable_str, unpicklable_object):
+for _func in (deep, digits, not_a_number, a_set, long_text, surrogate, raise_long,
+              interrupt, recurse, out_of_memory, echo, unpicklable_str, unpicklable_object):
     AWKWARD.register(_func)
 AWKWARD.register(registry.get("square"), name="square")
 AWKWARD.register(os.getpid, name="pid")
