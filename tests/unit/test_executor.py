@@ -399,6 +399,10 @@ def surrogate() -> str:
     return "\ud800"
 
 
+def surrogate_pair() -> str:
+    return "\ud800\udc00"
+
+
 def raise_long(n: int) -> None:
     raise ValueError("x" * n)
 
@@ -451,7 +455,7 @@ class LoadsBadly:
 
 
 AWKWARD = TaskRegistry()
-for _func in (deep, digits, not_a_number, a_set, long_text, surrogate, raise_long,
+for _func in (deep, digits, not_a_number, a_set, long_text, surrogate, surrogate_pair, raise_long,
               interrupt, recurse, out_of_memory, echo, unpicklable_str, unpicklable_object):
     AWKWARD.register(_func)
 AWKWARD.register(registry.get("square"), name="square")
@@ -499,6 +503,7 @@ def test_a_result_or_error_the_wire_cannot_carry_fails_that_task_alone(make_exec
 
 @pytest.mark.parametrize("task, value", [
     (named(2, "surrogate"), "\ud800"),             # pickles, and the master writes it as \ud800
+    (named(2, "surrogate_pair"), "\U00010000"),    # as JSON reads "\ud800\udc00" back
     (named(2, "unpicklable_str"), "text"),         # sent as the plain str JSON reads back
     (named(2, "deep", 100), deep(100)),            # as deep as a result may be
     (named(2, "digits", 4300), 10 ** 4299),

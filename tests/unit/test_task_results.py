@@ -5,7 +5,7 @@ import json
 import pickle
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from procfleet.shared import records
 from procfleet.shared.records import ERROR, MAX_DEPTH, MAX_ERROR_CHARS, OK, Outcome, Task
@@ -106,6 +106,12 @@ task_results = values | st.builds(nested, st.integers(1, 3000), values)
 
 @settings(max_examples=400, deadline=None)
 @given(task_results)
+@example("\ud800\udc00")                            # a surrogate pair: JSON reads back "\U00010000"
+@example(["\ud800", {"\udfff": "\ud800\udc00"}])
+@example(10 ** 5000)
+@example(nested(150, 1))
+@example(float("nan"))
+@example(2 ** 62)
 def test_whatever_a_task_returns_ends_as_one_outcome_json_and_pickle_carry(value):
     want = expected(value)
     with pytest.MonkeyPatch.context() as patch:

@@ -9,11 +9,13 @@ the slot can still time out the running task and blame a crash on it.
 import atexit
 import collections
 import importlib
+import json
 import logging
 import multiprocessing
 import operator
 import os
 import pickle
+import re
 import signal
 import sys
 import threading
@@ -103,6 +105,8 @@ def _attempt(registry: TaskRegistry, seq: int, name: str, args: list, kwargs: di
     except Exception as exc:        # ValueError, TypeError, or whatever a strange object raises
         return _error(seq, f"ResultNotJSON: task {name!r} returned a value that JSON cannot "
                            f"carry: {_reason(exc)}")
+    if type(value) is str and not value.isascii() and _SURROGATE.search(value):
+        value, size = check_result(json.loads(json.dumps(value)))   # a pair reads back joined
     return seq, OK, value, None, size
 
 
@@ -110,6 +114,8 @@ def _attempt(registry: TaskRegistry, seq: int, name: str, args: list, kwargs: di
 #: _SMALL_INT_BYTES (as long as it can be; its outcome on the wire is longer anyway)
 _SMALL_INT = 10 ** 15
 _SMALL_INT_BYTES = 16
+#: check_result hands a str back as it is, but JSON joins a surrogate pair into one character
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _error(seq: int, text: str, kind: str = ERROR) -> tuple:
