@@ -86,8 +86,8 @@ def run_task(registry: TaskRegistry, task: Task) -> Outcome:
 
 def _attempt(registry: TaskRegistry, seq: int, name: str, args: list, kwargs: dict) -> tuple:
     """run_task as a plain (seq, kind, value, error, size) tuple, which pickles several times
-    faster. An OK value is the result as it reads back from JSON; `size` is its JSON size, or an
-    error text's length."""
+    faster. An OK value is the result as it reads back from JSON; `size` is its JSON size in
+    bytes (a small int's is the most it can be), or an error text's length."""
     try:
         func = registry.get(name)
     except UnknownTask as exc:
