@@ -287,3 +287,137 @@ def test_an_error_on_a_first_lease_keeps_its_attempt_count():
     d.complete("a", [Outcome(a[0].seq, ERROR, None, "RuntimeError: x")])
     state = d.task_state(a[0].seq)
     assert (state.attempts, state.errors, state.holder) == (1, 1, None)
+
+
+# -- reconciliation: what a worker holds is what reached it ---------------------------------
+
+def test_a_lease_whose_reply_was_lost_is_requeued_at_the_workers_next_call():
+    d, _ = make(4)
+    assert d.begin_call("a", "s1", 1, 0)
+    lost = d.lease("a", 2, call=1)                  # this reply never reaches a
+    assert d.begin_call("a", "s1", 2, 0)            # a's next call: the last reply it got is 0
+    assert d.counters.unacked == 2 and d.running() == 0
+    again = d.lease("b", 2)
+    assert [t.seq for t in again] == [t.seq for t in lost]      # first in line, in order
+    d.complete("b", [ok(t) for t in again])
+    assert [r["attempts"] for r in records(d)] == [1, 1]         # a never had them
+
+
+def test_a_lease_whose_reply_arrived_stays_with_the_worker():
+    d, _ = make(4)
+    d.begin_call("a", "s1", 1, 0)
+    held = d.lease("a", 2, call=1)
+    assert d.begin_call("a", "s1", 2, 1)
+    assert d.counters.unacked == 0 and d.running() == 2
+    assert d.workers["a"].unacked == {}
+    d.complete("a", [ok(t) for t in held])
+    assert d.finished == 2
+
+
+def test_a_call_that_arrives_after_a_later_one_leases_nothing():
+    d, _ = make(4)
+    d.begin_call("a", "s1", 1, 0)
+    d.lease("a", 1, call=1)
+    assert d.begin_call("a", "s1", 3, 1)
+    assert not d.begin_call("a", "s1", 2, 1)        # late, on a connection a gave up
+    assert d.lease("a", 2, call=2) == []
+    assert d.running() == 1
+
+
+def test_a_long_poll_overtaken_by_the_workers_next_call_leases_nothing():
+    d, _ = make(4)
+    d.begin_call("a", "s1", 5, 4)                   # parked in a long poll ...
+    d.begin_call("a", "s1", 6, 4)                   # ... while a already gave up on it
+    assert d.lease("a", 2, call=5) == []
+    assert len(d.lease("a", 2, call=6)) == 2
+
+
+def test_results_of_a_stale_call_still_count_once():
+    d, _ = make(2)
+    d.begin_call("a", "s1", 1, 0)
+    held = d.lease("a", 2, call=1)
+    d.begin_call("a", "s1", 2, 1)
+    d.complete("a", [ok(held[0])])
+    assert not d.begin_call("a", "s1", 1, 0)
+    d.complete("a", [ok(held[0]), ok(held[1])])     # the same results, arriving late
+    assert d.done and d.counters.duplicates == 1
+    assert sorted(r["id"] for r in records(d)) == ["0", "1"]
+
+
+def test_a_new_process_under_a_known_id_loses_what_the_old_one_held():
+    d, _ = make(3)
+    d.new_session("a", "old")
+    d.begin_call("a", "old", 1, 0)
+    held = d.lease("a", 2, call=1)
+    d.begin_call("a", "old", 2, 1)
+    assert d.new_session("a", "old") == 0           # a reconnect of the same process
+    assert d.running() == 2
+    assert d.new_session("a", "new") == 2           # the container restarted: same id
+    assert d.running() == 0 and d.counters.requeued == 2
+    assert d.begin_call("a", "new", 1, 0)           # its calls count from 1 again
+    assert [t.seq for t in d.lease("a", 3, call=1)] == [t.seq for t in held] + [2]
+    assert not d.begin_call("a", "old", 3, 2)       # the old process's late call is stale
+
+
+def test_an_expired_worker_forgets_its_unacknowledged_leases():
+    d, clock = make(2)
+    d.begin_call("a", "s1", 1, 0)
+    d.lease("a", 2, call=1)
+    clock.advance(6)
+    d.expire()
+    assert d.workers["a"].unacked == {} and d.counters.requeued == 2
+    d.begin_call("a", "s1", 2, 0)                   # back: nothing more is requeued twice
+    assert d.counters.unacked == 0 and len(d.requeued) == 2
+
+
+# -- sizes ------------------------------------------------------------------------------------
+
+def test_big_tasks_are_leased_within_the_byte_budget_and_each_exactly_once():
+    from array import array
+
+    from procfleet.shared.records import LEASE_BYTES, SMALL_TASK_BYTES
+    mib = 1024 * 1024
+    sizes = array("I", [6 * mib, 10, 3 * mib, 3 * mib, 10, 10, 5 * mib, 10])
+    d, _ = make(len(sizes), sizes=sizes)
+    leases = []
+    for _ in range(20):
+        got = d.lease("a", 100)
+        if not got:
+            break
+        leases.append([t.seq for t in got])
+        assert got, "a lease always carries at least one task"
+        total = sum(max(sizes[t.seq], SMALL_TASK_BYTES) for t in got)
+        assert total <= LEASE_BYTES or len(got) == 1
+    assert sorted(seq for lease in leases for seq in lease) == list(range(len(sizes)))
+    assert leases[0] == [0]                         # 6 MiB alone
+    d.leave("a")                                    # requeued ones are measured too
+    again = d.lease("b", 100)
+    assert [t.seq for t in again] == [0]
+
+
+def test_a_result_json_cannot_carry_fails_that_task_alone_and_the_counts_match_the_lines():
+    d, _ = make(3)
+    held = d.lease("a", 3)
+    d.complete("a", [ok(held[0]), Outcome(held[1].seq, OK, 10 ** 5000, None), ok(held[2])])
+    lines = d.take_results()
+    assert len(lines) == 3 and d.finished == 3 and d.done
+    assert (d.counters.ok, d.counters.failed) == (2, 1)
+    bad = json.loads(dict(lines)[held[1].seq])
+    assert bad["status"] == "failed" and bad["error"].startswith("ResultNotJSON:")
+
+
+def test_lone_surrogates_in_ids_and_results_make_valid_utf8_lines():
+    d, _ = make(0)
+    d = Dispatcher([Task(0, "\udc00id", "square", [], {}), Task(1, 7, "square", [], {})],
+                   lease_timeout=5.0, max_attempts=3)
+    held = d.lease("w\ud800", 2)
+    d.complete("w\ud800", [Outcome(held[0].seq, OK, ["\ud800", "é"], None),
+                           Outcome(held[1].seq, ERROR, None, "boom \udfff")])
+    for _seq, line in d.take_results():
+        line.encode("utf-8")                        # raises on a lone surrogate
+        record = json.loads(line)
+        assert record["worker"] == "w\ud800"
+        if record["status"] == "ok":
+            assert record["id"] == "\udc00id" and record["result"] == ["\ud800", "é"]
+        else:
+            assert record["id"] == 7 and record["error"] == "boom \udfff"

@@ -524,7 +524,7 @@ def test_key_that_is_not_utf8_in_the_environment_is_used_as_its_bytes():
 def test_key_with_non_utf8_bytes_in_the_real_environment_is_exit_2():
     env = {k: v for k, v in os.environb.items() if not k.startswith(b"PROCFLEET_")}
     env[b"PROCFLEET_AUTHKEY"] = bytes(range(0xF0, 0x100))
-    proc = subprocess.run([sys.executable, "-m", "procfleet.shared.cli", "master", "--demo", "1",
+    proc = subprocess.run([sys.executable, "-m", "procfleet.shared", "master", "--demo", "1",
                            "--bind", "127.0.0.1:0", "--timeout", "0.01"],
                           env=env, capture_output=True, timeout=30)
     assert proc.returncode in (2, 3) and b"Traceback" not in proc.stderr, proc.stderr[-300:]

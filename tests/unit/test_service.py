@@ -120,3 +120,35 @@ def test_wait_workers_leases_nothing_until_that_many_joined():
     hello(service, "b")                                             # the second one joins
     waiter.join(5)
     assert not waiter.is_alive() and len(got["r"][0]) == 2          # fair share of 4 over 2
+
+
+def test_a_lost_reply_is_taken_back_at_the_next_call_and_wakes_a_parked_worker():
+    """The separate-hosts hang: a's request reached the master, its reply did not; a calls
+    again (new connection) saying the last reply it got. The master must not keep those tasks
+    with a, whose heartbeats would keep the lease alive for ever."""
+    service, _ = make(n=1)
+    service.hello("a", {"protocol": PROTOCOL_VERSION, "session": "sa"})
+    service.hello("b", {"protocol": PROTOCOL_VERSION, "session": "sb"})
+    [task], _ = service.exchange("a", B, [], 1, 0, ("sa", 1, 0))      # reply lost
+    got = {}
+    waiter = threading.Thread(
+        target=lambda: got.update(r=service.exchange("b", B, [], 1, 30, ("sb", 1, 0))))
+    waiter.start()
+    with service.cond:                               # b is parked in its long poll
+        service.cond.wait_for(lambda: len(service.cond._waiters) > 0, timeout=5)
+    assert service.exchange("a", B, [], 0, 0, ("sa", 2, 0)) == ([], RUN)
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert got["r"] == ([task], RUN)
+    assert service.dispatcher.counters.unacked == 1
+
+
+def test_a_malformed_cursor_is_refused():
+    service, _ = make(n=1)
+    for cursor in (("s", "1", 0), ("s", 1), ["s", 1, 0], (1, 1, 0)):
+        try:
+            service.exchange("a", B, [], 1, 0, cursor)
+        except TypeError:
+            continue
+        raise AssertionError(f"cursor {cursor!r} was accepted")
+    assert service.dispatcher.running() == 0

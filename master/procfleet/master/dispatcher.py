@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from itertools import islice
 from json.encoder import encode_basestring
 
-from procfleet.shared.records import (CRASH, ERROR, OK, TIMEOUT, Outcome, Task, encode_id,
-                                      encode_value, result_line, utf8_safe)
+from procfleet.shared.records import (CRASH, ERROR, LEASE_BYTES, OK, SMALL_TASK_BYTES, TIMEOUT,
+                                      Outcome, Task, encode_id, encode_value, result_line,
+                                      utf8_safe)
 
 #: the longest a retry waits, however many times the task failed
 MAX_RETRY_DELAY = 300.0
@@ -50,6 +51,11 @@ class WorkerState:
     held: dict = field(default_factory=dict)   # seqs in lease order
     alive: bool = True
     told_stop: bool = False
+    # Reconciliation (see Dispatcher.begin_call): the worker process's session, the number of
+    # its latest call, and the seqs leased in replies it has not yet said it received.
+    session: str | None = None
+    last_call: int = 0
+    unacked: dict = field(default_factory=dict)   # call number -> [seq, ...]
 
 
 @dataclass(slots=True)
@@ -63,6 +69,7 @@ class Counters:
     crashed: int = 0         # attempts whose process died
     workers_lost: int = 0
     stale: int = 0           # results for tasks this master does not have in flight: ignored
+    unacked: int = 0         # leases whose reply never reached the worker: requeued at once
 
 
 class Dispatcher:
@@ -71,7 +78,7 @@ class Dispatcher:
     def __init__(self, tasks: Iterable[Task], total: int | None = None, *, lease_timeout: float,
                  max_attempts: int, retries: int = 0, retry_backoff: float = 1.0,
                  done: Iterable[int] = (), restored: Iterable[TaskState] = (),
-                 clock: Callable[[], float] = time.monotonic,
+                 sizes=None, clock: Callable[[], float] = time.monotonic,
                  rng: Callable[[], float] = random.random) -> None:
         if total is None:
             tasks = list(tasks)
@@ -98,6 +105,10 @@ class Dispatcher:
             self.active[state.task.seq] = state
             self.requeued.append(state.task.seq)
         self._fresh = iter(tasks)
+        self._pushback: deque[Task] = deque()       # fresh tasks taken but left out of a lease
+        # bytes of each task's line by seq, when some are big enough for leases to be measured
+        # (None: every task is small, so a lease is capped by count alone)
+        self.sizes = sizes
         self._untouched = total - self.finished - len(self.active)
         # a resumed batch's source also yields tasks that are done or restored: skip those
         self._skip_known = bool(self.finished or self.active)
@@ -175,11 +186,76 @@ class Dispatcher:
         worker.last_seen = now
         return worker
 
-    def lease(self, worker_id: str, want: int) -> list[Task]:
-        """Lease up to `want` tasks, capped at a fair share of what is pending: requeued ones
-        first, then fresh ones from the source, in order."""
+    # -- reconciliation --------------------------------------------------------------------
+    def begin_call(self, worker_id: str, session: str, call: int, acked: int) -> bool:
+        """Reconcile what the master thinks `worker_id` holds with what reached it.
+
+        A worker numbers its calls (`call`, from 1 per `session`, one session per process) and
+        says the number of the last one whose reply it received (`acked`). Tasks leased in a
+        reply it never received (a later call acked an earlier number) are requeued at once, not
+        held until a lease timeout that its heartbeats would never let come. Returns False for a
+        stale call: an older number than one already seen (a request that reached the master
+        late, on a connection the worker had given up), or another session's: lease nothing then.
+        """
         worker = self.touch(worker_id)
-        if want <= 0:
+        if worker.session is None:
+            worker.session = session
+        elif session != worker.session or call <= worker.last_call:
+            return False
+        worker.last_call = call
+        unacked = worker.unacked
+        if unacked:
+            for number in list(unacked):
+                if number <= acked:
+                    del unacked[number]                 # its reply arrived
+                elif number < call:
+                    self._unlease(worker, unacked.pop(number))
+        return True
+
+    def new_session(self, worker_id: str, session: str) -> int:
+        """A worker (re)connected as process `session`. A new process under a known id means the
+        old one is gone: what it held is lost, as if its lease had expired. Returns that count."""
+        worker = self.touch(worker_id)
+        if worker.session == session:
+            return 0
+        lost = 0
+        if worker.session is not None and worker.held:
+            lost = len(worker.held)
+            self._lose_held(worker)
+            self.events.append(f"worker {worker_id} started again (a new process): requeued "
+                               f"the {lost} tasks its previous process held")
+        worker.session = session
+        worker.last_call = 0
+        worker.unacked.clear()
+        return lost
+
+    def _unlease(self, worker: WorkerState, seqs: list[int]) -> None:
+        """Take back tasks whose lease reply never reached `worker`: it never had them."""
+        returned = []
+        for seq in seqs:
+            if seq not in worker.held:
+                continue
+            state = self._state(seq, worker.id)
+            if state is None or state.holder != worker.id:
+                continue
+            del worker.held[seq]
+            state.holder = None
+            state.attempts = max(0, state.attempts - 1)
+            returned.append(seq)
+        if returned:
+            self.requeued.extendleft(reversed(returned))
+            self.counters.unacked += len(returned)
+            self.events.append(f"worker {worker.id} never received a lease of {len(returned)} "
+                               f"tasks (its reply was lost): requeued them")
+
+    # -- leasing -----------------------------------------------------------------------------
+    def lease(self, worker_id: str, want: int, call: int | None = None) -> list[Task]:
+        """Lease up to `want` tasks, capped at a fair share of what is pending and, when tasks
+        are big, at LEASE_BYTES of task lines: requeued ones first, then fresh ones from the
+        source, in order. `call`: the worker's call number this reply answers (begin_call); a
+        call that is no longer the worker's latest gets nothing."""
+        worker = self.touch(worker_id)
+        if want <= 0 or (call is not None and call != worker.last_call):
             return []
         pending = self.pending()
         if not pending:
@@ -187,34 +263,67 @@ class Dispatcher:
         sharers = max(1, sum(1 for w in self.workers.values() if w.alive))
         count = min(want, -(-pending // sharers))
         leased = []
-        held, log = worker.held, self.leased_log
+        held, log, sizes = worker.held, self.leased_log, self.sizes
+        budget = LEASE_BYTES
         while self.requeued and len(leased) < count:
             state = self._next_requeued()
             if state is None:
                 continue
+            seq = state.task[0]
+            if sizes is not None:
+                size = max(sizes[seq], SMALL_TASK_BYTES)
+                if leased and size > budget:
+                    self.requeued.appendleft(seq)       # the next lease starts with it
+                    count = len(leased)
+                    break
+                budget -= size
             state.attempts += 1
             state.holder = worker_id
-            seq = state.task[0]
             held[seq] = None
             leased.append(state.task)
             if log is not None:
                 log.append(seq)
         if len(leased) < count and self._untouched > 0:
             fresh = self._take_fresh(count - len(leased))
+            if sizes is not None:
+                fresh = self._within(fresh, budget, first=not leased)
             seqs = [task[0] for task in fresh]
             self.active.update(zip(seqs, fresh))
             held.update(dict.fromkeys(seqs))
             leased += fresh
             if log is not None:
                 log += seqs
-        if leased and self.first_lease_at is None:
-            self.first_lease_at = self.clock()
+        if leased:
+            if self.first_lease_at is None:
+                self.first_lease_at = self.clock()
+            if call is not None:
+                worker.unacked[call] = [task[0] for task in leased]
         return leased
+
+    def _within(self, fresh: list[Task], budget: int, first: bool) -> list[Task]:
+        """The longest head of `fresh` whose lines fit `budget` bytes (at least one task if
+        `first`); the rest goes back to be leased next."""
+        sizes = self.sizes
+        for index, task in enumerate(fresh):
+            size = max(sizes[task[0]], SMALL_TASK_BYTES)
+            if size > budget and (index or not first):
+                rest = fresh[index:]
+                self._pushback.extendleft(reversed(rest))
+                self._untouched += len(rest)
+                return fresh[:index]
+            budget -= size
+        return fresh
 
     def _take_fresh(self, n: int) -> list[Task]:
         """Up to `n` tasks from the source that are neither done nor in flight."""
         n = min(n, self._untouched)
-        fresh = list(islice(self._fresh, n))
+        if self._pushback:
+            back = self._pushback
+            fresh = [back.popleft() for _ in range(min(n, len(back)))]
+            if len(fresh) < n:
+                fresh += islice(self._fresh, n - len(fresh))
+        else:
+            fresh = list(islice(self._fresh, n))
         if self._skip_known:
             flags, active = self.done_flags, self.active
             fresh = [t for t in fresh if not flags[t[0]] and t[0] not in active]
@@ -244,29 +353,33 @@ class Dispatcher:
         parts = self._line_parts
         tail = f',"error":null,"attempts":1,"worker":{encode_basestring(worker_id)}}}'
         done = 0
-        for outcome in outcomes:
-            seq = outcome[0]
-            task = active.get(seq)
-            if (task is not None and type(task) is not TaskState and outcome[1] == OK
-                    and seq in held):
-                try:
-                    text = encode_value(outcome[2])
-                except (TypeError, ValueError, RecursionError):
-                    self._complete_one(worker, outcome)    # ResultNotJSON
-                    continue
-                name = parts.get(task[2])
-                if name is None:
-                    name = parts[task[2]] = f',"task":{encode_basestring(task[2])},"status":"ok"'
-                del held[seq]
-                del active[seq]
-                flags[seq] = 1
-                done += 1
-                line = f'{{"id":{encode_id(task[1])}{name},"result":{text}{tail}'
-                ready.append((seq, line if line.isascii() else utf8_safe(line)))
-            else:
-                self._complete_one(worker, outcome)
-        self.finished += done
-        self.counters.ok += done
+        try:
+            for outcome in outcomes:
+                seq = outcome[0]
+                task = active.get(seq)
+                if (task is not None and type(task) is not TaskState and outcome[1] == OK
+                        and seq in held):
+                    try:
+                        text = encode_value(outcome[2])
+                    except (TypeError, ValueError, RecursionError):
+                        self._complete_one(worker, outcome)    # ResultNotJSON
+                        continue
+                    name = parts.get(task[2])
+                    if name is None:
+                        name = parts[task[2]] = (f',"task":{encode_basestring(task[2])}'
+                                                 f',"status":"ok"')
+                    line = f'{{"id":{encode_id(task[1])}{name},"result":{text}{tail}'
+                    del held[seq]
+                    del active[seq]
+                    flags[seq] = 1
+                    done += 1
+                    ready.append((seq, line if line.isascii() else utf8_safe(line)))
+                else:
+                    self._complete_one(worker, outcome)
+        finally:
+            # Counted even if something above raised: the counters always match the lines.
+            self.finished += done
+            self.counters.ok += done
 
     def _complete_one(self, worker: WorkerState, outcome: tuple) -> None:
         seq, worker_id = outcome[0], worker.id
@@ -372,25 +485,33 @@ class Dispatcher:
             worker.alive = False
             expired.append(worker.id)
             self.counters.workers_lost += 1
-            requeue = []
-            for seq in worker.held:
-                state = self._state(seq, worker.id)
-                state.holder = None
-                state.lost += 1
-                if state.lost >= self.max_attempts:
-                    self._finish(state, *result_line(
-                        state.task, None, attempts=state.attempts, worker=worker.id,
-                        error=f"WorkerLost: worker lost {state.lost} times "
-                              f"(last holder {worker.id}, lease timeout {self.lease_timeout:g} s)"))
-                else:
-                    requeue.append(seq)
-            worker.held.clear()
-            self.requeued.extendleft(reversed(requeue))
-            self.counters.requeued += len(requeue)
+            requeued = self._lose_held(worker)
             self.events.append(
                 f"worker {worker.id} silent for {now - worker.last_seen:.1f} s: "
-                f"requeued {len(requeue)} tasks")
+                f"requeued {requeued} tasks")
         return expired
+
+    def _lose_held(self, worker: WorkerState) -> int:
+        """Everything `worker` holds is lost: requeue it, or fail what was lost too often."""
+        requeue = []
+        for seq in worker.held:
+            state = self._state(seq, worker.id)
+            if state is None:
+                continue
+            state.holder = None
+            state.lost += 1
+            if state.lost >= self.max_attempts:
+                self._finish(state, *result_line(
+                    state.task, None, attempts=state.attempts, worker=worker.id,
+                    error=f"WorkerLost: worker lost {state.lost} times "
+                          f"(last holder {worker.id}, lease timeout {self.lease_timeout:g} s)"))
+            else:
+                requeue.append(seq)
+        worker.held.clear()
+        worker.unacked.clear()
+        self.requeued.extendleft(reversed(requeue))
+        self.counters.requeued += len(requeue)
+        return len(requeue)
 
     def _wake_delayed(self) -> None:
         if self.delayed and self.delayed[0][0] <= self.clock():

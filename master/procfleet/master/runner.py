@@ -130,7 +130,7 @@ class Batch:
                  d.total, format_address((host, port)), s.lease_timeout, s.max_attempts)
         local = None
         if s.local_workers:
-            connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+            connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
             local = LocalWorkers(s.local_workers, format_address((connect_host, port)))
             log.info("started %d local workers", s.local_workers)
         started = time.monotonic()

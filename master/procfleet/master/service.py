@@ -41,9 +41,14 @@ class DispatcherService:
             log.warning("worker %s from %s speaks protocol %s, this master %s: refused",
                         worker_id, current_peer(), info.get("protocol"), PROTOCOL_VERSION)
             return {**reply, "state": STOP}
+        session = info.get("session")
         with self.cond:
             known = worker_id in self.dispatcher.workers
-            self.dispatcher.touch(worker_id)
+            if isinstance(session, str):
+                if self.dispatcher.new_session(worker_id, session):
+                    self.cond.notify_all()
+            else:
+                self.dispatcher.touch(worker_id)
             if self._finished():
                 return {**reply, "state": self._stop(worker_id)[1]}
             if not self.started and len(self.dispatcher.alive_workers()) >= self.wait_workers:
@@ -57,12 +62,18 @@ class DispatcherService:
         return {**reply, "state": RUN}
 
     def exchange(self, worker_id: str, batch: str, outcomes: list, want: int,
-                 wait: float) -> tuple:
-        """Take finished outcomes, lease up to `want` tasks (waiting up to `wait` s for some)."""
+                 wait: float, cursor: tuple | None = None) -> tuple:
+        """Take finished outcomes, lease up to `want` tasks (waiting up to `wait` s for some).
+
+        `cursor` is (session, call number, number of the last call whose reply arrived): with it
+        the master requeues at once what it leased in replies that were lost, and leases
+        nothing to a call that arrives after a later one (Dispatcher.begin_call)."""
         if not (isinstance(worker_id, str) and isinstance(outcomes, list)
-                and isinstance(want, int) and isinstance(wait, (int, float))):
+                and isinstance(want, int) and isinstance(wait, (int, float))
+                and (cursor is None or _is_cursor(cursor))):
             raise TypeError("exchange(worker_id: str, batch: str, outcomes: list, want: int, "
-                            "wait: float)")
+                            "wait: float, cursor: (session: str, call: int, acked: int))")
+        call = None
         if batch != self.batch:
             # Results of another batch (a worker that outlived its master): never ours.
             if outcomes:
@@ -72,19 +83,27 @@ class DispatcherService:
         parsed = self._parse(worker_id, outcomes)
         d = self.dispatcher
         with self.cond:
+            if cursor is not None:
+                taken_back = d.counters.unacked
+                if d.begin_call(worker_id, *cursor):
+                    call = cursor[1]
+                else:
+                    want = 0            # a stale call: its reply would go nowhere
+                if d.counters.unacked != taken_back:
+                    self.cond.notify_all()      # requeued: wake the long polls
             if parsed:
                 d.complete(worker_id, parsed)
                 if d.done:
                     self.cond.notify_all()
             if self._finished():
                 return self._stop(worker_id)
-            tasks = d.lease(worker_id, want) if self.started else []
+            tasks = d.lease(worker_id, want, call) if self.started else []
             if not tasks and want > 0 and wait > 0:
                 self.cond.wait_for(lambda: (self.started and d.has_pending()) or self._finished(),
                                    timeout=min(wait, MAX_LONG_POLL, self.heartbeat_interval))
                 if self._finished():
                     return self._stop(worker_id)
-                tasks = d.lease(worker_id, want) if self.started else []
+                tasks = d.lease(worker_id, want, call) if self.started else []
             return [tuple(t) for t in tasks], RUN
 
     def release(self, worker_id: str, seqs: list) -> int:
@@ -160,3 +179,8 @@ class DispatcherService:
         worker.told_stop = True
         self.cond.notify_all()
         return [], STOP
+
+
+def _is_cursor(cursor) -> bool:
+    return (type(cursor) is tuple and len(cursor) == 3 and type(cursor[0]) is str
+            and type(cursor[1]) is int and type(cursor[2]) is int)

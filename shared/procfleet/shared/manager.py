@@ -12,7 +12,8 @@ from .settings import ENV_AUTHKEY, ENV_AUTHKEY_FILE, format_address
 from .transport import bounded_client, set_recv_timeout
 
 #: 2: tasks addressed by seq, outcomes with a kind, batch ids, `release`
-PROTOCOL_VERSION = 2
+#: 3: exchanges carry a cursor (session, call, acked) so lost lease replies are taken back
+PROTOCOL_VERSION = 3
 
 #: typeid under which the master serves its dispatcher
 DISPATCHER = "dispatcher"
@@ -39,9 +40,12 @@ class DispatcherProxy(BaseProxy):
         return self._callmethod("hello", (worker_id, info))
 
     def exchange(self, worker_id: str, batch: str, outcomes: list, want: int,
-                 wait: float) -> tuple:
-        """Hand back finished outcomes, lease up to `want` tasks; also the heartbeat."""
-        return self._callmethod("exchange", (worker_id, batch, outcomes, want, wait))
+                 wait: float, cursor: tuple) -> tuple:
+        """Hand back finished outcomes, lease up to `want` tasks; also the heartbeat.
+
+        `cursor` = (session, call, acked): this worker process's session, this call's number,
+        and the number of the last call whose reply arrived."""
+        return self._callmethod("exchange", (worker_id, batch, outcomes, want, wait, cursor))
 
     def release(self, worker_id: str, seqs: list) -> int:
         """Hand back leased tasks this worker will not run (it is draining)."""

@@ -11,10 +11,11 @@ import platform
 import signal
 import threading
 import time
+import uuid
 
 from procfleet.shared.errors import EXIT_OK, ProtocolMismatch
 from procfleet.shared.manager import CONNECT_ERRORS, PROTOCOL_VERSION, STOP
-from procfleet.shared.records import outcome_to_wire, task_from_wire
+from procfleet.shared.records import RESULT_BATCH_BYTES, task_from_wire
 from procfleet.shared.settings import format_address
 from procfleet.shared.tasks import TaskRegistry
 from procfleet.shared.tuning import tune_gc
@@ -59,6 +60,11 @@ class Worker:
         self.heartbeat_interval = 1.0
         self.batch: str | None = None
         self.stopping = threading.Event()   # set on the first signal: connect attempts give up
+        # This process's calls are numbered; each one says which was the last reply that
+        # arrived, so the master takes back at once what it leased in a reply that was lost.
+        self.session = uuid.uuid4().hex[:16]
+        self.calls = 0
+        self.acked = 0
 
     # -- signals: the handler only sets flags --------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -101,7 +107,7 @@ class Worker:
             return None
         reply = proxy.hello(self.id, {"protocol": PROTOCOL_VERSION,
                                       "python": platform.python_version(),
-                                      "concurrency": s.concurrency})
+                                      "concurrency": s.concurrency, "session": self.session})
         if reply.get("protocol") != PROTOCOL_VERSION:
             raise ProtocolMismatch(
                 f"master {format_address(s.master)} speaks protocol {reply.get('protocol')}, "
@@ -122,7 +128,7 @@ class Worker:
 
     def _loop(self, proxy, executor: Executor) -> int:
         leased: dict[int, str] = {}     # seq -> batch it belongs to
-        unsent: list[tuple] = []
+        unsent: list = []               # Outcomes not yet accepted by the master
         unsent_since = 0.0
         done = 0
         drain_until = None
@@ -138,7 +144,7 @@ class Worker:
                     unsent_since = now
                 for outcome in finished:
                     if leased.pop(outcome.seq, None) == self.batch:
-                        unsent.append(outcome_to_wire(outcome))
+                        unsent.append(outcome)
             if self.signals and drain_until is None:
                 drain_until = now + self.settings.drain_timeout
                 proxy = self._begin_drain(proxy, executor, leased)
@@ -161,8 +167,9 @@ class Worker:
                 self.wakeup.wait(timeout)
                 continue
             wait = LONG_POLL if not leased and not unsent else 0.0
+            sending = unsent[:first_batch(unsent)]
             try:
-                tasks, state = proxy.exchange(self.id, self.batch, unsent, want, wait)
+                tasks, state = self._exchange(proxy, sending, want, wait)
             except CONNECT_ERRORS as exc:
                 log.warning("lost the master (%s); reconnecting", type(exc).__name__)
                 batch = self.batch
@@ -175,8 +182,10 @@ class Worker:
                         leased.pop(task.seq, None)
                 continue
             last_call = time.monotonic()
-            done += len(unsent)
-            unsent = []
+            done += len(sending)
+            del unsent[:len(sending)]
+            if unsent:
+                unsent_since = 0.0          # the rest goes out in the next call, at once
             if state == STOP:
                 log.info("the batch is over after %d tasks here; exiting", done)
                 return EXIT_OK
@@ -184,6 +193,14 @@ class Worker:
                 for item in tasks:
                     leased[item[0]] = self.batch
                 executor.submit([task_from_wire(t) for t in tasks])
+
+    def _exchange(self, proxy, outcomes: list, want: int, wait: float) -> tuple:
+        """One numbered exchange call; (tasks, state)."""
+        self.calls += 1
+        reply = proxy.exchange(self.id, self.batch, [o[:4] for o in outcomes], want, wait,
+                               (self.session, self.calls, self.acked))
+        self.acked = self.calls
+        return reply
 
     def _begin_drain(self, proxy, executor: Executor, leased: dict):
         """Stop leasing and hand back at once what has not started, so others pick it up."""
@@ -205,20 +222,34 @@ class Worker:
         """Report what is finished, hand back what is not, and leave."""
         for outcome in executor.collect():
             if leased.pop(outcome.seq, None) == self.batch:
-                unsent.append(outcome_to_wire(outcome))
+                unsent.append(outcome)
         # Killing the task processes is our doing, not the tasks' crash: whatever they were
         # running is handed back below, and nothing close() reports is sent.
         executor.close()
         if leased:
             log.info("drain over: handing back %d unfinished tasks", len(leased))
         try:
-            proxy.exchange(self.id, self.batch, unsent, 0, 0.0)
+            while unsent:
+                sending = unsent[:first_batch(unsent)]
+                self._exchange(proxy, sending, 0, 0.0)
+                del unsent[:len(sending)]
             proxy.goodbye(self.id)
         except CONNECT_ERRORS as exc:
             log.warning("could not reach the master to hand back tasks (%s); "
                         "they are requeued when the lease expires", type(exc).__name__)
         log.info("exiting after the drain")
         return EXIT_OK
+
+
+def first_batch(outcomes: list) -> int:
+    """How many outcomes one exchange carries: all of them, unless together they are larger
+    than RESULT_BATCH_BYTES; then the longest head that fits (at least one outcome)."""
+    total = 0
+    for index, outcome in enumerate(outcomes):
+        total += outcome.size
+        if total > RESULT_BATCH_BYTES and index:
+            return index
+    return len(outcomes)
 
 
 class Pacer:
