@@ -96,7 +96,7 @@ class Batch:
         self.dispatcher = kind(source, source.total, lease_timeout=settings.lease_timeout,
                                max_attempts=settings.max_attempts, retries=settings.retries,
                                retry_backoff=settings.retry_backoff, done=done,
-                               restored=restored)
+                               restored=restored, sizes=getattr(source, "sizes", None))
         if journal is not None:
             self.dispatcher.journal = journal
             self.dispatcher.leased_log = []
@@ -221,10 +221,11 @@ class Batch:
         work = time.monotonic() - d.first_lease_at if d.first_lease_at is not None else 0.0
         rate = (d.finished - self.done_at_start) / work if work > 0 else 0.0
         log.info("summary: tasks=%d ok=%d failed=%d unfinished=%d duplicates_dropped=%d "
-                 "requeued=%d handed_back=%d retried=%d crashed=%d workers=%d workers_lost=%d "
-                 "seconds=%.2f work_seconds=%.2f tasks_per_s=%.0f",
-                 d.total, ok, failed, unfinished, c.duplicates, c.requeued, c.released,
-                 c.retried, c.crashed, len(d.workers), c.workers_lost, elapsed, work, rate)
+                 "requeued=%d unacked=%d handed_back=%d retried=%d crashed=%d workers=%d "
+                 "workers_lost=%d seconds=%.2f work_seconds=%.2f tasks_per_s=%.0f",
+                 d.total, ok, failed, unfinished, c.duplicates, c.requeued, c.unacked,
+                 c.released, c.retried, c.crashed, len(d.workers), c.workers_lost, elapsed,
+                 work, rate)
         if unfinished:
             return EXIT_UNFINISHED
         return EXIT_TASKS_FAILED if failed else EXIT_OK

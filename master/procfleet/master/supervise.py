@@ -102,6 +102,6 @@ def signal_name(signum: int) -> str:
 
 def supervise(max_restarts: int) -> int:
     """Run this same `procfleet master` command as a child, restarting it when it crashes."""
-    argv = [sys.executable, "-m", "procfleet.shared.cli", *sys.argv[1:],
+    argv = [sys.executable, "-m", "procfleet.shared", *sys.argv[1:],
             "--restart-on-crash", "0"]
     return Supervisor(argv, max_restarts).run()
