@@ -19,7 +19,7 @@ class Proc:
     def __init__(self, args, env=None, python=sys.executable, cwd=None, stdin=None):
         self.args = args
         self.popen = subprocess.Popen(
-            [python, "-m", "procfleet.shared.cli", *args], cwd=cwd,
+            [python, "-m", "procfleet.shared", *args], cwd=cwd,
             env={**os.environ, **(env or {})}, stdin=stdin or subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[tuple[float, str]] = []

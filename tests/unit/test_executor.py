@@ -3,6 +3,7 @@ exactly once, timeouts, crashes, hand-back, close, and processes that never outl
 
 import multiprocessing
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
+from procfleet.shared.records import (CRASH, ERROR, MAX_ERROR_CHARS, OK, TIMEOUT, Outcome, Task,
+                                      check_result)
 from procfleet.shared.tasks import TaskRegistry, registry
 from procfleet.worker import executor as executor_module
 from procfleet.worker.executor import (AHEAD, CHUNK_MAX, CHUNK_SECONDS, CLOSE_TIMEOUT, Executor,
@@ -36,6 +38,18 @@ def square(seq: int, x: int, timeout: float | None = None) -> Task:
 
 def named(seq: int, name: str, *args, timeout: float | None = None) -> Task:
     return Task(seq, f"id-{seq}", name, list(args), {}, timeout)
+
+
+def ok(seq: int, value) -> Outcome:
+    """The outcome of a task that returned `value`, its size as the worker counts it: a small
+    int as long as it can be, anything else its JSON length."""
+    if type(value) is int and abs(value) < executor_module._SMALL_INT:
+        return Outcome(seq, OK, value, None, executor_module._SMALL_INT_BYTES)
+    return Outcome(seq, OK, value, None, check_result(value)[1])
+
+
+def failed(seq: int, kind: str, error: str) -> Outcome:
+    return Outcome(seq, kind, None, error, len(error))
 
 
 def gather(executor: Executor, n: int, timeout: float = WAIT) -> dict[int, Outcome]:
@@ -93,7 +107,7 @@ def warm_up(executor: Executor) -> None:
 # -- one attempt ---------------------------------------------------------------------------
 
 def test_builtin_square():
-    assert run_task(registry, Task(1, "a", "square", [7], {})) == Outcome(1, OK, 49, None)
+    assert run_task(registry, Task(1, "a", "square", [7], {})) == ok(1, 49)
 
 
 def test_sleep_returns_value():
@@ -110,7 +124,7 @@ def test_failure_carries_type_message_and_traceback():
 
 def test_unknown_task_is_an_error():
     outcome = run_task(registry, Task(4, "u", "nope", [], {}))
-    assert outcome == Outcome(4, ERROR, None, "UnknownTask: unknown task 'nope'")
+    assert outcome == failed(4, ERROR, "UnknownTask: unknown task 'nope'")
 
 
 def test_bad_arguments_are_an_error():
@@ -126,7 +140,7 @@ def test_result_not_json_is_an_error():
     obj = run_task(reg, Task(6, "o", "obj", [], {}))
     assert obj.kind == ERROR and obj.error.startswith("ResultNotJSON: task 'obj'")
     assert run_task(reg, Task(7, "n", "nan", [], {})).kind == ERROR
-    assert run_task(reg, Task(8, "t", "tuple", [], {})) == Outcome(8, OK, [1, [2]], None)
+    assert run_task(reg, Task(8, "t", "tuple", [], {})) == ok(8, [1, [2]])
 
 
 def test_task_calling_sys_exit_is_an_error():
@@ -176,7 +190,7 @@ def test_every_task_gets_exactly_one_outcome(make_executor):
     assert executor.outstanding() > 0
     got = gather(executor, len(tasks))
     assert set(got) == {t.seq for t in tasks}
-    assert all(got[i] == Outcome(i, OK, i * i, None) for i in range(3000))
+    assert all(got[i] == ok(i, i * i) for i in range(3000))
     assert got[3000].kind == ERROR and got[3000].error.startswith("RuntimeError: boom")
     assert got[3001].error == "UnknownTask: unknown task 'nope'"
     assert executor.outstanding() == 0 and executor.collect() == []
@@ -214,7 +228,7 @@ def test_timeout_in_the_middle_of_a_chunk_reruns_the_rest_exactly_once(make_exec
                     + [square(i, i, timeout=5) for i in range(21, 60)])
     got = gather(executor, 60, timeout=5)
     assert got[20].kind == TIMEOUT and "timed out after 0.2 s" in got[20].error
-    assert all(got[i] == Outcome(i, OK, i * i, None) for i in range(60) if i != 20)
+    assert all(got[i] == ok(i, i * i) for i in range(60) if i != 20)
     assert executor.outstanding() == 0
 
 
@@ -223,8 +237,8 @@ def test_a_crash_fails_that_attempt_and_a_new_process_takes_over(make_executor):
     executor.submit([named(0, "test_pid"), named(1, "crash", 3), square(2, 2),
                      named(3, "test_pid")])
     got = gather(executor, 4)
-    assert got[1] == Outcome(1, CRASH, None,
-                             "WorkerCrash: the process running task 'crash' exited with code 3")
+    assert got[1] == failed(1, CRASH,
+                            "WorkerCrash: the process running task 'crash' exited with code 3")
     assert got[2].value == 4
     assert got[0].kind == got[3].kind == OK and got[0].value != got[3].value
 
@@ -236,7 +250,7 @@ def test_a_crash_in_the_middle_of_a_chunk_reruns_the_rest_exactly_once(make_exec
                     + [square(i, i) for i in range(31, 100)])
     got = gather(executor, 100)
     assert got[30].kind == CRASH and got[30].error.endswith("exited with code 3")
-    assert all(got[i] == Outcome(i, OK, i * i, None) for i in range(100) if i != 30)
+    assert all(got[i] == ok(i, i * i) for i in range(100) if i != 30)
     assert executor.outstanding() == 0
 
 
@@ -260,9 +274,9 @@ def test_take_unstarted_hands_back_queued_tasks_which_then_never_run(make_execut
     assert {t.seq for t in taken} == {1, 2, 3, 4, 5}
     assert executor.outstanding() == 1 and executor.take_unstarted() == []
     gate.touch()
-    assert gather(executor, 1) == {0: Outcome(0, OK, "opened", None)}
+    assert gather(executor, 1) == {0: ok(0, "opened")}
     executor.submit([square(6, 6)])                # had the squares stayed queued, they came first
-    assert gather(executor, 1) == {6: Outcome(6, OK, 36, None)}
+    assert gather(executor, 1) == {6: ok(6, 36)}
     assert executor.outstanding() == 0
 
 
@@ -288,7 +302,7 @@ def test_children_ignore_sigint_and_sigterm(make_executor):
     os.kill(pid, signal.SIGINT)                    # Ctrl-C and docker stop: the worker's to handle
     os.kill(pid, signal.SIGTERM)
     executor.submit([named(1, "test_pid")])
-    assert gather(executor, 1)[1] == Outcome(1, OK, pid, None)
+    assert gather(executor, 1)[1] == ok(1, pid)
 
 
 @linux_only
@@ -352,3 +366,205 @@ def test_wait_started_returns_once_every_slot_has_its_task_process(make_executor
     assert executor.wait_started(30)
     pids = [slot.child.proc.pid for slot in executor._slots]
     assert len(set(pids)) == 3 and all(os.path.exists(f"/proc/{pid}") for pid in pids)
+
+
+# -- results the wire cannot carry, errors too long for it, tasks that break their process ------
+# Module-level, so the registry pickles to the task processes (which import this module).
+
+def deep(depth: int) -> list:
+    """A list nested `depth` deep, built without recursion."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def digits(n: int) -> int:
+    return 10 ** (n - 1)
+
+
+def not_a_number() -> float:
+    return float("nan")
+
+
+def a_set() -> set:
+    return {1, 2}
+
+
+def long_text(n: int) -> str:
+    return "x" * n
+
+
+def surrogate() -> str:
+    return "\ud800"
+
+
+def surrogate_pair() -> str:
+    return "\ud800\udc00"
+
+
+def raise_long(n: int) -> None:
+    raise ValueError("x" * n)
+
+
+def interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def recurse(depth: int = 0) -> int:
+    return recurse(depth + 1)
+
+
+def out_of_memory() -> bytearray:
+    return bytearray(1 << 62)                       # refused at once: MemoryError, nothing taken
+
+
+def echo(*args):
+    return None
+
+
+class UnpicklableStr(str):
+    """JSON can write it (as a str), pickle cannot."""
+
+    def __reduce__(self):
+        raise TypeError("this str does not pickle")
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("this object does not pickle")
+
+
+def unpicklable_str() -> str:
+    return UnpicklableStr("text")
+
+
+def unpicklable_object() -> Unpicklable:
+    return Unpicklable()
+
+
+def _refuse_to_load():
+    raise RuntimeError("this argument cannot be loaded in a task process")
+
+
+class LoadsBadly:
+    """Pickles here; unpickling it raises, so the task process receiving it dies."""
+
+    def __reduce__(self):
+        return _refuse_to_load, ()
+
+
+AWKWARD = TaskRegistry()
+for _func in (deep, digits, not_a_number, a_set, long_text, surrogate, surrogate_pair, raise_long,
+              interrupt, recurse, out_of_memory, echo, unpicklable_str, unpicklable_object):
+    AWKWARD.register(_func)
+AWKWARD.register(registry.get("square"), name="square")
+AWKWARD.register(os.getpid, name="pid")
+
+
+def run_among_quick_tasks(executor: Executor, task: Task) -> tuple[Outcome, int]:
+    """Run `task` in one chunk between quick tasks on a warmed-up child; check that those are
+    unaffected and that the same process runs the next task. (task's outcome, its size)"""
+    warm_up(executor)
+    executor.submit([named(100, "pid")])
+    pid = gather(executor, 1)[100].value
+    executor.submit([square(0, 0), square(1, 1), task, square(3, 3), named(4, "pid")])
+    got = gather(executor, 5)
+    assert [got[i] for i in (0, 1, 3)] == [ok(0, 0), ok(1, 1), ok(3, 9)]
+    assert got[4] == ok(4, pid)                     # the same task process, still going
+    executor.submit([square(5, 5)])
+    assert gather(executor, 1) == {5: ok(5, 25)}
+    return got[task.seq]
+
+
+@pytest.mark.parametrize("task, prefix, says", [
+    (named(2, "digits", 5000), "ResultNotJSON: task 'digits' returned", "4300"),
+    (named(2, "deep", 150), "ResultNotJSON: task 'deep' returned", "nested more than 100"),
+    (named(2, "deep", 600), "ResultNotJSON: task 'deep' returned", "nested more than 100"),
+    (named(2, "deep", 1000), "ResultNotJSON: task 'deep' returned", "nested more than 100"),
+    (named(2, "deep", 5000), "ResultNotJSON: task 'deep' returned", "nested more than 100"),
+    (named(2, "not_a_number"), "ResultNotJSON: task 'not_a_number' returned", "nan"),
+    (named(2, "a_set"), "ResultNotJSON: task 'a_set' returned", "set"),
+    (named(2, "unpicklable_object"), "ResultNotJSON: task 'unpicklable_object'", "Unpicklable"),
+    (named(2, "long_text", 20_000_000), "ResultTooLarge: task 'long_text' returned",
+     "20,000,002 bytes"),
+    (named(2, "raise_long", 20_000_000), "ValueError: xxxxxxxx", "clipped: "),
+    (named(2, "interrupt"), "KeyboardInterrupt", "Traceback"),
+    (named(2, "recurse"), "RecursionError: maximum recursion depth", "in recurse"),
+    (named(2, "out_of_memory"), "MemoryError", "in out_of_memory"),
+], ids=lambda v: f"{v.name}{v.args}" if isinstance(v, Task) else "")
+def test_a_result_or_error_the_wire_cannot_carry_fails_that_task_alone(make_executor, task,
+                                                                      prefix, says):
+    outcome = run_among_quick_tasks(make_executor(imports=(), reg=AWKWARD), task)
+    assert outcome.kind == ERROR and outcome.value is None
+    assert outcome.error.startswith(prefix) and says in outcome.error
+    assert len(outcome.error) <= MAX_ERROR_CHARS and outcome.size == len(outcome.error)
+
+
+@pytest.mark.parametrize("task, value", [
+    (named(2, "surrogate"), "\ud800"),             # pickles, and the master writes it as \ud800
+    (named(2, "surrogate_pair"), "\U00010000"),    # as JSON reads "\ud800\udc00" back
+    (named(2, "unpicklable_str"), "text"),         # sent as the plain str JSON reads back
+    (named(2, "deep", 100), deep(100)),            # as deep as a result may be
+    (named(2, "digits", 4300), 10 ** 4299),
+], ids=lambda v: f"{v.name}{v.args}" if isinstance(v, Task) else "")
+def test_awkward_results_json_can_carry_come_back_equal(make_executor, task, value):
+    outcome = run_among_quick_tasks(make_executor(imports=(), reg=AWKWARD), task)
+    assert outcome == ok(2, value) and type(outcome.value) is type(value)
+
+
+def test_task_arguments_that_cannot_be_pickled_fail_those_tasks_alone(make_executor):
+    executor = make_executor(imports=(), reg=AWKWARD)
+    warm_up(executor)
+    executor.submit([square(0, 0), named(1, "echo", deep(5000)), square(2, 2),
+                     named(3, "echo", lambda: None), square(4, 4)])
+    got = gather(executor, 5)
+    assert [got[i] for i in (0, 2, 4)] == [ok(0, 0), ok(2, 4), ok(4, 16)]
+    for seq in (1, 3):
+        assert got[seq].kind == ERROR and got[seq].size == len(got[seq].error)
+        assert got[seq].error.startswith("TaskNotSent: task 'echo' cannot be sent to a task "
+                                         "process: its arguments do not pickle: ")
+    assert "nested too deeply" in got[1].error
+    executor.submit([square(5, 5)])
+    assert gather(executor, 1) == {5: ok(5, 25)}
+    assert executor.outstanding() == 0
+
+
+def test_a_task_that_kills_its_process_between_tasks_fails_after_max_strikes(make_executor):
+    executor = make_executor(imports=(), reg=AWKWARD)
+    warm_up(executor)                              # so the poison arrives in a chunk of 20
+    executor.submit([square(i, i) for i in range(10)] + [named(10, "echo", LoadsBadly())]
+                    + [square(i, i) for i in range(11, 20)])
+    got = gather(executor, 20, timeout=2 * WAIT)
+    assert all(got[i] == ok(i, i * i) for i in range(20) if i != 10)
+    strikes = executor_module.MAX_STRIKES
+    assert got[10] == failed(10, ERROR, f"TaskNotRun: {strikes} task processes failed outside "
+                                        "any task while holding task 'echo' (last: its task "
+                                        "process exited with code 1 between tasks); it is not "
+                                        "tried again here")
+    executor.submit([square(20, 20)])
+    assert gather(executor, 1) == {20: ok(20, 400)}
+    assert executor.outstanding() == 0 and not executor._strikes
+
+
+def test_a_result_that_cannot_be_pickled_is_sent_as_an_error_for_its_task_alone():
+    here, there = multiprocessing.Pipe()
+    results = [(0, OK, 0, None, 1), (1, OK, deep(5000), None, 1), (2, OK, lambda: 2, None, 1),
+               (3, OK, UnpicklableStr("3"), None, 3), (4, OK, "four", None, 6)]
+    executor_module._send_results(there, 0.5, results)
+    messages = []
+    while here.poll(0):
+        messages.append(pickle.loads(here.recv_bytes()))
+    got = [result for _, batch in messages for result in batch]
+    assert sorted(r[0] for r in got) == [0, 1, 2, 3, 4]        # one each, in some message
+    by_seq = {r[0]: r for r in got}
+    assert by_seq[0] == results[0] and by_seq[4] == results[4]
+    for seq in (1, 2, 3):
+        seq_, kind, value, error, size = by_seq[seq]
+        assert kind == ERROR and value is None and size == len(error)
+        assert error.startswith("ResultNotJSON: cannot be sent: ")
+    assert "nested too deeply" in by_seq[1][3]
+    assert sum(busy for busy, _ in messages) == pytest.approx(0.5)
+    here.close()
+    with pytest.raises(SystemExit):                # only a closed pipe ends a task process
+        executor_module._send_results(there, 0.1, results[:1])

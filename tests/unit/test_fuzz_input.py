@@ -119,8 +119,9 @@ def task_file_bytes(draw):
 
 
 def file_lines(text: str) -> list[str]:
-    """The lines as a text-mode file reads them (universal newlines)."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    """The lines as a text-mode file reads them (universal newlines), a leading UTF-8 BOM
+    skipped as the task file reader skips it."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def check_outcome(read, name: str, data: bytes) -> None:
@@ -523,7 +524,7 @@ def test_key_that_is_not_utf8_in_the_environment_is_used_as_its_bytes():
 def test_key_with_non_utf8_bytes_in_the_real_environment_is_exit_2():
     env = {k: v for k, v in os.environb.items() if not k.startswith(b"PROCFLEET_")}
     env[b"PROCFLEET_AUTHKEY"] = bytes(range(0xF0, 0x100))
-    proc = subprocess.run([sys.executable, "-m", "procfleet.shared.cli", "master", "--demo", "1",
+    proc = subprocess.run([sys.executable, "-m", "procfleet.shared", "master", "--demo", "1",
                            "--bind", "127.0.0.1:0", "--timeout", "0.01"],
                           env=env, capture_output=True, timeout=30)
     assert proc.returncode in (2, 3) and b"Traceback" not in proc.stderr, proc.stderr[-300:]

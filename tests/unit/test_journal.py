@@ -1,10 +1,13 @@
 """The SQLite journal: a batch is recognised, resumed with its counts, and refused if different."""
 
+import os
+import sqlite3
+
 import pytest
 
 from procfleet.master.dispatcher import Dispatcher
-from procfleet.master.journal import Journal, restore
-from procfleet.shared.errors import ConfigError
+from procfleet.master.journal import Journal, JournalledDispatcher, restore
+from procfleet.shared.errors import ConfigError, ProcfleetError
 from procfleet.shared.records import OK, Outcome
 from test_dispatcher import FakeClock, tasks
 
@@ -76,3 +79,80 @@ def test_a_file_that_is_not_sqlite_is_a_config_error(tmp_path):
 def test_journal_uses_wal(tmp_path):
     journal = Journal(str(tmp_path / "j.db"))
     assert journal.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_second_master_on_the_same_journal_is_refused_until_the_first_closes(tmp_path):
+    path = str(tmp_path / "j.db")
+    first = Journal(path)
+    with pytest.raises(ConfigError, match=r"--journal .*j.db: another master holds it"):
+        Journal(path)
+    hard_link = tmp_path / "link.db"
+    os.link(path, hard_link)
+    with pytest.raises(ConfigError, match="another master holds it"):
+        Journal(str(hard_link))
+    first.close()
+    Journal(path).close()
+
+
+def test_a_full_journal_is_an_exit_3_error_and_the_transaction_is_rolled_back(tmp_path):
+    journal = Journal(str(tmp_path / "j.db"))
+    journal.open_batch("s", "f", 1000)
+    journal.record([(0, 1, 0, 0)], [(1, '{"id":1}')])
+    (pages,) = journal.db.execute("PRAGMA page_count").fetchone()
+    journal.db.execute(f"PRAGMA max_page_count = {pages}")        # the disk is full
+    big = [(seq, '{"id":%d,"result":"%s"}' % (seq, "x" * 500)) for seq in range(2, 500)]
+    with pytest.raises(ProcfleetError) as err:
+        journal.record([(0, 2, 0, 0)], big)
+    assert err.value.exit_code == 3
+    assert "database or disk is full" in str(err.value) and "\n" not in str(err.value)
+    assert "run the same command again" in str(err.value)
+    assert not journal.db.in_transaction
+    assert list(journal.results()) == ['{"id":1}'] and journal.in_flight() == {0: [1, 0, 0]}
+    journal.db.execute("PRAGMA max_page_count = 1000000")         # room again
+    journal.record([(0, 2, 0, 0)], big)
+    assert len(list(journal.results())) == 1 + len(big)
+
+
+def journalled(journal: Journal, n: int) -> JournalledDispatcher:
+    d = JournalledDispatcher(tasks(n), n, lease_timeout=5, max_attempts=3, clock=FakeClock())
+    d.journal, d.leased_log = journal, []
+    return d
+
+
+def test_a_lease_is_journalled_before_the_worker_gets_it(tmp_path):
+    journal = Journal(str(tmp_path / "j.db"))
+    journal.open_batch("s", "f", 10)
+    d = journalled(journal, 10)
+    leased = d.lease("a", 3)
+    assert journal.in_flight() == {t.seq: [1, 0, 0] for t in leased}   # no tick needed
+    # A master killed now and started again counts the next lease as the second.
+    again = Dispatcher(tasks(10), 10, lease_timeout=5, max_attempts=3, clock=FakeClock(),
+                       done=journal.done(), restored=restore(tasks(10), journal.in_flight()))
+    relet = again.lease("b", 1)[0]
+    again.complete("b", [Outcome(relet.seq, OK, 0, None)])
+    [(_seq, line)] = again.take_results()
+    assert '"attempts":2' in line
+
+
+def test_a_lease_whose_journal_write_fails_is_not_raised_into_the_lease(tmp_path):
+    journal = Journal(str(tmp_path / "j.db"))
+    journal.open_batch("s", "f", 10)
+    d = journalled(journal, 10)
+    (pages,) = journal.db.execute("PRAGMA page_count").fetchone()
+    journal.db.execute(f"PRAGMA max_page_count = {pages}")        # the disk is full
+    big = [(seq, 1, 0, 0) for seq in range(100, 50_000)]
+    d.take_leased = lambda: big                     # more than the full disk takes
+    assert len(d.lease("a", 2)) == 2                 # the worker's call still gets an answer
+    assert d.lease_failed is not None and d.lease_failed.exit_code == 3
+    assert "database or disk is full" in str(d.lease_failed)
+
+
+def test_a_journal_sqlite_can_only_read_is_refused_at_the_start(tmp_path, monkeypatch):
+    path = str(tmp_path / "j.db")
+    Journal(path).close()
+    connect = sqlite3.connect
+    # As SQLite opens a file it may not write (root ignores file modes, so say it outright).
+    monkeypatch.setattr(sqlite3, "connect", lambda p, **kw: connect(f"file:{p}?mode=ro",
+                                                                     uri=True, **kw))
+    with pytest.raises(ConfigError, match=r"--journal .*j.db: .*readonly database"):
+        Journal(path)

@@ -5,21 +5,22 @@ import sys
 import click
 
 from procfleet.shared.cli import Seconds, fail
-from procfleet.shared.errors import ProcfleetError
+from procfleet.shared.errors import EXIT_UNFINISHED, ProcfleetError
 from procfleet.shared.logs import configure_logging
 from procfleet.shared.settings import load_authkey, parse_address
 
 from .runner import run_master
 from .settings import (DEFAULT_BIND, DEFAULT_LEASE_TIMEOUT, DEFAULT_MAX_ATTEMPTS,
                        DEFAULT_RETRY_BACKOFF, MasterSettings)
-from .supervise import supervise
+from .supervise import ENV_SUPERVISOR_PID, die_with_supervisor, supervise
 
 
 @click.command()
 @click.option("--tasks", "tasks_path", metavar="PATH", envvar="PROCFLEET_TASKS",
               help="JSON Lines task file, '-' for stdin (env PROCFLEET_TASKS).")
 @click.option("--demo", type=click.IntRange(min=0), metavar="N", envvar="PROCFLEET_DEMO",
-              help="Run N demo tasks square(i), i = 0..N-1, instead of --tasks (env PROCFLEET_DEMO).")
+              help="Run N demo tasks square(i), i = 0..N-1, instead of --tasks "
+                   "(env PROCFLEET_DEMO).")
 @click.option("--demo-sleep", type=Seconds(min=0), default=0.0, metavar="SECONDS",
               envvar="PROCFLEET_DEMO_SLEEP",
               help="Make each demo task sleep(SECONDS, i*i) instead, to watch a slower batch "
@@ -63,10 +64,11 @@ from .supervise import supervise
               show_default=True, metavar="N", envvar="PROCFLEET_WAIT_WORKERS",
               help="Lease nothing until N workers have joined, so they all start together "
                    "(like Locust's --expect-workers).")
+@click.option("--supervisor-pid", type=int, hidden=True, envvar=ENV_SUPERVISOR_PID)
 @click.option("-v", "--verbose", count=True, help="Log more (debug).")
 def master(tasks_path, demo, demo_sleep, results_path, bind, local_workers, timeout,
            lease_timeout, max_attempts, task_timeout, retries, retry_backoff, journal_path,
-           restart_on_crash, wait_workers, verbose):
+           restart_on_crash, wait_workers, supervisor_pid, verbose):
     """Serve a batch of tasks to workers and write one result line per task.
 
     \b
@@ -84,6 +86,10 @@ def master(tasks_path, demo, demo_sleep, results_path, bind, local_workers, time
     configure_logging(verbose, "master")
     if restart_on_crash:
         sys.exit(supervise(restart_on_crash))
+    if supervisor_pid and not die_with_supervisor(supervisor_pid):
+        click.echo("procfleet: error: the --restart-on-crash supervisor is gone; the batch "
+                   "was not started", err=True)
+        sys.exit(EXIT_UNFINISHED)
     try:
         settings = MasterSettings(
             bind=parse_address(bind, "--bind"), authkey=load_authkey(), tasks_path=tasks_path,

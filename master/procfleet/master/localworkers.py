@@ -30,7 +30,7 @@ class LocalWorkers:
         self.reported: set[int] = set()
         env = dict(os.environ, PROCFLEET_MASTER=master_address)
         for i in range(1, count + 1):
-            cmd = [sys.executable, "-m", "procfleet.shared.cli", "worker",
+            cmd = [sys.executable, "-m", "procfleet.shared", "worker",
                    "--id", f"local-{os.getpid()}-{i}"]
             self.procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                                stdout=subprocess.DEVNULL))

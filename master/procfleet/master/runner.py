@@ -5,13 +5,15 @@ import signal
 import sys
 import time
 import uuid
+from contextlib import ExitStack
 
-from procfleet.shared.errors import ConfigError, EXIT_OK, EXIT_TASKS_FAILED, EXIT_UNFINISHED
+from procfleet.shared.errors import (EXIT_OK, EXIT_TASKS_FAILED, EXIT_UNFINISHED, ProcfleetError,
+                                     TaskFileError)
 from procfleet.shared.settings import format_address
 from procfleet.shared.tuning import tune_gc
 
 from .dispatcher import Dispatcher
-from .journal import Journal, restore
+from .journal import Journal, JournalledDispatcher, restore
 from .localworkers import LocalWorkers, check_worker_installed
 from .output import ResultWriter
 from .server import start_server
@@ -46,38 +48,37 @@ class Interrupt:
 
 
 def run_master(settings: MasterSettings) -> int:
-    """Run one batch; return the exit code. ConfigError propagates before anything is served."""
+    """Run one batch; return the exit code. ConfigError propagates before anything is served;
+    a task file changed during the batch (exit 2) or a failed write (exit 3) propagates as a
+    ProcfleetError once the workers were told to stop."""
+    settings.validate()
     if settings.local_workers:
         check_worker_installed()
-    source = (DemoSource(settings.demo, settings.demo_sleep, settings.task_timeout)
-              if settings.demo is not None
-              else open_source(settings.tasks_path, settings.task_timeout))
-    ResultWriter.check(settings.results_path)
-    journal = None
-    if settings.journal_path:
-        if not source.rereadable:
-            raise ConfigError("--journal needs a task file or --demo: tasks read from stdin "
-                              "cannot be read again when the batch resumes")
-        if settings.results_path == "-":
-            raise ConfigError("--journal needs --results PATH (a file): a resumed batch "
-                              "rebuilds its results file from the journal")
-        journal = Journal(settings.journal_path)
-    interrupt = Interrupt()
-    interrupt.install()
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    tune_gc()
-    try:
-        return Batch(settings, source, interrupt, journal).run()
-    finally:
-        if journal is not None:
-            journal.close()
+    with ExitStack() as cleanup:
+        source = (DemoSource(settings.demo, settings.demo_sleep, settings.task_timeout)
+                  if settings.demo is not None
+                  else open_source(settings.tasks_path, settings.task_timeout))
+        cleanup.callback(source.close)
+        # Opened and locked now, emptied only once the batch is served.
+        writer = ResultWriter(settings.results_path, resumable=bool(settings.journal_path))
+        cleanup.callback(writer.close)
+        journal = None
+        if settings.journal_path:
+            journal = Journal(settings.journal_path)
+            cleanup.callback(journal.close)
+        interrupt = Interrupt()
+        interrupt.install()
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        tune_gc()
+        return Batch(settings, source, interrupt, journal, writer).run()
 
 
 class Batch:
     def __init__(self, settings: MasterSettings, source, interrupt: Interrupt,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None, writer: ResultWriter | None = None) -> None:
         self.settings = settings
-        self.writer: ResultWriter | None = None
+        self.source = source
+        self.writer = writer
         self.interrupt = interrupt
         self.journal = journal
         self.resumed = False
@@ -89,11 +90,15 @@ class Batch:
                 done, restored = list(journal.done()), restore(source, journal.in_flight())
         else:
             batch = uuid.uuid4().hex[:12]
-        self.dispatcher = Dispatcher(source, source.total, lease_timeout=settings.lease_timeout,
-                                     max_attempts=settings.max_attempts, retries=settings.retries,
-                                     retry_backoff=settings.retry_backoff, done=done,
-                                     restored=restored)
+        # With a journal, each lease is journalled before its worker gets it: a master killed
+        # in between would otherwise count that task's next lease as its first.
+        kind = Dispatcher if journal is None else JournalledDispatcher
+        self.dispatcher = kind(source, source.total, lease_timeout=settings.lease_timeout,
+                               max_attempts=settings.max_attempts, retries=settings.retries,
+                               retry_backoff=settings.retry_backoff, done=done,
+                               restored=restored, sizes=getattr(source, "sizes", None))
         if journal is not None:
+            self.dispatcher.journal = journal
             self.dispatcher.leased_log = []
             if self.resumed:
                 log.info("resuming batch %s from journal %s: %d of %d tasks already done, "
@@ -105,16 +110,15 @@ class Batch:
 
     def run(self) -> int:
         s = self.settings
+        if self.writer is None:
+            self.writer = ResultWriter(s.results_path, resumable=self.journal is not None)
         server = start_server(self.service, s.bind, s.authkey)
         try:
-            # Truncated only now: a port in use leaves an earlier results file as it was.
-            self.writer = ResultWriter(s.results_path)
-            try:
-                if self.resumed:
-                    self.writer.write_lines(self.journal.results())
-                return self._serve(server)
-            finally:
-                self.writer.close()
+            # Emptied only now: a port in use leaves an earlier results file as it was.
+            self.writer.start()
+            if self.resumed:
+                self.writer.write_lines(self.journal.results())
+            return self._serve(server)
         finally:
             server.close()
 
@@ -126,19 +130,30 @@ class Batch:
                  d.total, format_address((host, port)), s.lease_timeout, s.max_attempts)
         local = None
         if s.local_workers:
-            connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+            connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
             local = LocalWorkers(s.local_workers, format_address((connect_host, port)))
             log.info("started %d local workers", s.local_workers)
         started = time.monotonic()
         self.done_at_start = d.finished
         deadline = started + s.timeout if s.timeout else None
         next_progress = started + PROGRESS_INTERVAL
-        outcome = None
+        outcome = failure = None
         try:
             while outcome is None:
-                self._tick()
+                try:
+                    self._tick()
+                except ProcfleetError as exc:       # the results or the journal
+                    outcome, failure = "write failed", exc
+                    break
                 now = time.monotonic()
-                if d.done:
+                changed = self.source.check_unchanged()
+                if changed is not None:
+                    outcome = "changed"
+                    failure = TaskFileError(
+                        f"--tasks {self.source.name} changed while the batch ran: {changed}; "
+                        "nothing more is dispatched; run the batch again with the file as it "
+                        "was checked" + (" (or with a new --journal)" if self.journal else ""))
+                elif d.done:
                     outcome = "done"
                 elif self.interrupt.signum:
                     outcome = "interrupted"
@@ -151,18 +166,28 @@ class Batch:
                         next_progress = now + PROGRESS_INTERVAL
                         self._progress(now - started)
                     self.service.wait_for_change(TICK)
-            self._tick()
+            if outcome != "write failed":
+                try:
+                    self._tick()
+                except ProcfleetError as exc:
+                    failure = exc
             elapsed = time.monotonic() - started
             code = self._report(outcome, elapsed)
             self._stop_workers()
         finally:
             if local is not None:
                 local.stop()        # still serving: a late local worker hears STOP too
+        if failure is not None:
+            raise failure
         return code
 
     def _tick(self) -> None:
+        """Journal and write what finished; ProcfleetError (exit 3) if either write failed."""
         leased, results, events = self.service.tick()
         if self.journal is not None:
+            failed = self.dispatcher.lease_failed    # a lease's own journal write
+            if failed is not None:
+                raise failed
             self.journal.record(leased, results)   # committed before the file sees them
         self.writer.write_lines([line for _seq, line in results])
         for event in events:
@@ -191,14 +216,16 @@ class Batch:
         elif outcome == "workers gone":
             log.error("every local worker exited and no other worker is connected; "
                       "%d of %d tasks unfinished", unfinished, d.total)
-        # Throughput counts from the first lease (workers start at their own pace) to now.
-        work = time.monotonic() - d.first_lease_at if d.first_lease_at is not None else elapsed
+        # Throughput counts from the first lease (workers start at their own pace) to now;
+        # nothing leased is no work.
+        work = time.monotonic() - d.first_lease_at if d.first_lease_at is not None else 0.0
         rate = (d.finished - self.done_at_start) / work if work > 0 else 0.0
         log.info("summary: tasks=%d ok=%d failed=%d unfinished=%d duplicates_dropped=%d "
-                 "requeued=%d handed_back=%d retried=%d crashed=%d workers=%d workers_lost=%d "
-                 "seconds=%.2f work_seconds=%.2f tasks_per_s=%.0f",
-                 d.total, ok, failed, unfinished, c.duplicates, c.requeued, c.released,
-                 c.retried, c.crashed, len(d.workers), c.workers_lost, elapsed, work, rate)
+                 "requeued=%d unacked=%d handed_back=%d retried=%d crashed=%d workers=%d "
+                 "workers_lost=%d seconds=%.2f work_seconds=%.2f tasks_per_s=%.0f",
+                 d.total, ok, failed, unfinished, c.duplicates, c.requeued, c.unacked,
+                 c.released, c.retried, c.crashed, len(d.workers), c.workers_lost, elapsed,
+                 work, rate)
         if unfinished:
             return EXIT_UNFINISHED
         return EXIT_TASKS_FAILED if failed else EXIT_OK

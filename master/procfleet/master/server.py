@@ -249,12 +249,55 @@ class MasterServer(Server):
                             "(%d in all)", suppressed, counter.many, total)
 
 
+#: the IPv6 wildcard address: listened on dual-stack, so IPv4 clients reach it too
+IPV6_ANY = "::"
+#: errors that say this host has no IPv6 at all (the kernel's or Python's build)
+NO_IPV6 = (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EADDRNOTAVAIL)
+
+
 def listen(address: tuple[str, int], backlog: int) -> socket.socket:
-    """A listening TCP socket, as multiprocessing's Listener makes it (SO_REUSEADDR on)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A listening TCP socket in the family of `address` (SO_REUSEADDR on, as in Listener).
+
+    `::` listens dual-stack where the host allows it, and on 0.0.0.0 (IPv4) where the host has
+    no IPv6. A name is resolved (AI_PASSIVE) and its first address that binds is used, IPv4
+    first: a name with both (`localhost` on many hosts) keeps listening on IPv4 as it always
+    did; workers try each address of the name anyway.
+    """
+    host, port = address
+    if host == IPV6_ANY:
+        try:
+            return _listen_on(socket.AF_INET6, (host, port), backlog, dualstack=True)
+        except OSError as exc:
+            if exc.errno not in NO_IPV6:
+                raise
+            log.warning("cannot listen on [::]:%d, this host has no IPv6 (%s): listening on "
+                        "0.0.0.0:%d, IPv4 only", port, exc.strerror, port)
+            return _listen_on(socket.AF_INET, ("0.0.0.0", port), backlog)
+    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                               socket.AI_PASSIVE)
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)      # stable: IPv4 first
+    error: OSError | None = None
+    for family, _type, _proto, _name, sockaddr in infos:
+        try:
+            return _listen_on(family, sockaddr, backlog)
+        except OSError as exc:
+            error = exc
+    raise error or OSError(f"no address to listen on for {host!r}")
+
+
+def _listen_on(family: int, sockaddr: tuple, backlog: int, dualstack: bool = False):
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        raise OSError(errno.EAFNOSUPPORT, "Python was built without IPv6")
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        if dualstack:
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except (OSError, AttributeError) as exc:
+                log.warning("cannot listen on IPv4 and IPv6 at once here (%s): IPv6 only; "
+                            "bind 0.0.0.0 for IPv4 clients", exc)
+        sock.bind(sockaddr)
         sock.listen(backlog)
     except BaseException:
         sock.close()

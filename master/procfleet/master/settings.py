@@ -1,6 +1,9 @@
 """The master's settings: one frozen object, built once from the CLI options and environment."""
 
+import os
 from dataclasses import dataclass, field
+
+from procfleet.shared.errors import ConfigError
 
 DEFAULT_BIND = "0.0.0.0:50000"
 DEFAULT_LEASE_TIMEOUT = 5.0
@@ -30,3 +33,33 @@ class MasterSettings:
     def heartbeat_interval(self) -> float:
         """Workers call in at least this often: three chances before their lease expires."""
         return self.lease_timeout / 3
+
+    def validate(self) -> None:
+        """ConfigError for what involves two options (before any file is opened)."""
+        if self.journal_path:
+            if self.tasks_path == "-":
+                raise ConfigError("--journal needs a task file or --demo: tasks read from stdin "
+                                  "cannot be read again when the batch resumes")
+            if self.results_path == "-":
+                raise ConfigError("--journal needs --results PATH (a file): a resumed batch "
+                                  "rebuilds its results file from the journal")
+        files = [(option, path) for option, path in (
+            ("--tasks", self.tasks_path), ("--results", self.results_path),
+            ("--journal", self.journal_path)) if path and path != "-"]
+        for i, (first, a) in enumerate(files):
+            for second, b in files[i + 1:]:
+                if same_file(a, b):
+                    named = a if a == b else f"{a} and {b}"
+                    raise ConfigError(f"{first} and {second} name the same file ({named}): "
+                                      f"{second} would overwrite it; give {second} another path")
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether paths `a` and `b` are one file: the same path once symlinks are resolved, or
+    the same inode (a hard link)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:         # one of them does not exist (yet): not the same file
+        return False

@@ -5,8 +5,12 @@ is never restarted; one that dies of a signal it was not sent (SIGKILL, the OOM 
 segfault) is started again with the same command line, and resumes from its journal. This is
 the master image's answer to crashes: a container restart policy cannot tell exit 1 from a
 crash, and would start a finished batch again and again.
+
+The batch process dies with its supervisor: on Linux the kernel sends it SIGTERM (it stops
+cleanly, exit 3) when the supervisor is gone, even by SIGKILL.
 """
 
+import ctypes
 import logging
 import os
 import random
@@ -24,6 +28,10 @@ RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 10.0
 #: how often the supervisor looks at its child and at the signal flag
 POLL = 0.2
+#: the batch process's environment holds its supervisor's pid here (see die_with_supervisor)
+ENV_SUPERVISOR_PID = "PROCFLEET_SUPERVISOR_PID"
+#: prctl(2): the signal this process gets when its parent dies
+PR_SET_PDEATHSIG = 1
 
 
 class Supervisor:
@@ -61,7 +69,8 @@ class Supervisor:
                 return EXIT_UNFINISHED
 
     def _run_once(self) -> tuple[int, bool]:
-        child = subprocess.Popen(self.argv, env={**os.environ, "PROCFLEET_RESTART_ON_CRASH": "0"})
+        child = subprocess.Popen(self.argv, env={**os.environ, "PROCFLEET_RESTART_ON_CRASH": "0",
+                                                 ENV_SUPERVISOR_PID: str(os.getpid())})
         forwarded = False
         while True:
             try:
@@ -73,6 +82,17 @@ class Supervisor:
                 forwarded = True
 
 
+def die_with_supervisor(supervisor_pid: int) -> bool:
+    """In the batch process: have the kernel send it SIGTERM when its parent dies. False if
+    the supervisor is already gone (it died before this call: no signal would ever come)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("cannot ask to die with the supervisor: %s",
+                        os.strerror(ctypes.get_errno()))
+    return os.getppid() == supervisor_pid
+
+
 def signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -82,6 +102,6 @@ def signal_name(signum: int) -> str:
 
 def supervise(max_restarts: int) -> int:
     """Run this same `procfleet master` command as a child, restarting it when it crashes."""
-    argv = [sys.executable, "-m", "procfleet.shared.cli", *sys.argv[1:],
+    argv = [sys.executable, "-m", "procfleet.shared", *sys.argv[1:],
             "--restart-on-crash", "0"]
     return Supervisor(argv, max_restarts).run()

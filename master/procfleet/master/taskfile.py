@@ -2,18 +2,25 @@
 
 A task file is read twice and never held in memory: one pass checks every line (reporting each
 problem with its file name and line number) before anything is dispatched, the second streams
-tasks to the dispatcher as workers lease them.
+tasks to the dispatcher as workers lease them. Both read the same open file, so a file replaced
+under its name is not what the batch runs; a file changed during the batch is noticed (its
+name's stat, its streamed lines, its digest) and recorded in `changed`, never raised: the
+stream runs inside a worker's lease.
 """
 
+import array
 import codecs
 import hashlib
+import io
 import json
 import math
+import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 
 from procfleet.shared.errors import TaskFileError
-from procfleet.shared.records import Task
+from procfleet.shared.records import MAX_DEPTH, MAX_TASK_BYTES, SMALL_TASK_BYTES, Task, nesting
 
 FIELDS = ("id", "task", "args", "kwargs", "timeout")
 _FIELD_SET = frozenset(FIELDS)
@@ -21,10 +28,17 @@ _FIELD_SET = frozenset(FIELDS)
 MAX_ERRORS = 20
 #: bits in the duplicate-id bitmap (16 MiB); more ids than ~1/30 of this means more re-checks
 ID_BITMAP_BITS = 1 << 27
+#: what a Windows editor writes at the start of a UTF-8 file
+BOM = "\ufeff"
+#: the task file is read in pieces of this many bytes
+READ_SIZE = 1 << 20
 
 
 class DemoSource:
     """`count` tasks square(i); with `sleep`, sleep(sleep, i*i) so the batch takes a while."""
+
+    sizes = None        # every demo task is small
+    changed = None
 
     def __init__(self, count: int, sleep: float = 0.0, timeout: float | None = None) -> None:
         self.total = count
@@ -42,59 +56,163 @@ class DemoSource:
                     for i in range(self.total))
         return (new(Task, (i, str(i), "square", [i], none, t)) for i in range(self.total))
 
+    def check_unchanged(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class _Pread(io.RawIOBase):
+    """A file descriptor read from offset 0 with pread: each pass has its own position."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = os.pread(self.fd, len(buffer), self.pos)
+        buffer[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What says a file is still the one that was checked."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
 
 class FileSource:
-    """A checked JSON Lines task file, streamed again each time it is iterated."""
+    """A checked JSON Lines task file, streamed again each time it is iterated.
+
+    `sizes`: None when every task line is at most SMALL_TASK_BYTES long, else each task's line
+    length in bytes, indexed by seq. `changed`: why the file is no longer the checked one, set
+    by the stream or by check_unchanged(); the runner stops the batch when it is set.
+    """
 
     def __init__(self, path: str, timeout: float | None = None) -> None:
         self.path = path
         self.name = path
         self.timeout = timeout
         self.rereadable = True
-        digest = hashlib.sha256()
-        first_pass = True
+        self.changed: str | None = None
+        self._fd = os.open(path, os.O_RDONLY)
+        try:
+            st = os.fstat(self._fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise TaskFileError(f"--tasks {path}: not a regular file (a task file is read "
+                                    "twice); for a pipe use --tasks - and give it on stdin")
+            self._identity = _identity(st)
+            digest = hashlib.sha256()
+            passes = iter((digest, None))
 
-        def lines():
-            nonlocal first_pass
-            with _open(path) as fh:
-                if not first_pass:
-                    yield from fh
-                    return
-                first_pass = False
-                for line in fh:
-                    digest.update(line.encode("utf-8"))
-                    yield line
+            def lines():
+                return _read_lines(self._reader(), next(passes, None))
 
-        self.total = check_lines(lines, path)
-        self.fingerprint = f"file:{digest.hexdigest()}"
+            self.total, self.sizes = check_lines(lines, path)
+            if (_identity(os.fstat(self._fd)) != self._identity
+                    or self.check_unchanged() is not None):
+                raise TaskFileError(f"{path}: changed while it was being checked; run the "
+                                    "command again once nothing writes to it")
+        except BaseException:
+            self.close()
+            raise
+        self._digest = digest.hexdigest()
+        self.fingerprint = f"file:{self._digest}"
+
+    def _reader(self) -> io.TextIOWrapper:
+        return io.TextIOWrapper(io.BufferedReader(_Pread(self._fd), READ_SIZE),
+                                encoding="utf-8")
 
     def __iter__(self) -> Iterator[Task]:
-        with _open(self.path) as fh:
-            for seq, (_lineno, task) in enumerate(_tasks(fh, self.path, self.timeout)):
-                if isinstance(task, str):
-                    raise TaskFileError(f"{task} (the file changed while the batch ran)")
-                yield task._replace(seq=seq)
+        try:
+            yield from self._stream()
+        except Exception as exc:       # noqa: BLE001 - a lease must never raise
+            self._note(f"it cannot be read again: {exc}")
+
+    def _stream(self) -> Iterator[Task]:
+        """The checked tasks again. The last one is held back until the rest of the file and
+        its digest are checked too, since the dispatcher never asks past the last task."""
+        total, digest, seq = self.total, hashlib.sha256(), 0
+        entries = _tasks(_read_lines(self._reader(), digest), self.path, self.timeout)
+        for lineno, task, _size in entries:
+            if isinstance(task, str) or seq >= total:
+                self._note(task if isinstance(task, str) else
+                           f"{self.path}:{lineno}: a task past the {total} that were checked")
+                return
+            if seq == total - 1:
+                for lineno, _task, _size in entries:
+                    self._note(f"{self.path}:{lineno}: a task past the {total} that were "
+                               "checked")
+                    return
+                if digest.hexdigest() != self._digest:
+                    self._note(f"{self.path}: its content differs from the checked file")
+                    return
+            yield task._replace(seq=seq)
+            seq += 1
+        if seq < total:
+            self._note(f"{self.path}: it ended after {seq} of the {total} tasks that were checked")
+
+    def _note(self, what: str) -> None:
+        if self.changed is None:
+            self.changed = what
+
+    def check_unchanged(self) -> str | None:
+        """Why the task file is no longer the one that was checked, or None if it still is."""
+        if self.changed is None:
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                self._note(f"{self.path} was deleted")
+            except OSError as exc:
+                self._note(f"{self.path} cannot be looked at: {exc.strerror or exc}")
+            else:
+                if _identity(st) != self._identity:
+                    self._note(f"{self.path} was modified or replaced (its size, time or inode "
+                               "changed)")
+        return self.changed
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class ListSource:
     """Tasks already in memory: stdin, which cannot be read twice, and tests."""
 
-    def __init__(self, tasks: list[Task], name: str = "<stdin>") -> None:
+    changed = None
+
+    def __init__(self, tasks: list[Task], name: str = "<stdin>",
+                 sizes: array.array | None = None) -> None:
         self.tasks = tasks
         self.total = len(tasks)
         self.name = name
         self.fingerprint = None
         self.rereadable = False
+        self.sizes = sizes
 
     def __iter__(self) -> Iterator[Task]:
         return iter(self.tasks)
+
+    def check_unchanged(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
 
 
 def open_source(path: str, timeout: float | None = None):
     """The task source for `--tasks PATH` (`-` for stdin); TaskFileError lists what is wrong."""
     if path == "-":
         try:
-            return ListSource(parse_lines(sys.stdin, "<stdin>", timeout))
+            lines = list(_read_lines(sys.stdin))
+            _total, sizes = check_lines(lambda: lines, "<stdin>")
+            return ListSource(_parsed(lines, "<stdin>", timeout), sizes=sizes)
         except UnicodeDecodeError as exc:
             raise TaskFileError(f"<stdin>: not UTF-8 text ({exc.reason} at byte {exc.start})") \
                 from None
@@ -138,11 +256,18 @@ def parse_lines(lines: Iterable[str], name: str, timeout: float | None = None) -
     """Every task of `lines` in memory, after the same checks as a task file gets."""
     lines = list(lines)
     check_lines(lambda: lines, name)
-    return [task._replace(seq=seq) for seq, (_n, task) in enumerate(_tasks(lines, name, timeout))]
+    return _parsed(lines, name, timeout)
 
 
-def check_lines(lines: Callable[[], Iterable[str]], name: str) -> int:
-    """Check every line of `lines()`; return the number of tasks, or TaskFileError listing errors.
+def _parsed(lines: list[str], name: str, timeout: float | None) -> list[Task]:
+    return [task._replace(seq=seq)
+            for seq, (_n, task, _size) in enumerate(_tasks(lines, name, timeout))]
+
+
+def check_lines(lines: Callable[[], Iterable[str]],
+                name: str) -> tuple[int, array.array | None]:
+    """Check every line of `lines()`; return (the number of tasks, their sizes), or
+    TaskFileError listing the errors. Sizes are None when every line is small (see FileSource).
 
     Duplicate ids are found in constant memory: each id's hash sets one bit of a fixed bitmap
     (16 MiB), and only when a bit was already set (a duplicate, or two ids sharing a bit) does a
@@ -152,7 +277,8 @@ def check_lines(lines: Callable[[], Iterable[str]], name: str) -> int:
     bitmap = bytearray(ID_BITMAP_BITS >> 3)
     shared: set[int] = set()
     count = 0
-    for _lineno, task in _tasks(lines(), name, None):
+    sizes, largest = array.array("I"), 0
+    for _lineno, task, size in _tasks(lines(), name, None):
         if isinstance(task, str):
             errors.append(task)
             if len(errors) >= MAX_ERRORS:
@@ -165,6 +291,9 @@ def check_lines(lines: Callable[[], Iterable[str]], name: str) -> int:
         else:
             bitmap[bit >> 3] |= 1 << (bit & 7)
         count += 1
+        sizes.append(size)
+        if size > largest:
+            largest = size
     del bitmap
     if not errors and shared:
         errors.extend(_duplicate_ids(lines(), name, shared))
@@ -173,13 +302,13 @@ def check_lines(lines: Callable[[], Iterable[str]], name: str) -> int:
         raise TaskFileError(
             f"{name}: {shown} invalid line{'s' if len(errors) > 1 else ''}; nothing was "
             "dispatched\n  " + "\n  ".join(errors[:MAX_ERRORS + 1]))
-    return count
+    return count, (sizes if largest > SMALL_TASK_BYTES else None)
 
 
 def _duplicate_ids(lines: Iterable[str], name: str, shared: set[int]) -> list[str]:
     first_line: dict[str, int] = {}
     errors = []
-    for lineno, task in _tasks(lines, name, None):
+    for lineno, task, _size in _tasks(lines, name, None):
         key = str(task.id)     # 1 and "1" are the same id
         if hash(key) & (ID_BITMAP_BITS - 1) not in shared:
             continue
@@ -193,29 +322,79 @@ def _duplicate_ids(lines: Iterable[str], name: str, shared: set[int]) -> list[st
     return errors
 
 
-def _open(path: str):
-    return open(path, encoding="utf-8")
+def _read_lines(fh: Iterable[str], digest=None) -> Iterator[str | int]:
+    """The lines of text file `fh` (closed at the end); a line longer than MAX_TASK_BYTES comes
+    as its length in characters instead, never held whole. `digest` sees every line's bytes."""
+    limit = MAX_TASK_BYTES + 2          # room for the line's own \r\n
+    readline = fh.readline
+    update = digest.update if digest is not None else None
+    try:
+        while line := readline(limit):
+            if update is not None:
+                update(line.encode("utf-8"))
+            if len(line) == limit and line[-1] not in "\r\n":
+                length = len(line)
+                while (rest := readline(READ_SIZE)) and rest[-1:] not in ("\n", "\r"):
+                    length += len(rest)
+                    if update is not None:
+                        update(rest.encode("utf-8"))
+                if rest:
+                    length += len(rest)
+                    if update is not None:
+                        update(rest.encode("utf-8"))
+                yield length
+            else:
+                yield line
+    finally:
+        close = getattr(fh, "close", None)
+        if close is not None and fh is not sys.stdin:
+            close()
 
 
-def _tasks(lines: Iterable[str], name: str,
-           timeout: float | None) -> Iterator[tuple[int, Task | str]]:
-    """(line number, Task or error text) for every non-blank line; seq is filled in by callers."""
+def _tasks(lines: Iterable[str | int], name: str,
+           timeout: float | None) -> Iterator[tuple[int, Task | str, int]]:
+    """(line number, Task or error text, line length in UTF-8 bytes) for every non-blank line;
+    seq is filled in by callers."""
     loads = json.loads
+    deepest = MAX_DEPTH + 1                 # the line's own object is one level
     for lineno, line in enumerate(lines, start=1):
+        if type(line) is int:
+            yield lineno, _too_long(name, lineno, line), line
+            continue
+        if lineno == 1 and line.startswith(BOM):
+            line = line[1:]
         if not line.strip():
+            continue
+        size = len(line) if line.isascii() else len(line.encode("utf-8", "surrogatepass"))
+        if line[-1] == "\n":               # the newline is not the task's
+            size -= 2 if line[-2:] == "\r\n" else 1
+        if size > MAX_TASK_BYTES:
+            yield lineno, _too_long(name, lineno, size), size
             continue
         try:
             obj = loads(line)
         except json.JSONDecodeError as exc:
-            yield lineno, f"{name}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})"
+            yield lineno, f"{name}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})", size
             continue
         except ValueError as exc:       # e.g. an integer of more than 4300 digits
-            yield lineno, f"{name}:{lineno}: invalid JSON: {exc}"
+            yield lineno, f"{name}:{lineno}: invalid JSON: {exc}", size
             continue
         except RecursionError:
-            yield lineno, f"{name}:{lineno}: invalid JSON: nested too deeply"
+            yield lineno, f"{name}:{lineno}: \"args\" and \"kwargs\" may not nest more than " \
+                          f"{MAX_DEPTH} deep", size
             continue
-        yield lineno, _task_from_object(obj, lineno, f"{name}:{lineno}", timeout)
+        task = _task_from_object(obj, lineno, f"{name}:{lineno}", timeout)
+        if (line.count("[") + line.count("{") > deepest and type(task) is not str
+                and nesting(line) > deepest):
+            task = f"{name}:{lineno}: \"args\" and \"kwargs\" may not nest more than " \
+                   f"{MAX_DEPTH} deep (arrays and objects in one another)"
+        yield lineno, task, size
+
+
+def _too_long(name: str, lineno: int, size: int) -> str:
+    return f"{name}:{lineno}: the line is longer than {MAX_TASK_BYTES:,} bytes " \
+           f"(about {size:,}), the most a task line may be: its arguments could never travel " \
+           "to a worker; pass big inputs as paths or URLs"
 
 
 def _task_from_object(obj, lineno: int, where: str, timeout: float | None) -> Task | str:
@@ -233,7 +412,8 @@ def _task_from_object(obj, lineno: int, where: str, timeout: float | None) -> Ta
         return f"{where}: \"task\" must be a non-empty string, got {_json_type(name)}"
     task_id = obj.get("id", lineno)
     if isinstance(task_id, bool) or not isinstance(task_id, (str, int)) or task_id == "":
-        return f"{where}: \"id\" must be a non-empty string or an integer, got {_json_type(task_id)}"
+        return f"{where}: \"id\" must be a non-empty string or an integer, " \
+               f"got {_json_type(task_id)}"
     args = obj.get("args", [])
     if not isinstance(args, list):
         return f"{where}: \"args\" must be an array, got {_json_type(args)}"

@@ -84,5 +84,5 @@ def ping(master_address):
                f"{info['done']}/{info['total']} tasks done, {info['workers']} workers")
 
 
-if __name__ == "__main__":  # python -m procfleet.shared.cli
+if __name__ == "__main__":  # python -m procfleet.shared.cli; children: -m procfleet.shared
     main()

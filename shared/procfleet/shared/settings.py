@@ -58,6 +58,9 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
         raise ConfigError(f"{option}: {text!r} is not HOST:PORT (e.g. 127.0.0.1:50000)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        if not host:
+            raise ConfigError(f"{option}: {text!r} has no address between the brackets "
+                              "(e.g. [::1]:50000)")
     try:
         port = int(port_text)
     except ValueError:
@@ -87,6 +90,7 @@ def resolve_host(host: str, option: str, timeout: float = 10.0) -> None:
         pass
 
 
-def format_address(address: tuple[str, int]) -> str:
-    host, port = address
+def format_address(address: tuple) -> str:
+    """HOST:PORT, IPv6 as [::1]:PORT; an IPv6 socket address (4-tuple) gives its host and port."""
+    host, port = address[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

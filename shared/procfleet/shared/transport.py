@@ -1,15 +1,16 @@
 """TCP connections for the manager protocol, bounded in time and without Nagle delays.
 
-multiprocessing's own Client resolves and connects with no time limit and leaves Nagle's
-algorithm on, which costs ~40 ms per handshake message against delayed ACKs. This client:
-resolves within a deadline, connects and authenticates within it, sets TCP_NODELAY, and keeps a
-receive timeout on the connection so a silent master cannot hang a call forever. Its
-connections decode replies with the allow-list of `wire.SafeConnection`.
+multiprocessing's own Client resolves and connects with no time limit, IPv4 only, and leaves
+Nagle's algorithm on, which costs ~40 ms per handshake message against delayed ACKs. This client:
+resolves within a deadline (IPv4 and IPv6), tries each address in turn within it, authenticates,
+sets TCP_NODELAY, and keeps a receive timeout on the connection so a silent master cannot hang a
+call forever. Its connections decode replies with the allow-list of `wire.SafeConnection`.
 """
 
 import socket
 import struct
 import threading
+import time
 from multiprocessing import connection
 
 from .wire import SafeConnection
@@ -40,13 +41,16 @@ def set_recv_timeout(fileno: int, seconds: float) -> None:
         sock.detach()
 
 
-def resolve(host: str, port: int, timeout: float) -> tuple:
-    """getaddrinfo within `timeout` seconds (it has no timeout of its own); the first address."""
+def resolve(host: str, port: int, timeout: float) -> list[tuple[int, tuple]]:
+    """getaddrinfo within `timeout` seconds (it has no timeout of its own), IPv4 and IPv6.
+
+    Returns every (family, sockaddr) the resolver gave, in its order of preference.
+    """
     box: dict = {}
 
     def lookup():
         try:
-            box["infos"] = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+            box["infos"] = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
         except OSError as exc:
             box["error"] = exc
 
@@ -57,16 +61,42 @@ def resolve(host: str, port: int, timeout: float) -> tuple:
         raise box["error"]
     if "infos" not in box:
         raise TimeoutError(f"resolving {host!r} took longer than {timeout:g} s")
-    return box["infos"][0][4]
+    return [(family, sockaddr) for family, _type, _proto, _name, sockaddr in box["infos"]]
+
+
+def connect_first(addresses: list[tuple[int, tuple]], deadline: float) -> socket.socket:
+    """A TCP connection to the first of `addresses` that accepts one before `deadline`.
+
+    Each attempt gets an equal share of the time left for the addresses not yet tried, so one
+    address that swallows packets cannot use up the time of the others (a name may resolve to
+    ::1 and 127.0.0.1 while the master listens on only one of them). Raises the last error.
+    """
+    error: OSError | None = None
+    for i, (family, sockaddr) in enumerate(addresses):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(remaining / (len(addresses) - i))
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock
+    if error is None:
+        error = TimeoutError("no time left to connect" if addresses else "no address to connect to")
+    raise error
 
 
 def bounded_client(timeout: float):
     """A replacement for multiprocessing.connection.Client with a deadline per connection."""
 
     def client(address, family=None, authkey=None):
+        deadline = time.monotonic() + timeout
         host, port = address
-        sockaddr = resolve(host, port, timeout)
-        sock = socket.create_connection(sockaddr, timeout=timeout)
+        sock = connect_first(resolve(host, port, timeout), deadline)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(None)          # Connection reads the raw fd: it must block

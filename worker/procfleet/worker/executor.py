@@ -11,11 +11,11 @@ import collections
 import importlib
 import json
 import logging
-import math
 import multiprocessing
 import operator
 import os
 import pickle
+import re
 import signal
 import sys
 import threading
@@ -24,7 +24,8 @@ import traceback
 
 from procfleet.shared import tasks as builtin_tasks
 from procfleet.shared.errors import UnknownTask
-from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
+from procfleet.shared.records import (CRASH, ERROR, MAX_ERROR_CHARS, OK, TIMEOUT, Outcome,
+                                      ResultTooLarge, Task, check_result)
 from procfleet.shared.tasks import TaskRegistry
 from procfleet.shared.tuning import tune_gc
 
@@ -55,6 +56,10 @@ CLOSE_TIMEOUT = 1.5
 #: a child that dies without finishing a task is started again after a pause doubling up to the max
 RESTART_PAUSE_MIN = 0.05
 RESTART_PAUSE_MAX = 2.0
+#: a task held by a task process that failed outside any task (it died between tasks, or its slot
+#: raised) goes back to the queue, and from then on to a child alone; held by this many such
+#: failures, it fails (ERROR) instead, so a task that breaks its process is not retried for ever
+MAX_STRIKES = 3
 
 # a child's shared state: how many tasks it has started, and when (time.monotonic(), one clock for
 # every process on Linux) the one it is running started, 0.0 between tasks
@@ -80,37 +85,90 @@ def run_task(registry: TaskRegistry, task: Task) -> Outcome:
 
 
 def _attempt(registry: TaskRegistry, seq: int, name: str, args: list, kwargs: dict) -> tuple:
-    """run_task as a plain (seq, kind, value, error, size) tuple, which pickles several times faster."""
+    """run_task as a plain (seq, kind, value, error, size) tuple, which pickles several times
+    faster. An OK value is the result as it reads back from JSON; `size` is its JSON size in
+    bytes (a small int's is the most it can be), or an error text's length."""
     try:
         func = registry.get(name)
     except UnknownTask as exc:
-        return seq, ERROR, None, f"UnknownTask: {exc}", 0
+        return _error(seq, f"UnknownTask: {exc}")
     try:
         value = func(*args, **kwargs)
-    except (Exception, SystemExit) as exc:
-        return seq, ERROR, None, format_error(exc), 0
+    except BaseException as exc:    # RecursionError, MemoryError, SystemExit: the task's, not ours
+        return _error(seq, format_error(exc))
+    if type(value) is int and -_SMALL_INT < value < _SMALL_INT:     # the common case, made quick
+        return seq, OK, value, None, _SMALL_INT_BYTES
     try:
-        return seq, OK, to_json_value(value), None, 0
-    except (TypeError, ValueError) as exc:
-        return (seq, ERROR, None, f"ResultNotJSON: task {name!r} returned a value that is not "
-                                  f"JSON-serialisable: {exc}", 0)
+        value, size = check_result(value)
+    except ResultTooLarge as exc:
+        return _error(seq, f"ResultTooLarge: task {name!r} returned too much: {exc}")
+    except Exception as exc:        # ValueError, TypeError, or whatever a strange object raises
+        return _error(seq, f"ResultNotJSON: task {name!r} returned a value that JSON cannot "
+                           f"carry: {_reason(exc)}")
+    if type(value) is str and not value.isascii() and _SURROGATE.search(value):
+        value, size = check_result(json.loads(json.dumps(value)))   # a pair reads back joined
+    return seq, OK, value, None, size
+
+
+#: an int this close to 0 is a result without check_result's look at its digits, counted as
+#: _SMALL_INT_BYTES (as long as it can be; its outcome on the wire is longer anyway)
+_SMALL_INT = 10 ** 15
+_SMALL_INT_BYTES = 16
+#: check_result hands a str back as it is, but JSON joins a surrogate pair into one character
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _error(seq: int, text: str, kind: str = ERROR) -> tuple:
+    """An outcome tuple for a failed attempt, its text clipped to MAX_ERROR_CHARS."""
+    text = clip_error(text)
+    return seq, kind, None, text, len(text)
 
 
 def format_error(exc: BaseException) -> str:
-    """`Type: message`, a blank line, then the traceback as the worker saw it."""
-    tb = "".join(traceback.format_exception(exc))
-    return f"{type(exc).__name__}: {exc}\n\n{tb}"
+    """`Type: message`, a blank line, then the traceback as the worker saw it, clipped to
+    MAX_ERROR_CHARS (a message or traceback line longer than a quarter of that is clipped on its
+    own, so a huge message is never copied whole into the text)."""
+    try:
+        head = f"{type(exc).__name__}: {clip_error(_safe_str(exc), _PART_CHARS)}"
+        try:
+            parts = traceback.TracebackException.from_exception(exc).format()
+            tb = "".join(clip_error(part, _PART_CHARS) for part in parts)
+        except Exception as err:    # a broken exception object, or no memory left
+            tb = f"(no traceback: formatting it raised {type(err).__name__})\n"
+        return clip_error(f"{head}\n\n{tb}")
+    except Exception:
+        return f"{type(exc).__name__} (its message and traceback could not be formatted)"
 
 
-def to_json_value(value):
-    """`value` as it will read back from JSON; ValueError/TypeError if it cannot be JSON."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{value!r} is not a JSON number")
-        return value
-    return json.loads(json.dumps(value, allow_nan=False))
+#: a task's message, or one part of a traceback, is clipped to this before the whole text is
+_PART_CHARS = MAX_ERROR_CHARS // 4
+
+
+def clip_error(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` if it has at most `limit` characters, else its head and its tail (where the
+    innermost frames of a traceback are) around a note saying how long it was."""
+    if len(text) <= limit:
+        return text
+    note = f"\n[... clipped: {len(text):,} characters, of which the first and last are kept ...]\n"
+    keep = max(limit - len(note), 0)
+    head = keep // 2
+    return f"{text[:head]}{note}{text[len(text) - (keep - head):]}"
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a value cannot be a result or be sent, in a few words."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, (ValueError, TypeError)):
+        return _safe_str(exc)
+    return f"{type(exc).__name__}: {_safe_str(exc)}"
 
 
 # -- the child ---------------------------------------------------------------------------------
@@ -152,10 +210,27 @@ def _child_main(conn, state, registry: TaskRegistry | None, imports: tuple[str, 
 
 
 def _send_results(conn, busy: float, results: list[tuple]) -> None:
+    """Send `results` to the parent; one that cannot be pickled is sent as an ERROR outcome
+    instead. Only a closed pipe ends the process."""
     try:
-        conn.send_bytes(pickle.dumps((busy, results), pickle.HIGHEST_PROTOCOL))
+        messages = [pickle.dumps((busy, results), pickle.HIGHEST_PROTOCOL)]
+    except Exception:                               # RecursionError, a broken object, no memory
+        share = busy / len(results)
+        messages = [_pickled_alone(share, result) for result in results]
+    try:
+        for data in messages:
+            conn.send_bytes(data)
     except OSError:
         sys.exit(0)                                 # the parent is gone
+
+
+def _pickled_alone(busy: float, result: tuple) -> bytes:
+    """A message of `result` alone, or of an ERROR outcome for its task if it cannot be pickled."""
+    try:
+        return pickle.dumps((busy, [result]), pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        error = _error(result[0], f"ResultNotJSON: cannot be sent: {_reason(exc)}")
+        return pickle.dumps((busy, [error]), pickle.HIGHEST_PROTOCOL)
 
 
 def _exit_with_parent() -> None:
@@ -267,6 +342,7 @@ class _Child:
         self.received = 0                           # results so far; inflight[0] is task received+1
         self.chunks: collections.deque[_Chunk] = collections.deque()
         self.inflight_bytes = 0
+        self.suspect = False                        # inflight is one task sent alone, struck before
 
     def kill(self) -> None:
         try:
@@ -311,11 +387,11 @@ class _Slot:
                 continue
             try:
                 worked = self._serve(child)
-            except Exception:
+            except Exception as exc:
                 log.exception("task slot %d failed; its tasks go back to the queue", self.index)
                 child.kill()
                 child.proc.join(REAP_TIMEOUT)
-                ex._requeue(list(child.inflight))
+                ex._strike(list(child.inflight), f"its task slot failed: {_reason(exc)}")
                 worked = False
             finally:
                 self.child = None
@@ -371,15 +447,23 @@ class _Slot:
     def _feed(self, child: _Child) -> None:
         """Send the child a chunk if it is running low; never blocks on a full pipe."""
         ex = self.ex
-        if len(child.inflight) >= self.limit:
+        if len(child.inflight) >= self.limit or (child.suspect and child.inflight):
             return
+        alone = False
         with ex._cond:
             fair_share = -(-len(ex._queue) // ex.concurrency)
             n = min(self.target, fair_share)
+            if ex._strikes and n:
+                n, alone = self._before_suspect(child, n)
             chunk = [ex._queue.popleft() for _ in range(n)]
         if not chunk:
             return
-        data = pickle.dumps(list(map(_for_child, chunk)), pickle.HIGHEST_PROTOCOL)
+        try:
+            data = pickle.dumps(list(map(_for_child, chunk)), pickle.HIGHEST_PROTOCOL)
+        except Exception:                           # too deep, or not picklable: find which
+            chunk, data = self._sendable(chunk)
+            if not chunk:
+                return
         if child.inflight and child.inflight_bytes + len(data) > PIPELINE_BYTES:
             ex._requeue(chunk)                      # sent once the child has caught up
             return
@@ -388,10 +472,48 @@ class _Slot:
         child.chunks.append(_Chunk(child.received + len(child.inflight), len(data),
                                    min(timeouts, default=None)))
         child.inflight_bytes += len(data)
+        child.suspect = alone
         child.conn.send_bytes(data)
+
+    def _before_suspect(self, child: _Child, n: int) -> tuple[int, bool]:
+        """(how many of the first `n` queued tasks to send, whether that is a struck task alone):
+        the tasks before the first struck one, or that one alone once the child holds nothing."""
+        queue, strikes = self.ex._queue, self.ex._strikes
+        for i in range(n):
+            if queue[i].seq in strikes:
+                if i == 0 and not child.inflight:
+                    return 1, True
+                return i, False
+        return n, False
+
+    def _sendable(self, chunk: list[Task]) -> tuple[list[Task], bytes]:
+        """The tasks of `chunk` that can be pickled, and them pickled as a chunk; the others
+        fail at once (ERROR), since sending them again would fail again."""
+        good, failed = [], []
+        for task in chunk:
+            try:
+                pickle.dumps(_for_child(task), pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                text = (f"TaskNotSent: task {task.name!r} cannot be sent to a task process: "
+                        f"its arguments do not pickle: {_reason(exc)}")
+                log.warning("%.300s (seq %d)", text, task.seq)
+                failed.append(_outcome(Outcome, _error(task.seq, text)))
+            else:
+                good.append(task)
+        try:
+            data = pickle.dumps(list(map(_for_child, good)), pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:                    # each alone, not together: out of memory?
+            failed += [_outcome(Outcome, _error(task.seq, f"TaskNotSent: task {task.name!r} "
+                                                f"cannot be sent: {_reason(exc)}"))
+                       for task in good]
+            good, data = [], b""
+        self.ex._deliver(failed)
+        return good, data
 
     def _accept(self, child: _Child, busy: float, results: list[tuple]) -> None:
         n = len(results)
+        if not n:
+            return
         for _ in range(n):
             child.inflight.popleft()
         child.received += n
@@ -465,27 +587,30 @@ class _Slot:
             task = child.inflight[index]
             pid = child.proc.pid
             if why == _TIMED_OUT and self._overdue(task, since):
-                culprit = Outcome(task.seq, TIMEOUT, None,
-                                  f"TaskTimeout: timed out after {task.timeout:g} s; the process "
-                                  f"running task {task.name!r} was killed")
-                log.warning("task %r (seq %d) timed out after %g s; killed its process %d",
+                culprit = _error(task.seq, f"TaskTimeout: timed out after {task.timeout:g} s; "
+                                           f"the process running task {task.name!r} was killed",
+                                 TIMEOUT)
+                log.warning("task %.200r (seq %d) timed out after %g s; killed its process %d",
                             task.name, task.seq, task.timeout, pid)
             elif why == _DIED:
                 how = _describe_exit(child.proc.exitcode)
-                culprit = Outcome(task.seq, CRASH, None,
-                                  f"WorkerCrash: the process running task {task.name!r} {how}")
-                log.warning("task %r (seq %d): its process %d %s; starting another",
+                culprit = _error(task.seq,
+                                 f"WorkerCrash: the process running task {task.name!r} {how}",
+                                 CRASH)
+                log.warning("task %.200r (seq %d): its process %d %s; starting another",
                             task.name, task.seq, pid, how)
             if culprit is not None:
                 del child.inflight[index]
                 worked = True
         elif why == _DIED:
-            log.warning("task process %d %s between tasks; starting another",
-                        child.proc.pid, _describe_exit(child.proc.exitcode))
+            how = _describe_exit(child.proc.exitcode)
+            log.warning("task process %d %s between tasks; starting another", child.proc.pid, how)
+            ex._strike(list(child.inflight), f"its task process {how} between tasks")
+            child.inflight.clear()
         ex._requeue(list(child.inflight))
         child.inflight.clear()
         if culprit is not None:
-            ex._deliver([culprit])
+            ex._deliver([_outcome(Outcome, culprit)])
         return worked
 
 
@@ -512,6 +637,7 @@ class Executor:
         self._queue: collections.deque[Task] = collections.deque()
         self._results_lock = threading.Lock()       # guards _outcomes and _collected
         self._outcomes: list[Outcome] = []
+        self._strikes: dict[int, int] = {}         # under _cond: seq -> failures that held it
         self._submitted = self._collected = self._taken = 0
         self._slots_started = 0
         self._closing = threading.Event()
@@ -548,6 +674,8 @@ class Executor:
             tasks = list(self._queue)
             self._queue.clear()
             self._taken += len(tasks)
+            for task in tasks if self._strikes else ():
+                self._strikes.pop(task.seq, None)
         return tasks
 
     def outstanding(self) -> int:
@@ -571,9 +699,39 @@ class Executor:
 
     # -- for the slots ---------------------------------------------------------------------
     def _deliver(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
         with self._results_lock:
             self._outcomes.extend(outcomes)
+        if self._strikes:
+            self._forget_strikes(outcomes)
         self.wakeup.set()
+
+    def _strike(self, tasks: list[Task], why: str) -> None:
+        """Put back tasks held by a task process that failed outside any task, as _requeue
+        does; a task held by MAX_STRIKES such failures fails (ERROR) instead."""
+        back, failed = [], []
+        with self._cond:
+            for task in tasks:
+                strikes = self._strikes.pop(task.seq, 0) + 1
+                if strikes < MAX_STRIKES:
+                    self._strikes[task.seq] = strikes
+                    back.append(task)
+                else:
+                    failed.append(task)
+        self._requeue(back)
+        for task in failed:
+            log.warning("task %.200r (seq %d) was held by %d task processes that failed outside "
+                        "any task; failing it", task.name, task.seq, MAX_STRIKES)
+        self._deliver([_outcome(Outcome, _error(
+            task.seq, f"TaskNotRun: {MAX_STRIKES} task processes failed outside any task while "
+                      f"holding task {task.name!r} (last: {why}); it is not tried again here"))
+            for task in failed])
+
+    def _forget_strikes(self, done) -> None:
+        with self._cond:
+            for item in done:
+                self._strikes.pop(item.seq, None)
 
     def _requeue(self, tasks: list[Task]) -> None:
         """Put tasks a child did not finish back at the front of the queue, in order."""
