@@ -122,8 +122,11 @@ def check(batch: Batch, fault: str, healed: float, deadline: float, *,
     code = batch.master.wait(30)
     stats = summary(batch.master)
     results = batch.results()
+    allowed = f"{recovery}; {deadline - healed:.1f} allowed"
+    if "unacked" in stats:      # leases whose reply was lost, requeued at once
+        allowed += f"; {stats['unacked']:.0f} unacked"
     chaos.record(fault, batch.expected, results, dropped=stats["duplicates_dropped"],
-                 recover_s=ended - healed, recovery=f"{recovery}; {deadline - healed:.1f} allowed")
+                 recover_s=ended - healed, recovery=allowed)
     print(f"\n{fault}: what the master said about w0:")
     print("\n".join(line for line in batch.master.stderr.splitlines() if "worker w0 " in line))
     tail = "\n".join(batch.master.stderr.splitlines()[-15:])
