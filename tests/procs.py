@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -78,6 +79,28 @@ class Proc:
     def kill(self, sig=signal.SIGKILL) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
+
+
+#: a user task module whose task records each run (one line per execution), so a test can
+#: count runs against the results' attempts
+COUNTING_TASKS = """
+import os, time
+from procfleet.shared.tasks import task
+
+@task
+def counted(runs, seconds, value):
+    # One line per execution, so a test can tell which tasks ran more than once.
+    with open(runs, "a") as fh:
+        fh.write(f"{value}\\n")
+    time.sleep(seconds)
+    return value * value
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def master_port(master: Proc) -> int:

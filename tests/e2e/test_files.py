@@ -6,34 +6,14 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from procs import assert_exactly_once, read_results, summary, wait_until
-
-#: a task that records each run, so a test can count runs against the result's attempts
-COUNTING_TASKS = """
-import time
-from procfleet.shared.tasks import task
-
-@task
-def counted(runs, seconds, value):
-    with open(runs, "a") as fh:
-        fh.write(f"{value}\\n")
-    time.sleep(seconds)
-    return value * value
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from procs import (COUNTING_TASKS, assert_exactly_once, free_port, read_results, summary,
+                   wait_until)
 
 def write_tasks(path: Path, tasks: list[dict]) -> Path:
     path.write_text("".join(json.dumps(t) + "\n" for t in tasks))

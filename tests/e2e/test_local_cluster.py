@@ -8,7 +8,8 @@ import time
 import pytest
 
 import chaos
-from procs import assert_exactly_once, master_port, read_results, summary, wait_until
+from procs import (assert_exactly_once, free_port, master_port, read_results, summary,
+                   wait_until)
 
 WRONG_KEY = "this-is-not-the-right-key"
 
@@ -81,12 +82,6 @@ def test_worker_killed_mid_batch_loses_nothing(spawn, tmp_path):
     print(f"\nkill-to-requeue {recovery:.2f} s (lease timeout {lease_timeout} s), "
           f"requeued {stats['requeued']:.0f}, duplicates dropped {stats['duplicates_dropped']:.0f}")
     assert lease_timeout / 2 <= recovery <= lease_timeout + 2   # last heartbeat was before the kill
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_worker_started_before_the_master_waits_for_it(spawn, tmp_path):

@@ -2,34 +2,14 @@
 
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
 import chaos
-from procs import assert_exactly_once, read_results, summary, wait_until
-
-COUNTING_TASKS = """
-import os, time
-from procfleet.shared.tasks import task
-
-@task
-def counted(runs, seconds, value):
-    # One line per execution, so a test can tell which tasks ran more than once.
-    with open(runs, "a") as fh:
-        fh.write(f"{value}\\n")
-    time.sleep(seconds)
-    return value * value
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from procs import (COUNTING_TASKS, assert_exactly_once, free_port, read_results, summary,
+                   wait_until)
 
 def children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")

@@ -20,21 +20,14 @@ from procfleet.master.output import ResultWriter
 from procfleet.master.taskfile import open_source
 from procfleet.shared import wire
 from procfleet.shared.errors import TaskFileError
-from procfleet.shared.records import MAX_DEPTH, OK, outcome_from_wire, task_from_wire
+from procfleet.shared.records import MAX_DEPTH, outcome_from_wire, task_from_wire
 from procfleet.shared.tasks import TaskRegistry
 from procfleet.worker.executor import _attempt
+from strategies import ANY_CHAR, json_values
 
 PROPERTY = settings(deadline=None, database=None, max_examples=150,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-ANY_CHAR = st.characters()                   # lone surrogates included
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
-                    st.text(ANY_CHAR, max_size=12))
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(ANY_CHAR, max_size=6),
-                                                                inner, max_size=4),
-    max_leaves=12)
 
 
 def nested(depth: int, leaf=0):

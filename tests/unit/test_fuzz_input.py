@@ -26,6 +26,7 @@ from procfleet.shared.errors import ConfigError, TaskFileError
 from procfleet.shared.records import Task
 from procfleet.shared.settings import (ENV_AUTHKEY, ENV_AUTHKEY_FILE, MIN_AUTHKEY_LENGTH,
                                        load_authkey, parse_address)
+from strategies import ANY_CHAR, BIG_INT, json_values
 
 TEST_KEY = "procfleet-test-key-0123456789"
 
@@ -49,19 +50,10 @@ FUZZ = settings(deadline=None, database=None,
 #     newlines);
 #   - the "at byte N" of a "not UTF-8 text" error counts from the decoder's last read, not from
 #     the start of the file: wrong past the first 8 KiB, and for a character cut off at the end.
-BIG_INT = st.integers(min_value=-10**300, max_value=10**300)
 
 
 # --- task files ------------------------------------------------------------------------------
 
-ANY_CHAR = st.characters()                      # surrogates too: json.dumps escapes them
-json_scalars = st.one_of(st.none(), st.booleans(), BIG_INT, st.floats(),
-                         st.text(ANY_CHAR, max_size=8))
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(ANY_CHAR, max_size=5),
-                                                                inner, max_size=3),
-    max_leaves=8)
 
 FIELD_VALUES = {
     # a small pool of ids, which also collide with the default ids (line numbers)
