@@ -5,6 +5,8 @@ Nagle's algorithm on, which costs ~40 ms per handshake message against delayed A
 resolves within a deadline (IPv4 and IPv6), tries each address in turn within it, authenticates,
 sets TCP_NODELAY, and keeps a receive timeout on the connection so a silent master cannot hang a
 call forever. Its connections decode replies with the allow-list of `wire.SafeConnection`.
+Both sides turn TCP keepalive on (`set_keepalive`), so a peer whose host vanished without a
+word is noticed on an idle connection within a minute, not the kernel's default two hours.
 """
 
 import socket
@@ -17,6 +19,29 @@ from .wire import SafeConnection
 
 #: the longest one call may wait for the master's reply once connected (long polls are ~1 s)
 CALL_TIMEOUT = 30.0
+#: TCP keepalive: the first probe after this many seconds of silence on a connection...
+KEEPALIVE_IDLE = 30
+#: ...then one every this many seconds, and the connection is dropped after this many unanswered
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_COUNT = 3
+
+
+def set_keepalive(sock: socket.socket) -> None:
+    """SO_KEEPALIVE on, with KEEPALIVE_* timing where the platform lets it be set.
+
+    Linux has TCP_KEEPIDLE, macOS calls it TCP_KEEPALIVE; a platform without them keeps the
+    kernel's own timing (often two hours of silence before the first probe).
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)
+    for option, value in ((idle, KEEPALIVE_IDLE),
+                          (getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL),
+                          (getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_COUNT)):
+        if option is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            except OSError:
+                pass
 
 
 def set_nodelay(fileno: int) -> None:
@@ -99,6 +124,7 @@ def bounded_client(timeout: float):
         sock = connect_first(resolve(host, port, timeout), deadline)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_keepalive(sock)
             sock.settimeout(None)          # Connection reads the raw fd: it must block
             conn = SafeConnection(sock.detach())
         finally:
