@@ -38,6 +38,8 @@ ACCEPT_LAG = 3.0
 class FakeService:
     """Stands in for DispatcherService: the same exposed methods, canned answers."""
 
+    heartbeat_interval = 1.0
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.outcomes: list = []

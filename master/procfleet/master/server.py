@@ -1,11 +1,20 @@
 """The manager server, run in the master's own process on threads.
 
-It is `multiprocessing.managers.Server` with these changes: it can be stopped (the stock accepter
-loops forever); peers may not call `shutdown` or `debug_info`; every message is decoded with the
-allow-list of `procfleet.shared.wire`, and a refused one ends that peer's connection only; a
-peer has HANDSHAKE_TIMEOUT seconds to authenticate and at most MAX_PENDING_HANDSHAKES may be
-trying at once. Failed handshakes and refused messages are logged with the peer's address and
-counted, and the log lines are throttled so that a flood cannot flood the log.
+It speaks the server side of `multiprocessing.managers` for one object, the dispatcher service,
+and serves only what a worker needs (admission.opening_refusal, admission.call_refusal): no
+`incref`/`decref`, `shutdown`, `debug_info`, `#GETVALUE` or other plumbing of the stock
+`Server`. A refused call, like a message the allow-list of `procfleet.shared.wire` refuses,
+ends that peer's connection only. A peer has HANDSHAKE_TIMEOUT seconds to authenticate and at
+most MAX_PENDING_HANDSHAKES may be trying at once; an authenticated connection that sends no
+request for the idle timeout is closed, and every connection has TCP keepalive. Refusals are
+logged with the peer's address and counted, and the log lines are throttled so that a flood
+cannot flood the log.
+
+What this assumes of multiprocessing's manager protocol (Lib/multiprocessing/managers.py, the
+same in 3.11-3.13), all of it in MasterServer's `_serve_connection` and `_serve_calls`: a
+request is a tuple (ident, name, args, kwds); a reply is (kind, value) with kind '#RETURN',
+'#ERROR' (an exception), '#TRACEBACK' or '#UNSERIALIZABLE' (text); `create` returns
+(ident, exposed), and after `accept_connection` the connection carries calls on that ident.
 """
 
 import errno
@@ -15,16 +24,15 @@ import socket
 import threading
 import traceback
 from multiprocessing import AuthenticationError, connection, process
-from multiprocessing.managers import Server
 from traceback import format_exc
 
 from procfleet.shared.errors import ConfigError
-from procfleet.shared.manager import DISPATCHER, DISPATCHER_METHODS, DispatcherProxy, FleetManager
+from procfleet.shared.manager import DISPATCHER_METHODS
 from procfleet.shared.settings import format_address
-from procfleet.shared.transport import set_recv_timeout
+from procfleet.shared.transport import set_keepalive, set_recv_timeout
 from procfleet.shared.wire import ProtocolViolation, SafeConnection, allowed_exception
 
-from .admission import PendingHandshakes, ThrottledCounter
+from .admission import PendingHandshakes, ThrottledCounter, call_refusal, opening_refusal
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,11 @@ HANDSHAKE_TIMEOUT = 3.0
 MAX_PENDING_HANDSHAKES = 1024
 #: how often the guard thread cuts off overdue handshakes and logs the throttled summaries
 GUARD_INTERVAL = 0.25
+#: an authenticated connection with no request for this many heartbeat intervals is closed: a
+#: worker calls in at least once an interval, and the master ends a long poll within one
+IDLE_HEARTBEATS = 30
+#: ...but never sooner than this many seconds
+MIN_IDLE_TIMEOUT = 60.0
 
 _peer = threading.local()
 
@@ -46,13 +59,17 @@ def current_peer() -> str:
     return getattr(_peer, "address", "?")
 
 
+def idle_timeout(heartbeat_interval: float) -> float:
+    """How long an authenticated connection may go without a request before it is closed."""
+    return max(MIN_IDLE_TIMEOUT, IDLE_HEARTBEATS * heartbeat_interval)
+
+
 class PeerConnection(SafeConnection):
     """A peer's connection as the server serves it.
 
-    The stock `serve_client` loop answers any exception from recv() but EOFError with a
-    '#TRACEBACK' reply and reads on, from a stream that can no longer be trusted. So a refused
-    message is logged and counted here, SafeConnection has already closed the socket, and it
-    surfaces as EOFError: serve_client ends the thread as if the peer had hung up.
+    A message the allow-list refuses is logged and counted here; SafeConnection has already
+    closed the socket, and it surfaces as EOFError, so the serving loop ends as if the peer had
+    hung up.
     """
 
     def __init__(self, handle: int, server: "MasterServer"):
@@ -74,21 +91,17 @@ class PeerConnection(SafeConnection):
         super().send(obj)
 
 
-class MasterServer(Server):
-    public = ["create", "accept_connection", "get_methods", "dummy", "incref", "decref",
-              "number_of_objects"]
+class MasterServer:
+    """Serves `service` (the dispatcher) to authenticated peers, one thread per connection."""
 
-    def __init__(self, registry, address, authkey, serializer):
-        # Same state as Server.__init__ (3.11-3.13), on a listening socket of our own: the
-        # accepted sockets become PeerConnections, not the Listener's plain Connections.
-        self.registry = registry
+    def __init__(self, service, address: tuple[str, int], authkey: bytes,
+                 idle_timeout: float = MIN_IDLE_TIMEOUT):
+        self.service = service
+        self.dispatcher_id = "%x" % id(service)      # the stock Server's form of an ident
         self.authkey = process.AuthenticationString(authkey)
+        self.idle_timeout = idle_timeout
         self.listener = listen(address, LISTEN_BACKLOG)
         self.address = self.listener.getsockname()[:2]
-        self.id_to_obj = {"0": (None, ())}
-        self.id_to_refcount = {}
-        self.id_to_local_proxy_obj = {}
-        self.mutex = threading.Lock()
         self.stop_event = threading.Event()
         self.pending = PendingHandshakes(pending_limit(), HANDSHAKE_TIMEOUT)
         self.failed_auth = ThrottledCounter("authentication failure", "authentication failures")
@@ -98,6 +111,8 @@ class MasterServer(Server):
                                      "connections closed on arrival (too many pending)",
                                      burst=1, refill=60.0)
         self.rejected = ThrottledCounter("rejected message", "rejected messages")
+        self.refused = ThrottledCounter("refused call", "refused calls")
+        self.idle = ThrottledCounter("idle connection closed", "idle connections closed")
 
     @property
     def auth_failures(self) -> int:
@@ -116,6 +131,16 @@ class MasterServer(Server):
     @property
     def rejected_messages(self) -> int:
         return self.rejected.total
+
+    @property
+    def refused_calls(self) -> int:
+        """Requests a worker never makes (manager plumbing, other objects, other methods)."""
+        return self.refused.total
+
+    @property
+    def idle_closed(self) -> int:
+        """Authenticated connections closed after idle_timeout seconds without a request."""
+        return self.idle.total
 
     def start(self) -> None:
         threading.Thread(target=self.accepter, name="accepter", daemon=True).start()
@@ -146,6 +171,7 @@ class MasterServer(Server):
                 continue
             sock.setblocking(True)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_keepalive(sock)
             conn = PeerConnection(sock.detach(), self)
             try:
                 threading.Thread(target=self.handle_request, args=(conn, peer),
@@ -172,8 +198,6 @@ class MasterServer(Server):
         try:
             if self._authenticate(conn):
                 self._serve_connection(conn)
-        except SystemExit:        # serve_client() exits its thread this way on EOF
-            pass
         finally:
             conn.close()
 
@@ -205,32 +229,74 @@ class MasterServer(Server):
             log.debug("connection from %s closed during the handshake: %r", current_peer(),
                       failure)
             return False
-        set_recv_timeout(fd, 0)      # authenticated: block for as long as calls take
+        # Authenticated: each read may wait this long for the peer's next request (the server
+        # reads nothing while a call, a long poll included, is being served).
+        set_recv_timeout(fd, self.idle_timeout)
         return True
 
     def _serve_connection(self, conn):
-        try:
-            _ignore, funcname, args, kwds = conn.recv()
-            if funcname not in self.public:
-                raise ValueError(f"{funcname!r} is not a request this master serves")
-            func = getattr(self, funcname)
-        except (EOFError, OSError):
+        """Answer the connection's first request; after accept_connection, serve its calls."""
+        request = self._receive(conn)
+        if request is None:
             return
-        except Exception:
-            msg = ("#TRACEBACK", format_exc())
-        else:
-            if funcname == "accept_connection":
-                # It answers by itself, then serves this connection until EOF or stop.
-                func(conn, *args, **kwds)
+        refusal = opening_refusal(request)
+        if refusal:
+            self._refuse(conn, refusal)
+        elif request[1] == "accept_connection":
+            if self._reply(conn, ("#RETURN", None)):
+                self._serve_calls(conn)
+        elif request[1] == "create":
+            self._reply(conn, ("#RETURN", (self.dispatcher_id, DISPATCHER_METHODS)))
+        else:                   # dummy: BaseManager.connect checking that the server answers
+            self._reply(conn, ("#RETURN", None))
+
+    def _serve_calls(self, conn):
+        """The stock serve_client loop, for the dispatcher's own methods only."""
+        while not self.stop_event.is_set():
+            request = self._receive(conn)
+            if request is None:
                 return
+            refusal = call_refusal(request, self.dispatcher_id)
+            if refusal:
+                self._refuse(conn, refusal)
+                return
+            _ident, name, args, kwds = request
             try:
-                msg = ("#RETURN", func(conn, *args, **kwds))
-            except Exception:
-                msg = ("#TRACEBACK", format_exc())
+                reply = ("#RETURN", getattr(self.service, name)(*args, **kwds))
+            except Exception as exc:
+                reply = ("#ERROR", exc)
+            if not self._reply(conn, reply):
+                return
+
+    def _receive(self, conn):
+        """The peer's next request, or None once the connection is over (EOF, idle, refused)."""
+        try:
+            return conn.recv()
+        except EOFError:
+            return None
+        except (BlockingIOError, TimeoutError):
+            self._log_refusal(self.idle, "closed connection from %s: no request for %g s",
+                              current_peer(), self.idle_timeout)
+            return None
+        except OSError as exc:
+            log.debug("connection from %s lost: %r", current_peer(), exc)
+            return None
+
+    def _reply(self, conn, msg: tuple) -> bool:
+        """Send `msg`; False if the connection is gone."""
         try:
             conn.send(msg)
-        except (EOFError, OSError):
-            pass
+        except (OSError, EOFError):
+            return False
+        except Exception:       # e.g. a result that does not pickle: say so, as the stock does
+            return self._reply(conn, ("#UNSERIALIZABLE", format_exc()))
+        return True
+
+    def _refuse(self, conn, reason: str) -> None:
+        """Log and count a refused request, and give the peer the reason; the caller closes."""
+        self._log_refusal(self.refused, "refused a call from %s and closed its connection: %s",
+                          current_peer(), reason)
+        self._reply(conn, ("#TRACEBACK", f"refused by the procfleet master: {reason}"))
 
     def message_rejected(self, exc: ProtocolViolation) -> None:
         self._log_refusal(self.rejected, "rejected a message from %s and closed its "
@@ -242,7 +308,8 @@ class MasterServer(Server):
             log.warning(f"{fmt} ({counter.one} #%d)", *args, total)
 
     def _log_summaries(self) -> None:
-        for counter in (self.failed_auth, self.timed_out, self.shed, self.rejected):
+        for counter in (self.failed_auth, self.timed_out, self.shed, self.rejected,
+                        self.refused, self.idle):
             suppressed, total = counter.summary()
             if suppressed:
                 log.warning("%d more %s since the last of these lines, not logged one by one "
@@ -337,20 +404,16 @@ def raise_fd_limit() -> None:
 
 
 def start_server(service, address: tuple[str, int], authkey: bytes) -> MasterServer:
-    """Bind, register the dispatcher service and start accepting; ConfigError if the port is taken.
+    """Bind, serve `service` as the dispatcher and start accepting; ConfigError if the port is
+    taken.
 
-    Raises the process's soft open-file limit to its hard limit first.
+    Connections idle for idle_timeout(service.heartbeat_interval) are closed. Raises the
+    process's soft open-file limit to its hard limit first.
     """
-
-    class MasterManager(FleetManager):
-        pass
-
-    # A closure is fine here: this manager is never start()ed, so its registry is never pickled.
-    MasterManager.register(DISPATCHER, callable=lambda: service, proxytype=DispatcherProxy,
-                           exposed=DISPATCHER_METHODS, create_method=False)
     raise_fd_limit()
     try:
-        server = MasterServer(MasterManager._registry, address, authkey, "pickle")
+        server = MasterServer(service, address, authkey,
+                              idle_timeout(service.heartbeat_interval))
     except OSError as exc:
         raise ConfigError(
             f"cannot listen on {format_address(address)}: {exc.strerror or exc}; "
