@@ -1,7 +1,8 @@
 """A real master and workers on loopback, attacked while the batch runs: nothing runs, nothing lost.
 
-One attacker has the key and sends code-running pickles; others open hundreds of connections
-that never authenticate, or send random bytes. The batch must end with every task exactly once.
+One attacker has the key and sends code-running pickles or manager plumbing (decref); others
+open hundreds of connections that never authenticate, or send random bytes. The batch must end
+with every task exactly once.
 """
 
 import os
@@ -23,6 +24,8 @@ HANDSHAKE_TIMEOUT = 3.0
 PROMPT = 10.0
 IDLE = 500
 GARBAGE = 50
+#: decref requests an attacker sends: two used to be enough to unregister the dispatcher
+DECREFS = 4
 #: how far accept() may trail connect() in a flood on a busy machine
 ACCEPT_LAG = 3.0
 
@@ -64,6 +67,40 @@ def test_code_running_requests_are_rejected_and_the_batch_completes(spawn, tmp_p
                  recovery="rejected and logged; batch unaffected")
     print(f"\nbatch of {n} with 2 rejected code-running requests done in "
           f"{time.monotonic() - started:.2f} s")
+
+
+@pytest.mark.chaos
+def test_decref_requests_are_refused_and_the_workers_keep_their_dispatcher(spawn, tmp_path,
+                                                                          authkey_env):
+    """Two decrefs used to unregister the dispatcher: every worker then died of a RemoteError."""
+    out = tmp_path / "results.jsonl"
+    n = 60
+    master = spawn("master", "--demo", str(n), "--demo-sleep", "0.05", "--local-workers", "2",
+                   "--bind", "127.0.0.1:0", "--results", str(out))
+    port = master_port(master)
+    master.wait_for(r"worker \S+ joined")
+    address, key = ("127.0.0.1", port), authkey_env.encode()
+    asking = raw_session(address, key, PROMPT)      # the dispatcher's id, as a worker asks it
+    asking.send((None, "create", ("dispatcher",), {}))
+    kind, (ident, _exposed) = asking.recv()
+    asking.close()
+    replies, ports = [], []
+    for _ in range(DECREFS):       # more than the workers' creates and ours: refcount to 0
+        attacker = raw_session(address, key, PROMPT)
+        ports.append(local_port(attacker))
+        attacker.send((ident, "decref", (ident,), {}))
+        replies.append(attacker.recv())
+        assert answered(attacker) is None, "the connection stayed open after a refused call"
+        attacker.close()
+    assert master.wait(30) == 0, master.stderr
+    assert_exactly_once(read_results(out), {str(i): i * i for i in range(n)})
+    assert [r[0] for r in replies] == ["#TRACEBACK"] * DECREFS, replies
+    for i, peer_port in enumerate(ports, 1):
+        master.wait_for(rf"refused a call from 127\.0\.0\.1:{peer_port} and closed its "
+                        rf"connection: 'decref' .*\(refused call #{i}\)", timeout=PROMPT)
+    assert "Traceback" not in master.stderr and "RemoteError" not in master.stderr
+    chaos.record(f"{DECREFS} decref requests sent with the right key", range(n),
+                 read_results(out), recovery="refused and logged; batch unaffected")
 
 
 @pytest.mark.chaos
