@@ -24,6 +24,8 @@ DUAL = "dual.procfleet.test"
 class PingService:
     """The one dispatcher method these tests call."""
 
+    heartbeat_interval = 1.0        # start_server derives the idle timeout from it
+
     def ping(self):
         return {"state": "run"}
 
