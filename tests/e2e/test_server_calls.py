@@ -13,7 +13,8 @@ import threading
 import time
 
 import pytest
-from peers import answered, local_port, raw_session
+from peers import answered, ensure_fd_limit, local_port, raw_session
+from procs import wait_until
 
 from procfleet.master import server as server_mod
 from procfleet.master.server import start_server
@@ -25,6 +26,8 @@ KEY = b"procfleet-test-key-0123456789"
 PROMPT = 5.0
 #: the idle timeout in these tests (MIN_IDLE_TIMEOUT patched down from 60 s)
 SHORT_IDLE = 0.5
+#: authenticated connections that go silent at once
+IDLE_SESSIONS = 300
 
 
 class Service:
@@ -200,6 +203,23 @@ def test_an_idle_authenticated_connection_is_closed_after_the_idle_timeout(serve
     assert server.idle_closed == 2
 
 
+def test_many_idle_authenticated_connections_do_not_keep_their_threads(server):
+    ensure_fd_limit(2 * IDLE_SESSIONS + 200)
+    before = threading.active_count()
+    conns = []
+    try:
+        for _ in range(IDLE_SESSIONS):
+            conns.append(raw_session(server.address, KEY, PROMPT))
+        # each read ends at EOF (or fails after raw_session's PROMPT: the test fails)
+        assert all(answered(conn) is None for conn in conns)
+    finally:
+        for conn in conns:
+            conn.close()
+    assert server.idle_closed == IDLE_SESSIONS
+    wait_until(lambda: threading.active_count() <= before + 2, PROMPT,
+               "the server threads of the idle connections to end")
+
+
 def test_a_long_poll_and_a_steady_caller_outlive_the_idle_timeout(server):
     worker = connect(server.address, KEY, timeout=PROMPT)
     started = time.monotonic()
@@ -257,27 +277,25 @@ def server_side_socket(client_address: tuple) -> socket.socket:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
-def test_every_accepted_connection_has_tcp_keepalive(server):
-    for kind in ("worker", "unauthenticated"):
-        client = socket.create_connection(server.address, timeout=PROMPT) if kind != "worker" \
-            else None
-        if client is None:
-            conn = transport.bounded_client(PROMPT)(server.address, authkey=KEY)
-            client = socket.socket(fileno=os.dup(conn.fileno()))
-            conn.send((None, "accept_connection", ("ka",), {}))
-            assert conn.recv() == ("#RETURN", None)
-        else:
-            client.recv(4096)        # the challenge: the server has accepted the connection
+@pytest.mark.parametrize("kind", ["worker", "unauthenticated"])
+def test_every_accepted_connection_has_tcp_keepalive(server, kind):
+    if kind == "worker":
+        conn = transport.bounded_client(PROMPT)(server.address, authkey=KEY)
+        conn.send((None, "accept_connection", ("ka",), {}))
+        assert conn.recv() == ("#RETURN", None)
+        client = socket.socket(fileno=os.dup(conn.fileno()))
+        conn.close()
+    else:
+        client = socket.create_connection(server.address, timeout=PROMPT)
+        client.recv(4096)        # the challenge: the server has accepted the connection
+    try:
+        accepted = server_side_socket(client.getsockname())
         try:
-            accepted = server_side_socket(client.getsockname())
-            try:
-                assert keepalive_options(accepted) == expected_keepalive(), kind
-            finally:
-                accepted.detach()
+            assert keepalive_options(accepted) == expected_keepalive()
         finally:
-            client.close()
-            if kind == "worker":
-                conn.close()
+            accepted.detach()
+    finally:
+        client.close()
 
 
 def test_the_workers_connections_have_tcp_keepalive(server):

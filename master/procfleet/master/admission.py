@@ -125,7 +125,7 @@ def _shown(value) -> str:
         return repr(value if value is None or len(value) <= 60 else value[:60] + "...")
     if isinstance(value, (tuple, list)):
         return f"a {type(value).__name__} of {len(value)}"
-    return f"a {type(value).__name__}"
+    return f"a value of type {type(value).__name__}"
 
 
 class ThrottledCounter:
