@@ -32,6 +32,8 @@ MAX_RETRY_DELAY = 300.0
 #: (an idle worker asks again at least every second, in its long poll)
 ASKED_RECENTLY = 2.0
 
+_int_repr = int.__repr__     # the common result, printed without a call to encode_value
+
 
 @dataclass(slots=True)
 class TaskState:
@@ -389,8 +391,9 @@ class Dispatcher:
                 task = active.get(seq)
                 if (task is not None and type(task) is not TaskState and outcome[1] == OK
                         and seq in held):
+                    value = outcome[2]
                     try:
-                        text = encode_value(outcome[2])
+                        text = _int_repr(value) if type(value) is int else encode_value(value)
                     except (TypeError, ValueError, RecursionError):
                         self._complete_one(worker, outcome)    # ResultNotJSON
                         continue
@@ -398,7 +401,10 @@ class Dispatcher:
                     if name is None:
                         name = parts[task[2]] = (f',"task":{encode_basestring(task[2])}'
                                                  f',"status":"ok"')
-                    line = f'{{"id":{encode_id(task[1])}{name},"result":{text}{tail}'
+                    task_id = task[1]
+                    task_id = (encode_basestring(task_id) if type(task_id) is str
+                               else encode_id(task_id))
+                    line = f'{{"id":{task_id}{name},"result":{text}{tail}'
                     del held[seq]
                     del active[seq]
                     flags[seq] = 1
