@@ -105,3 +105,11 @@ def test_worker_bad_concurrency(authkey_env):
 def test_ping_without_master_is_exit_3(authkey_env):
     result = run(["ping", "--master", "127.0.0.1:1"])
     assert result.exit_code == 3 and "not reachable" in result.output
+
+
+@pytest.mark.parametrize("worker_id", ["line\nbreak", "x" * 129, "", "tab\there"])
+def test_worker_id_the_master_would_refuse_is_a_usage_error(authkey_env, worker_id):
+    result = run(["worker", "--id", worker_id, "--master", "127.0.0.1:1",
+                  "--connect-timeout", "0.1"])
+    assert result.exit_code == 2, result.output
+    assert "--id" in result.output and "printable text" in result.output

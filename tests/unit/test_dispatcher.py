@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from procfleet.master.dispatcher import Dispatcher, TaskState
+from procfleet.master.dispatcher import ASKED_RECENTLY, Dispatcher, TaskState
 from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
 
 
@@ -48,12 +48,44 @@ def test_lease_hands_out_each_task_once_in_order():
 
 
 def test_fair_share_caps_a_lease_near_the_end():
-    d, _ = make(4)
-    d.touch("a")
-    d.touch("b")
-    assert len(d.lease("a", 100)) == 2      # 4 pending, 2 workers: half each
+    d, _ = make(5)
+    d.wants("a")                            # both asked for tasks
+    d.wants("b")
+    assert len(d.lease("a", 100)) == 3      # 5 pending, 2 workers: half each, rounded up
     assert len(d.lease("b", 100)) == 1      # 2 pending, 2 workers
     assert len(d.lease("a", 100)) == 1
+
+
+def test_fair_share_ignores_workers_that_only_said_hello():
+    """3,000 ids kept alive by hello() (or heartbeats holding nothing) once made every lease
+    1/3000 of what was left: the batch crawled. Only workers that work share."""
+    d, clock = make(4000, lease_timeout=30)
+    for i in range(3000):
+        d.touch(f"idle-{i}")               # what hello() does
+    assert len(d.lease("a", 100)) == 100
+    clock.advance(1)
+    for i in range(3000):
+        d.touch(f"idle-{i}")               # still alive, still asking for nothing
+    assert d.lease("idle-0", 0) == []      # a heartbeat with want=0 is not asking either
+    assert len(d.lease("a", 100)) == 100
+    assert d.sharers() == 1
+
+
+def test_fair_share_counts_holders_and_recent_askers_only():
+    d, clock = make(12, lease_timeout=60)
+    assert len(d.lease("a", 2)) == 2        # a holds 2
+    assert d.lease("b", 1, call=None)       # b holds 1
+    d.wants("c")                            # c asked, got nothing yet
+    assert d.sharers() == 3
+    clock.advance(ASKED_RECENTLY + 0.5)
+    assert d.sharers() == 2                 # c has not asked again: it no longer shares
+    d.complete("b", [ok(t) for t in [d.task_state(2).task]])
+    assert d.sharers() == 1                 # b holds nothing and asked long ago
+    assert len(d.lease("c", 100)) == 5      # 9 pending over a and c: ceil(9 / 2)
+    d.expire()
+    clock.advance(61)
+    d.expire()                              # a and c silent past the lease: lost
+    assert d.sharers() == 1 and len(d.lease("d", 100)) == 11
 
 
 def test_complete_records_result_once():
@@ -135,7 +167,7 @@ def test_returning_worker_is_alive_again_with_no_tasks():
     d.touch("a")
     assert "a" in d.alive_workers()
     assert not d.workers["a"].held
-    assert any("is back" in e for e in d.take_events())
+    assert any("is back" in e for _kind, e in d.take_events())
 
 
 def test_leave_hands_tasks_back_without_counting_them_lost():
@@ -152,7 +184,7 @@ def test_result_for_a_seq_outside_the_batch_is_ignored():
     d, _ = make(1)
     d.complete("a", [Outcome(7, OK, 1, None)])
     assert d.finished == 0 and d.take_results() == []
-    assert any("#7, which this batch does not have" in e for e in d.take_events())
+    assert any("#7, which this batch does not have" in e for _kind, e in d.take_events())
 
 
 def test_result_for_a_task_not_in_flight_here_is_stale():

@@ -1,11 +1,17 @@
 """The served dispatcher: long polls woken by requeues, STOP once the batch is over."""
 
+import logging
+import sys
 import threading
+import types
+
+import pytest
 
 from procfleet.master.dispatcher import Dispatcher
+from procfleet.master.runner import Batch
 from procfleet.master.service import DispatcherService
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
-from procfleet.shared.records import OK
+from procfleet.shared.records import CRASH, ERROR, MAX_ERROR_CHARS, MAX_OUTCOMES, OK
 from test_dispatcher import FakeClock, tasks
 
 B = "batch-1"
@@ -88,18 +94,23 @@ def test_hello_tells_the_batch_and_results_of_another_batch_are_ignored():
     assert service.dispatcher.finished == 0
 
 
-def test_malformed_outcomes_are_skipped_not_fatal():
+def test_malformed_outcomes_refuse_the_call_and_a_good_call_then_ends_the_batch():
     service, _ = make(n=1)
     [task], _ = service.exchange("a", B, [], 1, 0)
-    service.exchange("a", B, [("x", OK, 0, None), (task[0], "weird", 0, None), 5,
-                              (task[0], OK, 0, None)], 0, 0)
+    with pytest.raises((TypeError, ValueError)):
+        service.exchange("a", B, [("x", OK, 0, None), (task[0], "weird", 0, None), 5,
+                                  (task[0], OK, 0, None)], 0, 0)
+    assert not service.dispatcher.finished
+    service.exchange("a", B, [(task[0], OK, 0, None)], 0, 0)
     assert service.dispatcher.done
 
 
 def test_release_hands_back_unstarted_tasks_for_others():
     service, _ = make(n=3)
     leased, _ = service.exchange("a", B, [], 3, 0)
-    assert service.release("a", [leased[1][0], leased[2][0], "junk"]) == 2
+    with pytest.raises(TypeError):
+        service.release("a", [leased[1][0], leased[2][0], "junk"])     # all or nothing
+    assert service.release("a", [leased[1][0], leased[2][0]]) == 2
     again = service.exchange("b", B, [], 3, 0)[0] + service.exchange("b", B, [], 3, 0)[0]
     assert [t[0] for t in again] == [leased[1][0], leased[2][0]]   # a still counts: 1 each
     assert service.dispatcher.counters.released == 2
@@ -112,6 +123,7 @@ def test_wait_workers_leases_nothing_until_that_many_joined():
     hello(service, "a")
     assert service.exchange("a", B, [], 4, 0) == ([], RUN)
     assert service.exchange("a", B, [], 4, 0.05) == ([], RUN)      # a long poll stays empty
+    assert service.exchange("b", B, [], 4, 0) == ([], RUN)          # b asks before it joins
     got = {}
     waiter = threading.Thread(target=lambda: got.update(r=service.exchange("a", B, [], 4, 30)))
     waiter.start()
@@ -148,7 +160,247 @@ def test_a_malformed_cursor_is_refused():
     for cursor in (("s", "1", 0), ("s", 1), ["s", 1, 0], (1, 1, 0)):
         try:
             service.exchange("a", B, [], 1, 0, cursor)
-        except TypeError:
+        except (TypeError, ValueError):
             continue
         raise AssertionError(f"cursor {cursor!r} was accepted")
     assert service.dispatcher.running() == 0
+
+
+def nested(depth):
+    value = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+BAD_OUTCOMES = {
+    "a value nested 1,500 deep": (1, OK, nested(1500), None),
+    "a value nested 101 deep": (1, OK, nested(101), None),
+    "a seq of 5,000 digits": (10 ** 5000, OK, 0, None),
+    "a seq past the batch": (10, OK, 0, None),
+    "a negative seq": (-1, OK, 0, None),
+    "a bool seq": (True, OK, 0, None),
+    "a seq nested 1,500 deep": (nested(1500), OK, 0, None),
+    "an unknown kind": (1, "weird", 0, None),
+    "a kind that is not text": (1, [OK], 0, None),
+    "an error that is not text": (1, ERROR, None, 5),
+    "an error over MAX_ERROR_CHARS": (1, ERROR, None, "x" * (MAX_ERROR_CHARS + 1)),
+    "a value on a crash": (1, CRASH, nested(1500), "boom"),
+    "three fields": (1, OK, 0),
+    "a list, not a tuple": [1, OK, 0, None],
+    "not an outcome at all": 5,
+}
+
+
+@pytest.mark.parametrize("bad", BAD_OUTCOMES.values(), ids=BAD_OUTCOMES.keys())
+def test_a_bad_outcome_refuses_the_whole_call_and_changes_nothing(bad):
+    """An outcome that raised midway once left results written but not counted and the
+    batch unable to end. Now the call is refused whole: nothing written, nothing counted."""
+    service, _ = make(n=3)
+    held, _ = service.exchange("a", B, [], 3, 0)
+    good = [(t[0], OK, t[0] ** 2, None) for t in held]
+    with pytest.raises((TypeError, ValueError)) as refused:
+        service.exchange("a", B, [good[0], bad, good[2]], 0, 0)
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 300
+    _leased, results, _events = service.tick()
+    d = service.dispatcher
+    assert results == [] and d.finished == 0 and d.counters.ok == 0 and d.running() == 3
+    assert service.exchange("a", B, good, 0, 0) == ([], STOP)     # a good call ends it
+    _leased, results, _events = service.tick()
+    assert len(results) == d.counters.ok == 3 and d.counters.duplicates == 0
+
+
+def test_too_many_outcomes_in_one_call_are_refused_at_once():
+    service, _ = make(n=1)
+    with pytest.raises(ValueError, match="MAX_OUTCOMES"):
+        service.exchange("a", B, [("x", OK, 0, None)] * (MAX_OUTCOMES + 1), 0, 0)
+
+
+def test_a_well_formed_value_is_kept_whatever_json_makes_of_it():
+    """Depth up to MAX_DEPTH passes; a value JSON cannot carry is that task's failure, as
+    before (ResultNotJSON), not a refused call."""
+    service, _ = make(n=3)
+    held, _ = service.exchange("a", B, [], 3, 0)
+    seqs = [t[0] for t in held]
+    service.exchange("a", B, [(seqs[0], OK, nested(99), None), (seqs[1], OK, {1, 2}, None),
+                              (seqs[2], OK, float("nan"), None)], 0, 0)
+    _leased, results, _events = service.tick()
+    lines = dict(results)
+    assert '"status":"ok"' in lines[seqs[0]]
+    assert "ResultNotJSON" in lines[seqs[1]] and "ResultNotJSON" in lines[seqs[2]]
+
+
+BAD_IDS = ["", "w\nsummary: tasks=0 ok=0", "w\rx", "\x1b[2Jw", "x" * 129, 5, None, b"w",
+           ("w",)]
+
+
+@pytest.mark.parametrize("worker_id", BAD_IDS, ids=repr)
+def test_a_worker_id_is_printable_text_in_every_call(worker_id):
+    """A newline in an id forged a `summary:` line; a non-text id crashed the batch's end."""
+    service, _ = make(n=2)
+    calls = [lambda: service.hello(worker_id, {"protocol": PROTOCOL_VERSION}),
+             lambda: service.exchange(worker_id, B, [], 1, 0),
+             lambda: service.exchange(worker_id, B, [], 1, 0, ("s", 1, 0)),
+             lambda: service.release(worker_id, []),
+             lambda: service.goodbye(worker_id)]
+    for call in calls:
+        with pytest.raises((TypeError, ValueError)):
+            call()
+    assert service.dispatcher.workers == {}
+    hello(service, "x" * 128)                   # the longest id that is allowed
+    assert list(service.dispatcher.workers) == ["x" * 128]
+
+
+@pytest.mark.parametrize("info", [
+    {"protocol": PROTOCOL_VERSION, "python": "3.12\nsummary: forged"},
+    {"protocol": PROTOCOL_VERSION, "python": ValueError("x")},
+    {"protocol": PROTOCOL_VERSION, "session": ["s"]},
+    {"protocol": 10 ** 5000},
+    {("k",): 1},
+    {f"k{i}": i for i in range(100)},
+    ["protocol", PROTOCOL_VERSION],
+], ids=["newline", "exception", "list", "huge int", "tuple key", "100 keys", "not a dict"])
+def test_hello_info_is_plain_short_values(info):
+    service, _ = make()
+    with pytest.raises((TypeError, ValueError)):
+        service.hello("a", info)
+    assert service.dispatcher.workers == {}
+
+
+@pytest.mark.parametrize("args", [
+    ("a", B, [], -1, 0), ("a", B, [], True, 0), ("a", B, [], 1, float("nan")),
+    ("a", B, [], 1, -1), ("a", B, [], 1, 1e9), ("a", 5, [], 1, 0), ("a", "b\nc", [], 1, 0),
+    ("a", B, (), 1, 0), ("a", B, [], 1, 0, ("s" * 300, 1, 0)),
+    ("a", B, [], 1, 0, ("s", 10 ** 5000, 0)), ("a", B, [], 1, 0, ("s", 1, -1)),
+], ids=["negative want", "bool want", "nan wait", "negative wait", "huge wait", "batch int",
+        "batch newline", "outcomes tuple", "long session", "huge call", "negative acked"])
+def test_exchange_arguments_are_checked(args):
+    service, _ = make()
+    with pytest.raises((TypeError, ValueError)):
+        service.exchange(*args)
+    assert service.dispatcher.workers == {} and service.dispatcher.running() == 0
+
+
+@pytest.mark.parametrize("seqs", [[10 ** 5000], [-1], [2], [True], list(range(MAX_OUTCOMES + 1)),
+                                  (0,)], ids=["huge", "negative", "past the batch", "bool",
+                                              "too many", "tuple"])
+def test_release_is_all_or_nothing(seqs):
+    service, _ = make(n=2)
+    held, _ = service.exchange("a", B, [], 2, 0)
+    with pytest.raises((TypeError, ValueError)):
+        service.release("a", [held[0][0], *seqs] if type(seqs) is list else seqs)
+    assert service.dispatcher.running() == 2 and service.dispatcher.counters.released == 0
+
+
+def service_lines(caplog, level=logging.WARNING):
+    return [r for r in caplog.records
+            if r.name == "procfleet.master.service" and r.levelno >= level]
+
+
+def test_a_flood_of_malformed_calls_is_counted_in_a_few_log_lines(caplog):
+    """One call with 200k malformed outcomes once wrote 200k warning lines (21.8 MB)."""
+    caplog.set_level(logging.INFO, logger="procfleet.master.service")
+    service, clock = make(n=1)
+    with pytest.raises((TypeError, ValueError)):
+        service.exchange("a", B, [("x", OK, 0, None)] * 20_000, 0, 0)
+    assert len(service_lines(caplog)) == 1
+    for i in range(1000):
+        with pytest.raises((TypeError, ValueError)):
+            service.exchange("a", B, [(i, "weird", 0, None)], 0, 0)
+        with pytest.raises((TypeError, ValueError)):
+            service.hello(f"w\n{i}", {"protocol": PROTOCOL_VERSION})
+        service.hello(f"old-{i}", {"protocol": PROTOCOL_VERSION - 1})
+        service.exchange("a", "another-batch", [(0, OK, 0, None)], 0, 0)
+    assert len(service_lines(caplog)) <= 40, "refused calls are throttled per kind"
+    clock.advance(2)
+    service.tick()
+    text = "\n".join(r.getMessage() for r in service_lines(caplog))
+    assert "(2001 in all)" in text                              # every refusal is counted
+    assert "(1000 in all)" in text                              # each kind on its own
+    assert all("\n" not in r.getMessage() for r in service_lines(caplog, logging.INFO))
+
+
+def test_a_storm_of_new_ids_logs_joins_throttled(caplog):
+    caplog.set_level(logging.INFO, logger="procfleet.master.service")
+    service, _ = make(n=1)
+    for i in range(3000):
+        hello(service, f"fake-{i}")
+    assert len(service_lines(caplog, logging.INFO)) <= 300
+
+
+def test_the_dispatchers_events_are_throttled_per_kind():
+    service, clock = make(n=200, lease_timeout=5.0)
+    for i in range(100):
+        service.exchange(f"w{i}", B, [], 1, 0)
+    clock.advance(6)                                    # all 100 go silent past the lease
+    _leased, _results, events = service.tick()
+    assert 1 <= len(events) <= 21
+    clock.advance(2)
+    _leased, _results, events = service.tick()
+    assert any("more silent events" in e and "(100 in all)" in e for e in events)
+
+
+def test_progress_and_summary_read_a_snapshot_during_a_storm_of_joins(caplog):
+    """The 5 s progress line read the worker table without the lock; workers joining under
+    new ids crashed the master (dictionary changed size during iteration)."""
+    caplog.set_level(logging.INFO, logger="procfleet.master.runner")
+    service, _ = make(n=10)
+    d = service.dispatcher
+    for i in range(3000):
+        service.exchange(f"old-{i}", B, [], 0, 0)
+    batch = Batch.__new__(Batch)
+    batch.service, batch.dispatcher, batch.resumed, batch.done_at_start = service, d, False, 0
+    batch.settings = types.SimpleNamespace(timeout=1.0)
+    stop = threading.Event()
+    errors = []
+
+    def storm(prefix):
+        for i in range(20_000):
+            if stop.is_set():
+                return
+            try:
+                hello(service, f"{prefix}-{i}")
+            except Exception as exc:     # noqa: BLE001 - the test reports it
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=storm, args=(f"s{n}",)) for n in range(4)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for _ in range(300):
+            batch._progress(1.0)
+            batch._report("timeout", 1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        sys.setswitchinterval(switch)
+    assert not errors
+    progress = [r.getMessage() for r in caplog.records if "progress:" in r.getMessage()]
+    assert len(progress) == 300
+    snap = service.snapshot()
+    assert snap["workers"] == len(d.workers) and snap["alive_workers"] == len(d.workers)
+
+
+def test_snapshot_is_plain_numbers_matching_the_dispatcher():
+    service, _ = make(n=4)
+    held, _ = service.exchange("a", B, [], 3, 0)
+    service.exchange("a", B, [(held[0][0], OK, 0, None)], 0, 0)
+    snap = service.snapshot()
+    assert {k: snap[k] for k in ("total", "finished", "ok", "failed", "running",
+                                 "alive_workers", "workers")} == {
+        "total": 4, "finished": 1, "ok": 1, "failed": 0, "running": 2, "alive_workers": 1,
+        "workers": 1}
+    assert all(type(v) in (int, float, type(None)) for v in snap.values())
+
+
+def test_workers_that_only_said_hello_do_not_shrink_the_fair_share():
+    """3,000 idle ids kept alive by hello() made a batch 5-6x slower."""
+    service, _ = make(n=4000)
+    for i in range(3000):
+        hello(service, f"idle-{i}")
+    tasks, _ = service.exchange("a", B, [], 500, 0)
+    assert len(tasks) == 500

@@ -28,6 +28,9 @@ from procfleet.shared.records import (CRASH, ERROR, LEASE_BYTES, OK, SMALL_TASK_
 
 #: the longest a retry waits, however many times the task failed
 MAX_RETRY_DELAY = 300.0
+#: a worker that asked for tasks this recently counts in the fair share even if it holds none
+#: (an idle worker asks again at least every second, in its long poll)
+ASKED_RECENTLY = 2.0
 
 _int_repr = int.__repr__     # the common result, printed without a call to encode_value
 
@@ -58,6 +61,7 @@ class WorkerState:
     session: str | None = None
     last_call: int = 0
     unacked: dict = field(default_factory=dict)   # call number -> [seq, ...]
+    asked_at: float = float("-inf")   # when it last asked for tasks (see Dispatcher.sharers)
 
 
 @dataclass(slots=True)
@@ -115,12 +119,16 @@ class Dispatcher:
         # a resumed batch's source also yields tasks that are done or restored: skip those
         self._skip_known = bool(self.finished or self.active)
         self.workers: dict[str, WorkerState] = {}
+        # the workers that share what is left: they hold tasks or asked for some recently; a
+        # subset of `workers`, pruned as it is counted (ids that only said hello never enter)
+        self._sharing: dict[str, WorkerState] = {}
         self.counters = Counters()
         self._ready: list[tuple[int, str]] = []
         self.leased_log: list[int] | None = None   # set to a list to record leased seqs
         self._line_parts: dict[str, str] = {}      # task name -> its part of a result line
         self.first_lease_at: float | None = None   # when work started: the clock of throughput
-        self.events: list[str] = []   # human-readable notes for the log, drained by the owner
+        # (kind, human-readable note) for the log, drained by the owner (who throttles by kind)
+        self.events: list[tuple[str, str]] = []
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -171,7 +179,7 @@ class Dispatcher:
         ready, self._ready = self._ready, []
         return ready
 
-    def take_events(self) -> list[str]:
+    def take_events(self) -> list[tuple[str, str]]:
         events, self.events = self.events, []
         return events
 
@@ -184,9 +192,29 @@ class Dispatcher:
             worker = self.workers[worker_id] = WorkerState(worker_id, now)
         elif not worker.alive:
             worker.alive = True
-            self.events.append(f"worker {worker_id} is back after its leases expired")
+            self.events.append(("back", f"worker {worker_id} is back after its leases expired"))
         worker.last_seen = now
         return worker
+
+    def wants(self, worker_id: str) -> WorkerState:
+        """`worker_id` asks for tasks now: it shares in what is left for ASKED_RECENTLY s,
+        and for as long as it holds tasks."""
+        worker = self.touch(worker_id)
+        worker.asked_at = worker.last_seen
+        self._sharing[worker_id] = worker
+        return worker
+
+    def sharers(self) -> int:
+        """How many workers share the pending tasks (at least 1): alive, and holding tasks or
+        having asked for some within ASKED_RECENTLY seconds. Workers that only said hello, or
+        only heartbeat with nothing held, do not make everyone's share smaller."""
+        now = self.clock()
+        sharing = self._sharing
+        gone = [worker.id for worker in sharing.values()
+                if not worker.alive or (not worker.held and now - worker.asked_at > ASKED_RECENTLY)]
+        for worker_id in gone:
+            del sharing[worker_id]
+        return max(1, len(sharing))
 
     # -- reconciliation --------------------------------------------------------------------
     def begin_call(self, worker_id: str, session: str, call: int, acked: int) -> bool:
@@ -224,8 +252,8 @@ class Dispatcher:
         if worker.session is not None and worker.held:
             lost = len(worker.held)
             self._lose_held(worker)
-            self.events.append(f"worker {worker_id} started again (a new process): requeued "
-                               f"the {lost} tasks its previous process held")
+            self.events.append(("restarted", f"worker {worker_id} started again (a new "
+                                f"process): requeued the {lost} tasks its previous process held"))
         worker.session = session
         worker.last_call = 0
         worker.unacked.clear()
@@ -247,8 +275,8 @@ class Dispatcher:
         if returned:
             self.requeued.extendleft(reversed(returned))
             self.counters.unacked += len(returned)
-            self.events.append(f"worker {worker.id} never received a lease of {len(returned)} "
-                               f"tasks (its reply was lost): requeued them")
+            self.events.append(("unacked", f"worker {worker.id} never received a lease of "
+                                f"{len(returned)} tasks (its reply was lost): requeued them"))
 
     # -- leasing -----------------------------------------------------------------------------
     def lease(self, worker_id: str, want: int, call: int | None = None) -> list[Task]:
@@ -256,14 +284,16 @@ class Dispatcher:
         are big, at LEASE_BYTES of task lines: requeued ones first, then fresh ones from the
         source, in order. `call`: the worker's call number this reply answers (begin_call); a
         call that is no longer the worker's latest gets nothing."""
-        worker = self.touch(worker_id)
-        if want <= 0 or (call is not None and call != worker.last_call):
+        if want <= 0:
+            self.touch(worker_id)
+            return []
+        worker = self.wants(worker_id)
+        if call is not None and call != worker.last_call:
             return []
         pending = self.pending()
         if not pending:
             return []
-        sharers = max(1, sum(1 for w in self.workers.values() if w.alive))
-        count = min(want, -(-pending // sharers))
+        count = min(want, -(-pending // self.sharers()))
         leased = []
         held, log, sizes = worker.held, self.leased_log, self.sizes
         budget = LEASE_BYTES
@@ -391,8 +421,8 @@ class Dispatcher:
         seq, worker_id = outcome[0], worker.id
         worker.held.pop(seq, None)
         if not 0 <= seq < self.total:
-            self.events.append(f"worker {worker_id} sent a result for task #{seq}, which "
-                               f"this batch does not have: ignored")
+            self.events.append(("unknown task", f"worker {worker_id} sent a result for task "
+                                f"#{seq}, which this batch does not have: ignored"))
             return
         if self.done_flags[seq]:
             self.counters.duplicates += 1
@@ -444,8 +474,9 @@ class Dispatcher:
             state.lost += 1
             if state.lost < self.max_attempts:
                 self.requeued.appendleft(state.task.seq)
-                self.events.append(f"task {state.task.id!r} crashed on worker {worker_id}: "
-                                   f"attempt {state.attempts} of at most {self.max_attempts}")
+                self.events.append(("crashed", f"task {state.task.id!r} crashed on worker "
+                                    f"{worker_id}: attempt {state.attempts} of at most "
+                                    f"{self.max_attempts}"))
                 return
             outcome = outcome._replace(error=f"{outcome.error}\n\n(it crashed {state.lost} "
                                              f"times; --max-attempts {self.max_attempts})")
@@ -492,9 +523,8 @@ class Dispatcher:
             expired.append(worker.id)
             self.counters.workers_lost += 1
             requeued = self._lose_held(worker)
-            self.events.append(
-                f"worker {worker.id} silent for {now - worker.last_seen:.1f} s: "
-                f"requeued {requeued} tasks")
+            self.events.append(("silent", f"worker {worker.id} silent for "
+                                f"{now - worker.last_seen:.1f} s: requeued {requeued} tasks"))
         return expired
 
     def _lose_held(self, worker: WorkerState) -> int:

@@ -159,7 +159,8 @@ class Batch:
                     outcome = "interrupted"
                 elif deadline is not None and now >= deadline:
                     outcome = "timeout"
-                elif local is not None and not local.check() and not d.alive_workers():
+                elif (local is not None and not local.check()
+                      and not self.service.snapshot()["alive_workers"]):
                     outcome = "workers gone"
                 else:
                     if now >= next_progress:
@@ -194,45 +195,48 @@ class Batch:
             log.warning("%s", event)
 
     def _progress(self, elapsed: float) -> None:
-        d = self.dispatcher
-        c = d.counters
+        # Server threads change the dispatcher all the time: read it only through the
+        # service's snapshot, under its lock.
+        s = self.service.snapshot()
         log.info("progress: %d/%d done (%d ok, %d failed), %d running, %d workers, %.1f s",
-                 d.finished, d.total, c.ok, c.failed, d.running(), len(d.alive_workers()),
-                 elapsed)
+                 s["finished"], s["total"], s["ok"], s["failed"], s["running"],
+                 s["alive_workers"], elapsed)
 
     def _report(self, outcome: str, elapsed: float) -> int:
-        d = self.dispatcher
-        c = d.counters
-        unfinished = d.total - d.finished
-        ok, failed = c.ok, c.failed
+        s = self.service.snapshot()
+        total = s["total"]
+        unfinished = total - s["finished"]
+        ok, failed = s["ok"], s["failed"]
         if self.resumed:    # the summary covers the whole batch, before the restart too
-            ok, failed = self._totals_with_journal()
+            ok, failed = self._totals_with_journal(s["finished"])
         if outcome == "timeout":
             log.error("--timeout %g s passed with %d of %d tasks unfinished",
-                      self.settings.timeout, unfinished, d.total)
+                      self.settings.timeout, unfinished, total)
         elif outcome == "interrupted":
             log.error("interrupted (signal %d) with %d of %d tasks unfinished",
-                      self.interrupt.signum, unfinished, d.total)
+                      self.interrupt.signum, unfinished, total)
         elif outcome == "workers gone":
             log.error("every local worker exited and no other worker is connected; "
-                      "%d of %d tasks unfinished", unfinished, d.total)
+                      "%d of %d tasks unfinished", unfinished, total)
         # Throughput counts from the first lease (workers start at their own pace) to now;
         # nothing leased is no work.
-        work = time.monotonic() - d.first_lease_at if d.first_lease_at is not None else 0.0
-        rate = (d.finished - self.done_at_start) / work if work > 0 else 0.0
+        first = s["first_lease_at"]
+        work = time.monotonic() - first if first is not None else 0.0
+        rate = (s["finished"] - self.done_at_start) / work if work > 0 else 0.0
         log.info("summary: tasks=%d ok=%d failed=%d unfinished=%d duplicates_dropped=%d "
                  "requeued=%d unacked=%d handed_back=%d retried=%d crashed=%d workers=%d "
-                 "workers_lost=%d seconds=%.2f work_seconds=%.2f tasks_per_s=%.0f",
-                 d.total, ok, failed, unfinished, c.duplicates, c.requeued, c.unacked,
-                 c.released, c.retried, c.crashed, len(d.workers), c.workers_lost, elapsed,
-                 work, rate)
+                 "workers_lost=%d refused_calls=%d seconds=%.2f work_seconds=%.2f "
+                 "tasks_per_s=%.0f",
+                 total, ok, failed, unfinished, s["duplicates"], s["requeued"], s["unacked"],
+                 s["released"], s["retried"], s["crashed"], s["workers"], s["workers_lost"],
+                 s["refused_calls"], elapsed, work, rate)
         if unfinished:
             return EXIT_UNFINISHED
         return EXIT_TASKS_FAILED if failed else EXIT_OK
 
-    def _totals_with_journal(self) -> tuple[int, int]:
+    def _totals_with_journal(self, finished: int) -> tuple[int, int]:
         ok = self.journal.count_ok()
-        return ok, self.dispatcher.finished - ok
+        return ok, finished - ok
 
     def _stop_workers(self) -> None:
         """Answer STOP to every worker call; wait (bounded) until each live worker heard it."""

@@ -3,14 +3,21 @@
 Each worker connection has its own server thread; a worker with free slots and nothing to lease
 waits here (bounded by `wait`) instead of polling, and is woken when tasks are requeued or the
 batch ends.
+
+Every call is checked whole before it changes anything: a malformed one (a worker id that is
+not printable text, an outcome nested too deep, a seq out of range ...) is refused with a
+ValueError or TypeError, which the manager sends back to the caller, and leaves the batch as it
+was. Log lines a peer can cause are throttled per kind (admission.ThrottledCounter).
 """
 
 import logging
 import threading
 
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
-from procfleet.shared.records import outcome_checked, outcome_from_wire
+from procfleet.shared.records import (MAX_OUTCOMES, MAX_WIRE_INT, check_count,
+                                      check_name, check_outcomes, check_worker_id, describe)
 
+from .admission import ThrottledCounter
 from .dispatcher import Dispatcher
 from .server import current_peer
 
@@ -18,6 +25,10 @@ log = logging.getLogger(__name__)
 
 #: longest a worker's exchange may be held waiting for work
 MAX_LONG_POLL = 1.0
+#: the longest `wait` an exchange may ask for (it is capped at MAX_LONG_POLL anyway)
+MAX_WAIT = 3600.0
+#: at most this many entries in a worker's `hello` info
+MAX_INFO_ITEMS = 32
 
 
 class DispatcherService:
@@ -30,16 +41,30 @@ class DispatcherService:
         self.started = wait_workers == 0
         self.cond = threading.Condition()
         self.stopping = False
+        clock = dispatcher.clock
+        # Log lines a peer's calls cause, one throttle per kind: (counter, level).
+        self.notes = {
+            "refused": ThrottledCounter("refused call", "refused calls", clock=clock),
+            "protocol": ThrottledCounter("other protocol", "workers of another protocol",
+                                         clock=clock),
+            "other batch": ThrottledCounter("result of another batch",
+                                            "calls with results of another batch", clock=clock),
+            # a real fleet joins all at once: room for it, but not for a storm of made-up ids
+            "joined": ThrottledCounter("join", "joins", burst=256, refill=1.0, clock=clock),
+            "draining": ThrottledCounter("drain", "drains", burst=64, refill=1.0, clock=clock),
+            "left": ThrottledCounter("leave", "leaves", burst=64, refill=1.0, clock=clock),
+        }
+        self.events: dict[str, ThrottledCounter] = {}   # the dispatcher's events, by kind
 
     # -- exposed to workers ---------------------------------------------------------------
     def hello(self, worker_id: str, info: dict) -> dict:
         reply = {"protocol": PROTOCOL_VERSION, "lease_timeout": self.dispatcher.lease_timeout,
                  "heartbeat_interval": self.heartbeat_interval, "batch": self.batch}
-        if not isinstance(worker_id, str) or not isinstance(info, dict):
-            raise TypeError("hello(worker_id: str, info: dict)")
+        self._checked("hello", _check_hello, worker_id, info)
         if info.get("protocol") != PROTOCOL_VERSION:
-            log.warning("worker %s from %s speaks protocol %s, this master %s: refused",
-                        worker_id, current_peer(), info.get("protocol"), PROTOCOL_VERSION)
+            self._note("protocol", logging.WARNING, "worker %s from %s speaks protocol %s, this "
+                       "master %s: refused", worker_id, current_peer(), info.get("protocol"),
+                       PROTOCOL_VERSION)
             return {**reply, "state": STOP}
         session = info.get("session")
         with self.cond:
@@ -56,9 +81,9 @@ class DispatcherService:
                 self.cond.notify_all()
                 log.info("%d workers have joined (--wait-workers): starting the batch",
                          self.wait_workers)
-        log.info("worker %s %s from %s (python %s, concurrency %s)", worker_id,
-                 "reconnected" if known else "joined", current_peer(),
-                 info.get("python", "?"), info.get("concurrency", "?"))
+        self._note("joined", logging.INFO, "worker %s %s from %s (python %s, concurrency %s)",
+                   worker_id, "reconnected" if known else "joined", current_peer(),
+                   info.get("python", "?"), info.get("concurrency", "?"))
         return {**reply, "state": RUN}
 
     def exchange(self, worker_id: str, batch: str, outcomes: list, want: int,
@@ -68,19 +93,17 @@ class DispatcherService:
         `cursor` is (session, call number, number of the last call whose reply arrived): with it
         the master requeues at once what it leased in replies that were lost, and leases
         nothing to a call that arrives after a later one (Dispatcher.begin_call)."""
-        if not (isinstance(worker_id, str) and isinstance(outcomes, list)
-                and isinstance(want, int) and isinstance(wait, (int, float))
-                and (cursor is None or _is_cursor(cursor))):
-            raise TypeError("exchange(worker_id: str, batch: str, outcomes: list, want: int, "
-                            "wait: float, cursor: (session: str, call: int, acked: int))")
+        ours = batch == self.batch
+        self._checked("exchange", _check_exchange, worker_id, batch, outcomes, want, wait,
+                      cursor, self.dispatcher.total if ours else MAX_WIRE_INT)
         call = None
-        if batch != self.batch:
+        if not ours:
             # Results of another batch (a worker that outlived its master): never ours.
             if outcomes:
-                log.warning("worker %s from %s sent %d results of batch %r, this is %r: "
-                            "ignored", worker_id, current_peer(), len(outcomes), batch, self.batch)
+                self._note("other batch", logging.WARNING, "worker %s from %s sent %d results "
+                           "of batch %r, this is %r: ignored", worker_id, current_peer(),
+                           len(outcomes), batch, self.batch)
             outcomes = []
-        parsed = self._parse(worker_id, outcomes)
         d = self.dispatcher
         with self.cond:
             if cursor is not None:
@@ -91,13 +114,18 @@ class DispatcherService:
                     want = 0            # a stale call: its reply would go nowhere
                 if d.counters.unacked != taken_back:
                     self.cond.notify_all()      # requeued: wake the long polls
-            if parsed:
-                d.complete(worker_id, parsed)
+            if outcomes:
+                d.complete(worker_id, outcomes)
                 if d.done:
                     self.cond.notify_all()
             if self._finished():
                 return self._stop(worker_id)
-            tasks = d.lease(worker_id, want, call) if self.started else []
+            if self.started:
+                tasks = d.lease(worker_id, want, call)
+            else:
+                tasks = []
+                if want > 0:
+                    d.wants(worker_id)      # it shares in the batch once it starts
             if not tasks and want > 0 and wait > 0:
                 self.cond.wait_for(lambda: (self.started and d.has_pending()) or self._finished(),
                                    timeout=min(wait, MAX_LONG_POLL, self.heartbeat_interval))
@@ -108,32 +136,23 @@ class DispatcherService:
 
     def release(self, worker_id: str, seqs: list) -> int:
         """A draining worker hands back tasks it has not started."""
+        self._checked("release", _check_release, worker_id, seqs, self.dispatcher.total)
         with self.cond:
-            returned = self.dispatcher.release(worker_id, [s for s in seqs if isinstance(s, int)])
+            returned = self.dispatcher.release(worker_id, seqs)
             if returned:
                 self.cond.notify_all()
-        log.info("worker %s is draining: handed back %d tasks it had not started",
-                 worker_id, returned)
+        self._note("draining", logging.INFO, "worker %s is draining: handed back %d tasks it "
+                   "had not started", worker_id, returned)
         return returned
 
-    @staticmethod
-    def _parse(worker_id: str, outcomes: list) -> list:
-        if all(map(outcome_checked, outcomes)):
-            return outcomes
-        parsed = []
-        for item in outcomes:
-            try:
-                parsed.append(outcome_from_wire(item))
-            except ValueError as exc:
-                log.warning("worker %s from %s: %s: ignored", worker_id, current_peer(), exc)
-        return parsed
-
     def goodbye(self, worker_id: str) -> None:
+        self._checked("goodbye", check_worker_id, worker_id)
         with self.cond:
             held = self.dispatcher.leave(worker_id)
             if held:
                 self.cond.notify_all()
-        log.info("worker %s left, handing back %d tasks", worker_id, held)
+        self._note("left", logging.INFO, "worker %s left, handing back %d tasks", worker_id,
+                   held)
 
     def ping(self) -> dict:
         with self.cond:
@@ -142,14 +161,53 @@ class DispatcherService:
                     "done": d.finished, "workers": len(d.alive_workers())}
 
     # -- used by the master's own loop ------------------------------------------------------
+    def snapshot(self) -> dict:
+        """The batch's figures as plain numbers, read under the lock (server threads change
+        them all the time): for the progress and summary lines."""
+        with self.cond:
+            d = self.dispatcher
+            c = d.counters
+            return {"total": d.total, "finished": d.finished, "ok": c.ok, "failed": c.failed,
+                    "running": d.running(), "alive_workers": len(d.alive_workers()),
+                    "workers": len(d.workers), "duplicates": c.duplicates,
+                    "requeued": c.requeued, "unacked": c.unacked, "released": c.released,
+                    "retried": c.retried, "crashed": c.crashed,
+                    "workers_lost": c.workers_lost, "first_lease_at": d.first_lease_at,
+                    "refused_calls": self.notes["refused"].total}
+
     def tick(self) -> tuple[list, list, list[str]]:
         """Expire silent workers; return (leased since the last tick, (seq, result) pairs to
-        journal and write, events to log). Leases are recorded only with a journal."""
+        journal and write, events to log). Leases are recorded only with a journal. Events
+        are throttled per kind, with a line for those left out; so are this service's own
+        log lines."""
         with self.cond:
             d = self.dispatcher
             if d.expire() or d.has_pending():
                 self.cond.notify_all()     # also wakes long polls when a retry comes due
-            return d.take_leased(), d.take_results(), d.take_events()
+            leased, results, events = d.take_leased(), d.take_results(), d.take_events()
+        return leased, results, self._throttled(events)
+
+    def _throttled(self, events: list[tuple[str, str]]) -> list[str]:
+        lines = []
+        for kind, text in events:
+            counter = self.events.get(kind)
+            if counter is None:
+                counter = self.events[kind] = ThrottledCounter(
+                    f"{kind} event", f"{kind} events", burst=20, clock=self.dispatcher.clock)
+            if counter.record()[1]:
+                lines.append(text)
+        for counter in self.events.values():
+            suppressed, total = counter.summary()
+            if suppressed:
+                lines.append(f"{suppressed} more {counter.many} since the last of these lines, "
+                             f"not logged one by one ({total} in all)")
+        for counter, level in ((c, logging.INFO if kind in _INFO_NOTES else logging.WARNING)
+                               for kind, c in self.notes.items()):
+            suppressed, total = counter.summary()
+            if suppressed:
+                log.log(level, "%d more %s since the last of these lines, not logged one by "
+                        "one (%d in all)", suppressed, counter.many, total)
+        return lines
 
     def wait_for_change(self, timeout: float) -> None:
         with self.cond:
@@ -171,6 +229,21 @@ class DispatcherService:
             self.cond.wait_for(lambda: not not_told(), timeout)
             return not_told()
 
+    def _checked(self, method: str, check, *args) -> None:
+        """Run `check` on a call's arguments; a refused call is logged (throttled) and its
+        ValueError/TypeError goes back to the caller, before anything changed."""
+        try:
+            check(*args)
+        except (TypeError, ValueError) as exc:
+            self._note("refused", logging.WARNING, "refused %s() from %s: %s", method,
+                       current_peer(), exc)
+            raise
+
+    def _note(self, kind: str, level: int, fmt: str, *args) -> None:
+        total, loud = self.notes[kind].record()
+        if loud:
+            log.log(level, fmt, *args)
+
     def _finished(self) -> bool:
         return self.stopping or self.dispatcher.done
 
@@ -181,6 +254,46 @@ class DispatcherService:
         return [], STOP
 
 
-def _is_cursor(cursor) -> bool:
-    return (type(cursor) is tuple and len(cursor) == 3 and type(cursor[0]) is str
-            and type(cursor[1]) is int and type(cursor[2]) is int)
+_INFO_NOTES = frozenset({"joined", "draining", "left"})
+
+
+def _check_hello(worker_id, info) -> None:
+    check_worker_id(worker_id)
+    if type(info) is not dict or len(info) > MAX_INFO_ITEMS:
+        raise TypeError(f"hello(worker_id, info): info is a dict of at most {MAX_INFO_ITEMS} "
+                        f"items, not {describe(info)}")
+    for key, value in info.items():
+        check_name("a key of hello's info", key)
+        if type(value) is str:
+            check_name(f"info[{key!r}]", value)
+        elif type(value) in (int, float, bool, type(None)):
+            if type(value) is int and value.bit_length() > 64:
+                raise ValueError(f"info[{key!r}] is a number, not {describe(value)}")
+        else:
+            raise TypeError(f"info[{key!r}] is text, a number or None, not {describe(value)}")
+
+
+def _check_exchange(worker_id, batch, outcomes, want, wait, cursor, seq_limit) -> None:
+    check_worker_id(worker_id)
+    check_name("batch", batch)
+    check_count("want", want)
+    if type(wait) not in (int, float) or not 0 <= wait <= MAX_WAIT:
+        raise ValueError(f"wait is a number of seconds from 0 to {MAX_WAIT:g}, not "
+                         f"{describe(wait)}")
+    if cursor is not None:
+        if type(cursor) is not tuple or len(cursor) != 3:
+            raise TypeError(f"cursor is (session: str, call: int, acked: int), not "
+                            f"{describe(cursor)}")
+        check_name("a cursor's session", cursor[0])
+        check_count("a cursor's call number", cursor[1])
+        check_count("a cursor's acked call number", cursor[2])
+    check_outcomes(outcomes, seq_limit)
+
+
+def _check_release(worker_id, seqs, total: int) -> None:
+    check_worker_id(worker_id)
+    if type(seqs) is not list or len(seqs) > MAX_OUTCOMES:
+        raise TypeError(f"release(worker_id, seqs): seqs is a list of at most {MAX_OUTCOMES:,} "
+                        f"ints, not {describe(seqs)}")
+    for seq in seqs:
+        check_count("a seq", seq, total)

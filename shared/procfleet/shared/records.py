@@ -36,6 +36,16 @@ RESULT_BATCH_BYTES = 16 * 1024 * 1024
 #: a failed task's error text is clipped to this many characters
 MAX_ERROR_CHARS = 64 * 1024
 
+# -- what one call from a worker may carry: checked whole before the master acts on any of it --
+#: outcomes in one exchange, or seqs in one release (a worker holds at most a few thousand)
+MAX_OUTCOMES = 65_536
+#: a worker id is printable text of 1 to this many characters (it goes into log lines)
+MAX_WORKER_ID = 128
+#: the longest batch id, session or text value in a worker's `hello` info
+MAX_NAME = 256
+#: counts on the wire (call numbers, `want`) are below this
+MAX_WIRE_INT = 2 ** 63
+
 
 class Task(NamedTuple):
     """A task as the master leases it."""
@@ -92,6 +102,106 @@ def outcome_from_wire(item) -> Outcome:
             or not (error is None or isinstance(error, str)):
         raise ValueError(f"malformed outcome {item!r:.200}")
     return Outcome(seq, kind, value, error)
+
+
+def check_worker_id(worker_id) -> None:
+    """ValueError unless `worker_id` is printable text of 1 to MAX_WORKER_ID characters."""
+    if type(worker_id) is not str or not 0 < len(worker_id) <= MAX_WORKER_ID \
+            or not worker_id.isprintable():
+        raise ValueError(f"a worker id is printable text of 1-{MAX_WORKER_ID} characters, "
+                         f"not {describe(worker_id)}")
+
+
+def check_name(what: str, value) -> None:
+    """ValueError unless `value` is printable text of at most MAX_NAME characters."""
+    if type(value) is not str or len(value) > MAX_NAME or not value.isprintable():
+        raise ValueError(f"{what} is printable text of at most {MAX_NAME} characters, "
+                         f"not {describe(value)}")
+
+
+def check_count(what: str, value, limit: int = MAX_WIRE_INT) -> None:
+    """ValueError unless `value` is an int (not a bool) in [0, limit)."""
+    if type(value) is not int:
+        raise TypeError(f"{what} is an int, not {describe(value)}")
+    if not 0 <= value < limit:
+        raise ValueError(f"{what} is an int from 0 to {limit - 1}, not {describe(value)}")
+
+
+def check_outcomes(outcomes, seq_limit: int) -> None:
+    """ValueError unless `outcomes` is a list of at most MAX_OUTCOMES well-formed outcome
+    tuples (seq, kind, value, error): seq an int in [0, seq_limit), kind one of
+    OUTCOME_KINDS, error None or text of at most MAX_ERROR_CHARS, value None unless kind is
+    ok, and an ok value nested at most MAX_DEPTH deep.
+
+    This runs for every result, so the common case (scalar values) is one pass of type checks
+    and the reason is worked out only for a refusal. A container value is encoded once, in C,
+    to measure its depth. A value that JSON cannot carry passes: its task fails ResultNotJSON
+    in the dispatcher, as a worker's own check would have made it."""
+    if type(outcomes) is not list:
+        raise TypeError(f"outcomes are a list, not {describe(outcomes)}")
+    if len(outcomes) > MAX_OUTCOMES:
+        raise ValueError(f"{len(outcomes):,} outcomes in one call; the limit is "
+                         f"{MAX_OUTCOMES:,} (MAX_OUTCOMES)")
+    scalars, kinds, limit = _SCALARS, _KINDS, MAX_ERROR_CHARS
+    for item in outcomes:
+        if type(item) is not tuple or len(item) != 4:
+            break
+        seq, kind, value, error = item
+        if (type(seq) is not int or not 0 <= seq < seq_limit or type(kind) is not str
+                or kind not in kinds
+                or (error is not None and (type(error) is not str or len(error) > limit))):
+            break
+        if type(value) not in scalars and (kind != OK or _too_deep(value)):
+            break
+    else:
+        return
+    index = next(i for i, other in enumerate(outcomes) if other is item)
+    raise ValueError(f"outcome #{index}: {_outcome_fault(item, seq_limit)}")
+
+
+_SCALARS = frozenset({type(None), bool, int, float, str})
+_KINDS = frozenset(OUTCOME_KINDS)
+
+
+def _too_deep(value) -> bool:
+    try:
+        text = _encode(value)
+    except RecursionError:
+        return True
+    except (TypeError, ValueError):
+        return False        # not JSON: complete() makes it ResultNotJSON
+    return nesting(text) > MAX_DEPTH
+
+
+def _outcome_fault(item, seq_limit: int) -> str:
+    """Why check_outcomes refused `item`."""
+    if type(item) is not tuple or len(item) != 4:
+        return f"not a (seq, kind, value, error) tuple: {describe(item)}"
+    seq, kind, value, error = item
+    if type(seq) is not int or not 0 <= seq < seq_limit:
+        return f"seq is an int from 0 to {seq_limit - 1}, not {describe(seq)}"
+    if type(kind) is not str or kind not in _KINDS:
+        return f"kind is one of {', '.join(OUTCOME_KINDS)}, not {describe(kind)}"
+    if error is not None and (type(error) is not str or len(error) > MAX_ERROR_CHARS):
+        return (f"error is None or text of at most {MAX_ERROR_CHARS:,} characters, not "
+                f"{describe(error)}")
+    if kind != OK:
+        return f"a {kind} outcome has no value, not {describe(value)}"
+    return f"its value is nested more than {MAX_DEPTH} deep"
+
+
+def describe(value) -> str:
+    """A peer's value as it may go into a refusal: short, on one line, never its full text."""
+    kind = type(value)
+    if kind is str:
+        return repr(value[:40]) + (f" ({len(value):,} characters)" if len(value) > 40 else "")
+    if kind is int and value.bit_length() > 64:
+        return f"an int of {value.bit_length():,} bits"
+    if kind in (int, float, bool, type(None)):
+        return repr(value)
+    if kind in (tuple, list, dict, set, frozenset, bytes, bytearray):
+        return f"a {kind.__name__} of {len(value):,} items"
+    return f"a {kind.__name__}"
 
 
 def result_line(task: Task, outcome: tuple | None, *, attempts: int, worker: str | None,

@@ -10,6 +10,7 @@ import click
 from procfleet.shared.cli import Seconds, fail
 from procfleet.shared.errors import ConfigError, ProcfleetError
 from procfleet.shared.logs import configure_logging
+from procfleet.shared.records import MAX_WORKER_ID, check_worker_id
 from procfleet.shared.settings import load_authkey, parse_address, resolve_host
 from procfleet.shared.tasks import registry
 
@@ -36,6 +37,16 @@ def split_imports(options: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(n.strip() for n in names if n.strip())
 
 
+def _checked_id(value: str | None) -> str | None:
+    """--id as the master will take it (it refuses any other at hello), or a usage error."""
+    if value is not None:
+        try:
+            check_worker_id(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @click.command()
 @click.option("--master", "master_address", envvar="PROCFLEET_MASTER", default=DEFAULT_MASTER,
               show_default=True, metavar="HOST:PORT",
@@ -54,7 +65,9 @@ def split_imports(options: tuple[str, ...]) -> tuple[str, ...]:
               show_default=True, metavar="SECONDS", envvar="PROCFLEET_DRAIN_TIMEOUT",
               help="On SIGTERM, finish running tasks for up to SECONDS, then hand back the rest.")
 @click.option("--id", "worker_id", metavar="NAME", envvar="PROCFLEET_WORKER_ID",
-              help="This worker's name in results and logs [default: HOSTNAME-PID].")
+              callback=lambda _ctx, _param, value: _checked_id(value),
+              help="This worker's name in results and logs: printable, at most "
+                   f"{MAX_WORKER_ID} characters [default: HOSTNAME-PID].")
 @click.option("-v", "--verbose", count=True, help="Log more (debug).")
 def worker(master_address, concurrency, imports, connect_timeout, drain_timeout, worker_id,
            verbose):
