@@ -96,8 +96,8 @@ def test_decref_requests_are_refused_and_the_workers_keep_their_dispatcher(spawn
     assert_exactly_once(read_results(out), {str(i): i * i for i in range(n)})
     assert [r[0] for r in replies] == ["#TRACEBACK"] * DECREFS, replies
     for i, peer_port in enumerate(ports, 1):
-        master.wait_for(rf"refused a call from 127\.0\.0\.1:{peer_port} and closed its "
-                        rf"connection: 'decref' .*\(refused call #{i}\)", timeout=PROMPT)
+        master.wait_for(rf"refused a request from 127\.0\.0\.1:{peer_port} and closed its "
+                        rf"connection: 'decref' .*\(refused request #{i}\)", timeout=PROMPT)
     assert "Traceback" not in master.stderr and "RemoteError" not in master.stderr
     chaos.record(f"{DECREFS} decref requests sent with the right key", range(n),
                  read_results(out), recovery="refused and logged; batch unaffected")

@@ -104,10 +104,10 @@ def assert_refused_and_closed(conn, caplog, server, count: int = 1) -> str:
     conn.close()
     # The server logs and counts before it replies: both are there by now.
     lines = [r.getMessage() for r in caplog.records
-             if re.search(rf"refused a call from {re.escape(peer)} and closed its connection: "
-                          rf".*\(refused call #{count}\)", r.getMessage())]
+             if re.search(rf"refused a request from {re.escape(peer)} and closed its connection: "
+                          rf".*\(refused request #{count}\)", r.getMessage())]
     assert len(lines) == 1, [r.getMessage() for r in caplog.records]
-    assert server.refused_calls == count
+    assert server.refused_requests == count
     return lines[0]
 
 
@@ -176,15 +176,15 @@ def test_a_refusal_line_shows_a_hostile_name_on_one_short_line(server, caplog):
     assert "\n" not in line and len(line) < 400, line
 
 
-def test_a_flood_of_refused_calls_is_counted_but_logged_throttled(server, caplog):
+def test_a_flood_of_refused_requests_is_counted_but_logged_throttled(server, caplog):
     n = 60
     for _ in range(n):
         attacker = raw_session(server.address, KEY, PROMPT)
         attacker.send((None, "debug_info", (), {}))
         assert attacker.recv()[0] == "#TRACEBACK"
         attacker.close()
-    assert server.refused_calls == n
-    logged = [r for r in caplog.records if "refused a call from" in r.getMessage()]
+    assert server.refused_requests == n
+    logged = [r for r in caplog.records if "refused a request from" in r.getMessage()]
     assert 1 <= len(logged) <= 15, len(logged)
 
 

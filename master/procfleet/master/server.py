@@ -3,7 +3,7 @@
 It speaks the server side of `multiprocessing.managers` for one object, the dispatcher service,
 and serves only what a worker needs (admission.opening_refusal, admission.call_refusal): no
 `incref`/`decref`, `shutdown`, `debug_info`, `#GETVALUE` or other plumbing of the stock
-`Server`. A refused call, like a message the allow-list of `procfleet.shared.wire` refuses,
+`Server`. A refused request, like a message the allow-list of `procfleet.shared.wire` refuses,
 ends that peer's connection only. A peer has HANDSHAKE_TIMEOUT seconds to authenticate and at
 most MAX_PENDING_HANDSHAKES may be trying at once; an authenticated connection that sends no
 request for the idle timeout is closed, and every connection has TCP keepalive. Refusals are
@@ -111,7 +111,7 @@ class MasterServer:
                                      "connections closed on arrival (too many pending)",
                                      burst=1, refill=60.0)
         self.rejected = ThrottledCounter("rejected message", "rejected messages")
-        self.refused = ThrottledCounter("refused call", "refused calls")
+        self.refused = ThrottledCounter("refused request", "refused requests")
         self.idle = ThrottledCounter("idle connection closed", "idle connections closed")
 
     @property
@@ -133,7 +133,7 @@ class MasterServer:
         return self.rejected.total
 
     @property
-    def refused_calls(self) -> int:
+    def refused_requests(self) -> int:
         """Requests a worker never makes (manager plumbing, other objects, other methods)."""
         return self.refused.total
 
@@ -294,7 +294,7 @@ class MasterServer:
 
     def _refuse(self, conn, reason: str) -> None:
         """Log and count a refused request, and give the peer the reason; the caller closes."""
-        self._log_refusal(self.refused, "refused a call from %s and closed its connection: %s",
+        self._log_refusal(self.refused, "refused a request from %s and closed its connection: %s",
                           current_peer(), reason)
         self._reply(conn, ("#TRACEBACK", f"refused by the procfleet master: {reason}"))
 
