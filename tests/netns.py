@@ -206,6 +206,18 @@ class Link:
                          if line.split()[2:3] == ["DROP"])
         return total
 
+    def throttle(self, rate: str, latency: str) -> None:
+        """A slow link both ways: a token bucket (tc tbf) at `rate`, queueing packets for up to
+        `latency` before dropping them. This kernel has no netem, so queueing is how a test
+        gets delay; `unthrottle()` removes it."""
+        for netns, dev in ((self.master_ns, self.master_if), (self.worker_ns, self.WORKER_IF)):
+            run("tc", "-n", netns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+                "burst", "8kb", "latency", latency)
+
+    def unthrottle(self) -> None:
+        for netns, dev in ((self.master_ns, self.master_if), (self.worker_ns, self.WORKER_IF)):
+            run("tc", "-n", netns, "qdisc", "del", "dev", dev, "root")
+
     def heal(self) -> int:
         """Remove every drop rule on this link; return how many packets they dropped."""
         dropped = self.dropped()

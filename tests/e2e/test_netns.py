@@ -226,3 +226,30 @@ def test_one_way_partition_longer_than_the_lease_then_healed(testbed, spawn, tmp
                   deadline)
     assert dropped > 0, "the partition dropped nothing"
     assert stats["workers_lost"] >= 1 and stats["requeued"] >= 1, stats
+
+
+@pytest.mark.parametrize("rate, pad", [("1mbit", 5_000), ("200kbit", 20_000)])
+def test_a_slow_link_delays_every_call_and_the_batch_still_ends_once_each(testbed, spawn,
+                                                                        tmp_path, rate, pad):
+    """One worker's link throttled both ways, with up to 1 s of queueing, and tasks carrying
+    `pad` bytes each way. At 1 Mbit/s a lease or a batch of results takes a fraction of a second
+    and the slow worker still does its share; at 200 kbit/s it takes seconds, so leases expire
+    while replies are still on the way (netem delay is not in this kernel; tbf queueing is the
+    delay we can make)."""
+    bed = testbed(2)
+    slow = bed.links[0]
+    slow.throttle(rate, "1s")
+    tasks = [{"id": f"t{i}", "task": "sleep", "args": [0.05, {"i": i, "pad": "x" * pad}]}
+             for i in range(300)]
+    started = time.monotonic()
+    batch = Batch(bed, spawn, tmp_path, tasks, concurrency=2, timeout=55)
+    nominal = len(tasks) * 0.05 / 2                     # the fast worker alone could do it
+    deadline = started + 3 * nominal + LEASE_TIMEOUT + SLACK
+    stats = check(batch, f"netns: one worker's link at {rate} with 1 s of queueing, "
+                         f"{pad // 1000} KB a task each way", started, deadline,
+                  recovery="whole batch on the slow link")
+    slow.unthrottle()
+    slow_results = sum(1 for r in batch.results() if r["worker"] == "w0")
+    print(f"\nslow link {rate}: w0 delivered {slow_results} of {len(tasks)}; {stats}")
+    if rate == "1mbit":
+        assert slow_results > 0, "the slow worker did nothing: the link was as good as cut"
