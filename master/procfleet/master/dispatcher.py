@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from json.encoder import encode_basestring
 
+from procfleet.shared.backoff import backoff_delay
 from procfleet.shared.records import (CRASH, ERROR, LEASE_BYTES, OK, SMALL_TASK_BYTES, TIMEOUT,
                                       Outcome, Task, encode_id, encode_value, result_line,
                                       utf8_safe)
@@ -465,8 +466,7 @@ class Dispatcher:
         if kind == ERROR and state.errors < self.retries:
             state.errors += 1
             self.counters.retried += 1
-            delay = min(self.retry_backoff * 2 ** (state.errors - 1), MAX_RETRY_DELAY)
-            delay *= 0.5 + self.rng() / 2          # jitter: retries of a batch spread out
+            delay = backoff_delay(state.errors, self.retry_backoff, MAX_RETRY_DELAY, self.rng)
             heapq.heappush(self.delayed, (self.clock() + delay, state.task.seq))
             return
         if kind == CRASH:

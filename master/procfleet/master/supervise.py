@@ -13,12 +13,12 @@ cleanly, exit 3) when the supervisor is gone, even by SIGKILL.
 import ctypes
 import logging
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
 
+from procfleet.shared.backoff import backoff_delay
 from procfleet.shared.errors import EXIT_UNFINISHED
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,7 @@ class Supervisor:
                           "resume from the journal", name, restarts, self.max_restarts)
                 return EXIT_UNFINISHED
             restarts += 1
-            delay = min(RESTART_DELAY * 2 ** (restarts - 1), MAX_RESTART_DELAY)
-            delay *= 0.5 + random.random() / 2
+            delay = backoff_delay(restarts, RESTART_DELAY, MAX_RESTART_DELAY)
             log.warning("the batch process was killed by %s: restarting it from the journal "
                         "in %.1f s (restart %d of %d)", name, delay, restarts, self.max_restarts)
             deadline = time.monotonic() + delay

@@ -5,6 +5,7 @@ import random
 import threading
 import time
 
+from procfleet.shared.backoff import backoff_delay
 from procfleet.shared.errors import MasterUnreachable
 from procfleet.shared.manager import ATTEMPT_TIMEOUT, DispatcherProxy, connect
 from procfleet.shared.settings import format_address
@@ -25,7 +26,6 @@ def connect_with_retry(address: tuple[str, int], authkey: bytes, timeout: float,
     rng = rng or random.Random()
     started = clock()
     deadline = started + timeout
-    delay = INITIAL_BACKOFF
     attempt = 0
     while not stop.is_set():
         attempt += 1
@@ -39,8 +39,7 @@ def connect_with_retry(address: tuple[str, int], authkey: bytes, timeout: float,
                     "(is the master running? see --master and --connect-timeout)") from None
             if attempt == 1:
                 log.info("%s; retrying for up to %.0f s", exc, remaining)
-            pause = min(remaining, delay * (0.5 + rng.random()))
-            delay = min(delay * 2, MAX_BACKOFF)
-            stop.wait(pause)
+            stop.wait(min(remaining, backoff_delay(attempt, INITIAL_BACKOFF, MAX_BACKOFF,
+                                                   rng.random)))
     log.info("stopped while waiting for master %s", format_address(address))
     return None
