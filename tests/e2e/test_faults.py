@@ -129,8 +129,9 @@ def test_tasks_that_raise_are_retried_with_backoff(spawn, tmp_path):
 def test_32_workers_starting_at_once_all_connect(spawn, tmp_path):
     n, workers = 640, 32
     out = tmp_path / "results.jsonl"
+    # --wait-workers: under load the batch once ended before the last of 32 had joined
     master = spawn("master", "--demo", str(n), "--demo-sleep", "0.05", "--bind", "127.0.0.1:0",
-                   "--results", str(out), "--timeout", "120")
+                   "--results", str(out), "--timeout", "120", "--wait-workers", str(workers))
     address = f"127.0.0.1:{master_port(master)}"
     started = time.monotonic()
     crowd = [spawn("worker", "--master", address, "--id", f"c{i}") for i in range(workers)]

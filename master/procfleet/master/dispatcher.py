@@ -23,7 +23,7 @@ from itertools import islice
 from json.encoder import encode_basestring
 
 from procfleet.shared.backoff import backoff_delay
-from procfleet.shared.records import (CRASH, ERROR, LEASE_BYTES, OK, SMALL_TASK_BYTES, TIMEOUT,
+from procfleet.shared.records import (CRASH, ERROR, LEASE_BYTES, OK, SMALL_TASK_BYTES,
                                       Outcome, Task, encode_id, encode_value, result_line,
                                       utf8_safe)
 
@@ -462,6 +462,8 @@ class Dispatcher:
         return None
 
     def _settle(self, state: TaskState, outcome: Outcome, worker_id: str) -> None:
+        """An attempt that did not return: retry an error (--retries), requeue a crash
+        (--max-attempts), else finish failed. A timeout is final: it would overrun again."""
         kind = outcome.kind
         if kind == ERROR and state.errors < self.retries:
             state.errors += 1
@@ -484,8 +486,6 @@ class Dispatcher:
             outcome = outcome._replace(error=f"{outcome.error}\n\n(failed on each of "
                                              f"{state.errors + 1} tries; --retries "
                                              f"{self.retries})")
-        if kind == TIMEOUT:
-            pass   # final: a task that overran once would overrun again
         self._finish(state, *result_line(state.task, outcome, attempts=state.attempts,
                                          worker=worker_id))
 

@@ -22,9 +22,8 @@ import logging
 import resource
 import socket
 import threading
-import traceback
 from multiprocessing import AuthenticationError, connection, process
-from traceback import format_exc
+from traceback import format_exc, format_exception
 
 from procfleet.shared.errors import ConfigError
 from procfleet.shared.manager import DISPATCHER_METHODS
@@ -87,7 +86,7 @@ class PeerConnection(SafeConnection):
         # A '#ERROR' reply whose exception the peer would refuse goes as the traceback text.
         if type(obj) is tuple and len(obj) == 2 and obj[0] == "#ERROR" \
                 and not allowed_exception(obj[1]):
-            obj = ("#TRACEBACK", "".join(traceback.format_exception(obj[1])))
+            obj = ("#TRACEBACK", "".join(format_exception(obj[1])))
         super().send(obj)
 
 

@@ -147,7 +147,7 @@ class Worker:
                         unsent.append(outcome)
             if self.signals and drain_until is None:
                 drain_until = now + self.settings.drain_timeout
-                proxy = self._begin_drain(proxy, executor, leased)
+                self._begin_drain(proxy, executor, leased)
             if drain_until is not None and (not leased or self.signals > 1
                                             or now >= drain_until):
                 return self._shutdown(proxy, executor, unsent, leased)
@@ -202,7 +202,7 @@ class Worker:
         self.acked = self.calls
         return reply
 
-    def _begin_drain(self, proxy, executor: Executor, leased: dict):
+    def _begin_drain(self, proxy, executor: Executor, leased: dict) -> None:
         """Stop leasing and hand back at once what has not started, so others pick it up."""
         unstarted = [t.seq for t in executor.take_unstarted()]
         for seq in unstarted:
@@ -216,7 +216,6 @@ class Worker:
             except CONNECT_ERRORS as exc:
                 log.warning("could not hand back tasks (%s); they are requeued when the "
                             "lease expires", type(exc).__name__)
-        return proxy
 
     def _shutdown(self, proxy, executor: Executor, unsent: list, leased: dict) -> int:
         """Report what is finished, hand back what is not, and leave."""
