@@ -30,16 +30,22 @@ DECREFS = 4
 ACCEPT_LAG = 3.0
 
 
+def demo_batch_under_way(spawn, out, n: int):
+    """A master running `n` slow demo tasks with 2 local workers, one of them joined; its port."""
+    master = spawn("master", "--demo", str(n), "--demo-sleep", "0.05", "--local-workers", "2",
+                   "--bind", "127.0.0.1:0", "--results", str(out))
+    port = master_port(master)
+    master.wait_for(r"worker \S+ joined")
+    return master, port
+
+
 @pytest.mark.chaos
 def test_code_running_requests_are_rejected_and_the_batch_completes(spawn, tmp_path,
                                                                       authkey_env):
     out = tmp_path / "results.jsonl"
     n = 60
-    master = spawn("master", "--demo", str(n), "--demo-sleep", "0.05", "--local-workers", "2",
-                   "--bind", "127.0.0.1:0", "--results", str(out))
     started = time.monotonic()
-    port = master_port(master)
-    master.wait_for(r"worker \S+ joined")
+    master, port = demo_batch_under_way(spawn, out, n)
     markers = [tmp_path / "pwned-system", tmp_path / "pwned-open"]
 
     address, key = ("127.0.0.1", port), authkey_env.encode()
@@ -75,10 +81,7 @@ def test_decref_requests_are_refused_and_the_workers_keep_their_dispatcher(spawn
     """Two decrefs used to unregister the dispatcher: every worker then died of a RemoteError."""
     out = tmp_path / "results.jsonl"
     n = 60
-    master = spawn("master", "--demo", str(n), "--demo-sleep", "0.05", "--local-workers", "2",
-                   "--bind", "127.0.0.1:0", "--results", str(out))
-    port = master_port(master)
-    master.wait_for(r"worker \S+ joined")
+    master, port = demo_batch_under_way(spawn, out, n)
     address, key = ("127.0.0.1", port), authkey_env.encode()
     asking = raw_session(address, key, PROMPT)      # the dispatcher's id, as a worker asks it
     asking.send((None, "create", ("dispatcher",), {}))
