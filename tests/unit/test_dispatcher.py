@@ -453,3 +453,13 @@ def test_lone_surrogates_in_ids_and_results_make_valid_utf8_lines():
             assert record["id"] == "\udc00id" and record["result"] == ["\ud800", "é"]
         else:
             assert record["id"] == 7 and record["error"] == "boom \udfff"
+
+
+def test_a_lease_taken_back_unacked_is_journalled_with_its_lowered_attempts():
+    d, _ = make(2)
+    d.leased_log = []
+    d.begin_call("a", "s1", 1, 0)
+    d.lease("a", 2, call=1)
+    assert d.take_leased() == [(0, 1, 0, 0), (1, 1, 0, 0)]
+    d.begin_call("a", "s1", 2, 0)                   # the reply of call 1 never arrived
+    assert d.take_leased() == [(0, 0, 0, 0), (1, 0, 0, 0)]

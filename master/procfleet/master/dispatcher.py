@@ -276,6 +276,8 @@ class Dispatcher:
         if returned:
             self.requeued.extendleft(reversed(returned))
             self.counters.unacked += len(returned)
+            if self.leased_log is not None:
+                self.leased_log += returned     # the journal keeps the lowered attempt counts
             self.events.append(("unacked", f"worker {worker.id} never received a lease of "
                                 f"{len(returned)} tasks (its reply was lost): requeued them"))
 
