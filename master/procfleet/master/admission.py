@@ -1,17 +1,16 @@
 """The manager server's admission rules, kept apart from sockets so they can be tested alone.
 
 `PendingHandshakes` holds the connections that have not authenticated yet: how many there are
-(they are capped) and when each must be cut off. `opening_refusal` and `call_refusal` say which
-requests an authenticated peer may make: only what a worker needs. `ThrottledCounter` counts
-every refusal of one kind but lets only some of them have a log line, so a flood cannot flood
-the log.
+(they are capped) and when each must be cut off. `ByteBudget` bounds the bytes of large
+messages being read and decoded at once. `ThrottledCounter` counts every refusal of one kind
+but lets only some of them have a log line, so a flood cannot flood the log. (Which requests a
+peer may make is in `requests`.)
 """
 
 import threading
 import time
 from collections.abc import Callable, Hashable
 
-from procfleet.shared.manager import DISPATCHER, DISPATCHER_METHODS
 
 
 class PendingHandshakes:
@@ -63,69 +62,35 @@ class PendingHandshakes:
             return len(due)
 
 
-def opening_refusal(request) -> str | None:
-    """Why the first request on a connection is refused, or None if it is one a worker sends.
+class ByteBudget:
+    """The bytes of large messages being read and decoded at once, across all connections.
 
-    A worker opens each connection with one request, as FleetManager and its proxy send them:
-    `dummy` (BaseManager.connect), `create` of the dispatcher's typeid (FleetManager.dispatcher)
-    or `accept_connection` (the proxy's own connection, which then carries its calls; the
-    proxy is made with incref=False, so no `incref` is ever sent, nor a `decref`).
+    A connection takes its message's size before reading the body and gives it back once the
+    message is decoded; while `limit` bytes are taken, the next one waits (up to a timeout).
     """
-    wrong = _misshapen(request)
-    if wrong:
-        return wrong
-    _ident, name, args, kwds = request
-    if kwds:
-        return f"{_shown(name)} with keyword arguments: no request takes any"
-    if name == "dummy" and not args:
-        return None
-    if name == "create" and len(args) == 1 and args[0] == DISPATCHER:
-        return None
-    if name == "accept_connection" and len(args) == 1 and isinstance(args[0], str):
-        return None
-    if name == "create":
-        return f"create of {_shown(args[0] if len(args) == 1 else args)}: only " \
-               f"{DISPATCHER!r} is served"
-    return f"{_shown(name)} with {len(args)} arguments: a connection may open only with " \
-           "dummy(), create('dispatcher') or accept_connection(name)"
 
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
 
-def call_refusal(request, dispatcher_id: str) -> str | None:
-    """Why a call on a served (accepted) connection is refused, or None if it may be made.
+    def acquire(self, size: int, timeout: float) -> bool:
+        """Take `size` bytes, waiting up to `timeout` s; False if they cannot be had."""
+        if size > self.limit:
+            return False
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.used + size <= self.limit, timeout):
+                return False
+            self.used += size
+            self.peak = max(self.peak, self.used)
+            return True
 
-    Only the dispatcher's own methods (DISPATCHER_METHODS) on its id: no '#GETVALUE', '__str__',
-    '__repr__' or other fallbacks of the stock server, and no other object.
-    """
-    wrong = _misshapen(request)
-    if wrong:
-        return wrong
-    ident, name, _args, _kwds = request
-    if ident != dispatcher_id:
-        return f"a call on object {_shown(ident)}: only the dispatcher ({dispatcher_id}) is served"
-    if name not in DISPATCHER_METHODS:
-        return f"{_shown(name)} is not a dispatcher method ({', '.join(DISPATCHER_METHODS)})"
-    return None
-
-
-def _misshapen(request) -> str | None:
-    """Why `request` is not (ident, name: str, args: tuple or list, kwds: dict), or None."""
-    if not isinstance(request, tuple) or len(request) != 4:
-        return f"not a request (ident, name, args, kwds) but {_shown(request)}"
-    _ident, name, args, kwds = request
-    if not isinstance(name, str) or not isinstance(args, (tuple, list)) \
-            or not isinstance(kwds, dict):
-        return f"a request of {_shown(name)} whose name, arguments or keyword arguments " \
-               "have the wrong type"
-    return None
-
-
-def _shown(value) -> str:
-    """A peer's value as it may go into a log line: a short str repr (one line), else its type."""
-    if isinstance(value, str) or value is None:
-        return repr(value if value is None or len(value) <= 60 else value[:60] + "...")
-    if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of {len(value)}"
-    return f"a value of type {type(value).__name__}"
+    def release(self, size: int) -> None:
+        if size:
+            with self._cond:
+                self.used -= size
+                self._cond.notify_all()
 
 
 class ThrottledCounter:

@@ -377,9 +377,10 @@ class Dispatcher:
         state = self.active.get(self.requeued.popleft())
         return state if state is not None and state.holder is None else None
 
-    def complete(self, worker_id: str, outcomes: Iterable[tuple]) -> None:
+    def complete(self, worker_id: str, outcomes: Iterable[tuple], encoded: bool = False) -> None:
         """Take results (Outcomes or checked (seq, kind, value, error) tuples); the first per
-        task wins, later ones are dropped and counted.
+        task wins, later ones are dropped and counted. `encoded`: ok values are checked JSON
+        text (as they come off the wire), written as they are.
 
         An `ok` for a task on its first lease, from the worker holding it, is handled inline:
         that is nearly every result. Everything else goes through _complete_one."""
@@ -395,11 +396,14 @@ class Dispatcher:
                 if (task is not None and type(task) is not TaskState and outcome[1] == OK
                         and seq in held):
                     value = outcome[2]
-                    try:
-                        text = _int_repr(value) if type(value) is int else encode_value(value)
-                    except (TypeError, ValueError, RecursionError):
-                        self._complete_one(worker, outcome)    # ResultNotJSON
-                        continue
+                    if encoded:
+                        text = value
+                    else:
+                        try:
+                            text = _int_repr(value) if type(value) is int else encode_value(value)
+                        except (TypeError, ValueError, RecursionError):
+                            self._complete_one(worker, outcome)    # ResultNotJSON
+                            continue
                     name = parts.get(task[2])
                     if name is None:
                         name = parts[task[2]] = (f',"task":{encode_basestring(task[2])}'
@@ -414,13 +418,13 @@ class Dispatcher:
                     done += 1
                     ready.append((seq, line if line.isascii() else utf8_safe(line)))
                 else:
-                    self._complete_one(worker, outcome)
+                    self._complete_one(worker, outcome, encoded)
         finally:
             # Counted even if something above raised: the counters always match the lines.
             self.finished += done
             self.counters.ok += done
 
-    def _complete_one(self, worker: WorkerState, outcome: tuple) -> None:
+    def _complete_one(self, worker: WorkerState, outcome: tuple, encoded: bool = False) -> None:
         seq, worker_id = outcome[0], worker.id
         worker.held.pop(seq, None)
         if not 0 <= seq < self.total:
@@ -441,7 +445,7 @@ class Dispatcher:
         state.holder = None
         if outcome[1] == OK:
             self._finish(state, *result_line(state.task, outcome, attempts=state.attempts,
-                                             worker=worker_id))
+                                             worker=worker_id, encoded=encoded))
         else:
             self._settle(state, Outcome(*outcome), worker_id)
 

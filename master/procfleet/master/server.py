@@ -1,37 +1,47 @@
 """The manager server, run in the master's own process on threads.
 
 It speaks the server side of `multiprocessing.managers` for one object, the dispatcher service,
-and serves only what a worker needs (admission.opening_refusal, admission.call_refusal): no
+over procfleet's own wire (procfleet.shared.wire: MessagePack, plain data), and serves only
+what a worker needs, each request decoded against its schema (requests.py): no
 `incref`/`decref`, `shutdown`, `debug_info`, `#GETVALUE` or other plumbing of the stock
-`Server`. A refused request, like a message the allow-list of `procfleet.shared.wire` refuses,
-ends that peer's connection only. A peer has HANDSHAKE_TIMEOUT seconds to authenticate and at
-most MAX_PENDING_HANDSHAKES may be trying at once; an authenticated connection that sends no
-request for the idle timeout is closed, and every connection has TCP keepalive. Refusals are
-logged with the peer's address and counted, and the log lines are throttled so that a flood
-cannot flood the log.
+`Server`. A refused request or a malformed message ends that peer's connection only; a peer of
+the old pickle wire is told so in one line it understands, and nothing it sent is unpickled.
+
+Bounds: a peer has HANDSHAKE_TIMEOUT seconds to authenticate and at most
+MAX_PENDING_HANDSHAKES may be trying at once; at most MAX_CONNECTIONS authenticated
+connections are open; one that sends no request for the idle timeout is closed; every
+connection has TCP keepalive; messages are at most wire.MAX_MESSAGE bytes, and those over
+SMALL_MESSAGE share a budget of DECODE_BUDGET bytes being read and decoded at once. Refusals
+are logged with the peer's address and counted, and the log lines are throttled so that a
+flood cannot flood the log.
 
 What this assumes of multiprocessing's manager protocol (Lib/multiprocessing/managers.py, the
 same in 3.11-3.13), all of it in MasterServer's `_serve_connection` and `_serve_calls`: a
-request is a tuple (ident, name, args, kwds); a reply is (kind, value) with kind '#RETURN',
-'#ERROR' (an exception), '#TRACEBACK' or '#UNSERIALIZABLE' (text); `create` returns
-(ident, exposed), and after `accept_connection` the connection carries calls on that ident.
+request is (ident, name, args, kwds); a reply is (kind, value) with kind '#RETURN', '#ERROR'
+(here: type name, message, traceback text), '#TRACEBACK' or '#UNSERIALIZABLE' (text);
+`create` returns (ident, exposed), and after `accept_connection` the connection carries calls
+on that ident.
 """
 
 import errno
 import logging
+import pickle
 import resource
 import socket
+import struct
 import threading
 from multiprocessing import AuthenticationError, connection, process
-from traceback import format_exc, format_exception
+from traceback import format_exc
 
 from procfleet.shared.errors import ConfigError
 from procfleet.shared.manager import DISPATCHER_METHODS
 from procfleet.shared.settings import format_address
 from procfleet.shared.transport import set_keepalive, set_recv_timeout
-from procfleet.shared.wire import ProtocolViolation, SafeConnection, allowed_exception
+from procfleet.shared.wire import (MAX_MESSAGE, WIRE_VERSION, OldWireFormat, ProtocolViolation,
+                                   SafeConnection, decode, error_reply)
 
-from .admission import PendingHandshakes, ThrottledCounter, call_refusal, opening_refusal
+from .admission import ByteBudget, PendingHandshakes, ThrottledCounter
+from .requests import CALLS, ENVELOPE, OPENING, Refused, decode_args
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,15 @@ GUARD_INTERVAL = 0.25
 IDLE_HEARTBEATS = 30
 #: ...but never sooner than this many seconds
 MIN_IDLE_TIMEOUT = 60.0
+#: at most this many authenticated connections at once (a worker keeps one, and opens one or
+#: two more for a moment when it connects); more are closed as they authenticate
+MAX_CONNECTIONS = 2048
+#: messages up to this size are read without the budget (MAX_CONNECTIONS of them fit in memory)
+SMALL_MESSAGE = 64 * 1024
+#: larger messages being read and decoded at once, in bytes, across every connection...
+DECODE_BUDGET = 4 * MAX_MESSAGE
+#: ...and how long one waits for its share before its connection is closed
+BUDGET_WAIT = 30.0
 
 _peer = threading.local()
 
@@ -64,30 +83,32 @@ def idle_timeout(heartbeat_interval: float) -> float:
 
 
 class PeerConnection(SafeConnection):
-    """A peer's connection as the server serves it.
+    """A peer's connection as the server serves it: requests in, replies out."""
 
-    A message the allow-list refuses is logged and counted here; SafeConnection has already
-    closed the socket, and it surfaces as EOFError, so the serving loop ends as if the peer had
-    hung up.
-    """
-
-    def __init__(self, handle: int, server: "MasterServer"):
-        super().__init__(handle)
-        self.server = server
-
-    def recv(self):
+    def read_message(self, budget: ByteBudget) -> tuple[memoryview, int]:
+        """The next message's bytes, and how much of `budget` they hold (the caller releases
+        it). A message over SMALL_MESSAGE waits for its share of the budget before its body is
+        read. ProtocolViolation (the connection closed) for one too large or never let in."""
+        size, = struct.unpack("!i", self._recv(4).getvalue())
+        if size == -1:
+            size, = struct.unpack("!Q", self._recv(8).getvalue())
+        if not 0 <= size <= MAX_MESSAGE:
+            self.close()
+            raise ProtocolViolation(f"a message of {size:,} bytes, over the limit of "
+                                    f"{MAX_MESSAGE:,} (MAX_MESSAGE)")
+        held = 0
+        if size > SMALL_MESSAGE:
+            if not budget.acquire(size, BUDGET_WAIT):
+                self.close()
+                raise ProtocolViolation(f"a message of {size:,} bytes found no room in "
+                                        f"{BUDGET_WAIT:g} s: {budget.limit:,} bytes of large "
+                                        "messages are being decoded (DECODE_BUDGET)")
+            held = size
         try:
-            return super().recv()
-        except ProtocolViolation as exc:
-            self.server.message_rejected(exc)
-            raise EOFError(f"connection closed: {exc}") from None
-
-    def send(self, obj) -> None:
-        # A '#ERROR' reply whose exception the peer would refuse goes as the traceback text.
-        if type(obj) is tuple and len(obj) == 2 and obj[0] == "#ERROR" \
-                and not allowed_exception(obj[1]):
-            obj = ("#TRACEBACK", "".join(format_exception(obj[1])))
-        super().send(obj)
+            return self._recv(size).getbuffer(), held
+        except BaseException:
+            budget.release(held)
+            raise
 
 
 class MasterServer:
@@ -112,6 +133,12 @@ class MasterServer:
         self.rejected = ThrottledCounter("rejected message", "rejected messages")
         self.refused = ThrottledCounter("refused request", "refused requests")
         self.idle = ThrottledCounter("idle connection closed", "idle connections closed")
+        self.old_wire = ThrottledCounter("peer of another wire", "peers of another wire")
+        self.crowded = ThrottledCounter("connection over the limit",
+                                        "connections closed over the limit (MAX_CONNECTIONS)")
+        self.budget = ByteBudget(DECODE_BUDGET)
+        self.connections = 0        # authenticated connections open now
+        self._connections_lock = threading.Lock()
 
     @property
     def auth_failures(self) -> int:
@@ -135,6 +162,11 @@ class MasterServer:
     def refused_requests(self) -> int:
         """Requests a worker never makes (manager plumbing, other objects, other methods)."""
         return self.refused.total
+
+    @property
+    def old_wire_peers(self) -> int:
+        """Connections of a peer speaking the old pickle wire (or another wire version)."""
+        return self.old_wire.total
 
     @property
     def idle_closed(self) -> int:
@@ -171,7 +203,7 @@ class MasterServer:
             sock.setblocking(True)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             set_keepalive(sock)
-            conn = PeerConnection(sock.detach(), self)
+            conn = PeerConnection(sock.detach())
             try:
                 threading.Thread(target=self.handle_request, args=(conn, peer),
                                  daemon=True).start()
@@ -194,10 +226,23 @@ class MasterServer:
 
     def handle_request(self, conn, peer=None):
         _peer.address = format_address(peer) if isinstance(peer, tuple) else str(peer)
+        counted = False
         try:
             if self._authenticate(conn):
-                self._serve_connection(conn)
+                with self._connections_lock:
+                    counted = self.connections < MAX_CONNECTIONS
+                    if counted:
+                        self.connections += 1
+                if counted:
+                    self._serve_connection(conn)
+                else:
+                    self._log_refusal(self.crowded, "closed connection from %s: %d "
+                                      "authenticated connections are open (the limit)",
+                                      current_peer(), MAX_CONNECTIONS)
         finally:
+            if counted:
+                with self._connections_lock:
+                    self.connections -= 1
             conn.close()
 
     def _authenticate(self, conn) -> bool:
@@ -235,16 +280,14 @@ class MasterServer:
 
     def _serve_connection(self, conn):
         """Answer the connection's first request; after accept_connection, serve its calls."""
-        request = self._receive(conn)
+        request = self._receive(conn, OPENING, "a request a connection may open with")
         if request is None:
             return
-        refusal = opening_refusal(request)
-        if refusal:
-            self._refuse(conn, refusal)
-        elif request[1] == "accept_connection":
+        _ident, name, _args = request
+        if name == "accept_connection":
             if self._reply(conn, ("#RETURN", None)):
                 self._serve_calls(conn)
-        elif request[1] == "create":
+        elif name == "create":
             self._reply(conn, ("#RETURN", (self.dispatcher_id, DISPATCHER_METHODS)))
         else:                   # dummy: BaseManager.connect checking that the server answers
             self._reply(conn, ("#RETURN", None))
@@ -252,34 +295,67 @@ class MasterServer:
     def _serve_calls(self, conn):
         """The stock serve_client loop, for the dispatcher's own methods only."""
         while not self.stop_event.is_set():
-            request = self._receive(conn)
+            request = self._receive(conn, CALLS, "a dispatcher method")
             if request is None:
                 return
-            refusal = call_refusal(request, self.dispatcher_id)
-            if refusal:
-                self._refuse(conn, refusal)
+            ident, name, args = request
+            if ident != self.dispatcher_id:
+                shown = ident if ident is None or len(ident) <= 60 else ident[:60] + "..."
+                self._refuse(conn, f"a call on object {shown!r}: only the dispatcher "
+                             f"({self.dispatcher_id}) is served")
                 return
-            _ident, name, args, kwds = request
             try:
-                reply = ("#RETURN", getattr(self.service, name)(*args, **kwds))
+                reply = ("#RETURN", getattr(self.service, name)(*args))
+            except (TypeError, ValueError) as exc:      # a call the service refused
+                reply = error_reply(exc)
             except Exception as exc:
-                reply = ("#ERROR", exc)
+                reply = error_reply(exc, format_exc())
             if not self._reply(conn, reply):
                 return
 
-    def _receive(self, conn):
-        """The peer's next request, or None once the connection is over (EOF, idle, refused)."""
+    def _receive(self, conn, decoders: dict, what: str):
+        """The peer's next request as (ident, name, args), or None once the connection is over
+        (EOF, idle, a message refused: each logged and counted)."""
         try:
-            return conn.recv()
+            data, held = conn.read_message(self.budget)
         except EOFError:
             return None
         except (BlockingIOError, TimeoutError):
             self._log_refusal(self.idle, "closed connection from %s: no request for %g s",
                               current_peer(), self.idle_timeout)
             return None
+        except ProtocolViolation as exc:
+            self.message_rejected(exc)
+            return None
         except OSError as exc:
             log.debug("connection from %s lost: %r", current_peer(), exc)
             return None
+        try:
+            ident, name, raw, _kwds = decode(data, ENVELOPE)
+            return ident, name, decode_args(decoders, name, raw, what)
+        except OldWireFormat as exc:
+            self._other_wire(conn, exc)
+        except ProtocolViolation as exc:
+            self.message_rejected(exc)
+        except Refused as exc:
+            self._refuse(conn, str(exc))
+        finally:
+            del data
+            self.budget.release(held)
+        return None
+
+    def _other_wire(self, conn, exc: OldWireFormat) -> None:
+        """Tell a peer of the old pickle wire, in the one form it decodes and shows in one line
+        (its connect() takes a ConnectionRefusedError for "master not reachable: <why>"),
+        and log it once."""
+        self._log_refusal(self.old_wire, "refused connection from %s: %s; run the master and "
+                          "its workers from the same procfleet release", current_peer(), exc)
+        text = (f"the master speaks procfleet wire {WIRE_VERSION} (msgpack) and this worker "
+                "the older pickle wire: run the worker from the master's procfleet release")
+        try:
+            conn._send_bytes(pickle.dumps(("#ERROR", ConnectionRefusedError(text)), protocol=2))
+        except OSError:
+            pass
 
     def _reply(self, conn, msg: tuple) -> bool:
         """Send `msg`; False if the connection is gone."""
@@ -287,7 +363,7 @@ class MasterServer:
             conn.send(msg)
         except (OSError, EOFError):
             return False
-        except Exception:       # e.g. a result that does not pickle: say so, as the stock does
+        except Exception:       # a value that is not plain data: say so, as the stock does
             return self._reply(conn, ("#UNSERIALIZABLE", format_exc()))
         return True
 
@@ -308,7 +384,7 @@ class MasterServer:
 
     def _log_summaries(self) -> None:
         for counter in (self.failed_auth, self.timed_out, self.shed, self.rejected,
-                        self.refused, self.idle):
+                        self.refused, self.idle, self.old_wire, self.crowded):
             suppressed, total = counter.summary()
             if suppressed:
                 log.warning("%d more %s since the last of these lines, not logged one by one "

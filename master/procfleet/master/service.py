@@ -19,16 +19,13 @@ from procfleet.shared.records import (MAX_OUTCOMES, MAX_WIRE_INT, check_count,
 
 from .admission import ThrottledCounter
 from .dispatcher import Dispatcher
+from .requests import MAX_INFO_ITEMS, MAX_WAIT
 from .server import current_peer
 
 log = logging.getLogger(__name__)
 
 #: longest a worker's exchange may be held waiting for work
 MAX_LONG_POLL = 1.0
-#: the longest `wait` an exchange may ask for (it is capped at MAX_LONG_POLL anyway)
-MAX_WAIT = 3600.0
-#: at most this many entries in a worker's `hello` info
-MAX_INFO_ITEMS = 32
 
 
 class DispatcherService:
@@ -115,7 +112,7 @@ class DispatcherService:
                 if d.counters.unacked != taken_back:
                     self.cond.notify_all()      # requeued: wake the long polls
             if outcomes:
-                d.complete(worker_id, outcomes)
+                d.complete(worker_id, outcomes, encoded=True)
                 if d.done:
                     self.cond.notify_all()
             if self._finished():

@@ -7,13 +7,15 @@ The master registers the dispatcher typeid with a callable (procfleet.master.ser
 from multiprocessing import AuthenticationError
 from multiprocessing.managers import BaseManager, BaseProxy, State, dispatch
 
-from .errors import AuthenticationFailed, MasterUnreachable
+from .errors import AuthenticationFailed, MasterUnreachable, ProtocolMismatch
 from .settings import ENV_AUTHKEY, ENV_AUTHKEY_FILE, format_address
 from .transport import bounded_client, set_recv_timeout
+from .wire import OldWireFormat
 
 #: 2: tasks addressed by seq, outcomes with a kind, batch ids, `release`
 #: 3: exchanges carry a cursor (session, call, acked) so lost lease replies are taken back
-PROTOCOL_VERSION = 3
+#: 4: the msgpack wire (wire.WIRE_VERSION); ok results travel as their JSON text
+PROTOCOL_VERSION = 4
 
 #: typeid under which the master serves its dispatcher
 DISPATCHER = "dispatcher"
@@ -111,7 +113,8 @@ def connect(address: tuple[str, int], authkey: bytes,
             timeout: float = ATTEMPT_TIMEOUT) -> DispatcherProxy:
     """Connect once, within `timeout` seconds, and return the dispatcher proxy.
 
-    Raises AuthenticationFailed for a wrong key and MasterUnreachable when nobody answers.
+    Raises AuthenticationFailed for a wrong key, MasterUnreachable when nobody answers and
+    ProtocolMismatch for a master of another wire.
     """
     manager = FleetManager(address, authkey, timeout=max(timeout, 0.1))
     try:
@@ -120,6 +123,11 @@ def connect(address: tuple[str, int], authkey: bytes,
         proxy._connect()
     except AuthenticationError:
         raise AuthenticationFailed(auth_failure_message(address)) from None
+    except OldWireFormat as exc:
+        raise ProtocolMismatch(
+            f"master {format_address(address)} does not speak this worker's wire: "
+            f"{str(exc).replace('the peer', 'it', 1)}: run the master and its workers from "
+            "the same procfleet release") from None
     except CONNECT_ERRORS as exc:
         reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) \
             or str(exc) or type(exc).__name__

@@ -10,6 +10,8 @@ import re
 from json.encoder import encode_basestring
 from typing import Any, NamedTuple
 
+import msgspec
+
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 
@@ -59,7 +61,10 @@ class Task(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    """What a worker reports for one attempt at a task: (seq, kind, value, error text)."""
+    """What a worker reports for one attempt at a task: (seq, kind, value, error text).
+
+    On the wire an ok outcome's value is its JSON text (result_text), which the master checks
+    (check_result_text) and writes as it is; in the master's own calls it may be the value."""
 
     seq: int
     kind: str
@@ -131,18 +136,16 @@ def check_outcomes(outcomes, seq_limit: int) -> None:
     """ValueError unless `outcomes` is a list of at most MAX_OUTCOMES well-formed outcome
     tuples (seq, kind, value, error): seq an int in [0, seq_limit), kind one of
     OUTCOME_KINDS, error None or text of at most MAX_ERROR_CHARS, value None unless kind is
-    ok, and an ok value nested at most MAX_DEPTH deep.
+    ok, and an ok value the JSON text of one value (check_result_text).
 
-    This runs for every result, so the common case (scalar values) is one pass of type checks
-    and the reason is worked out only for a refusal. A container value is encoded once, in C,
-    to measure its depth. A value that JSON cannot carry passes: its task fails ResultNotJSON
-    in the dispatcher, as a worker's own check would have made it."""
+    This runs for every result, so the common case is one pass of type checks and the reason
+    is worked out only for a refusal."""
     if type(outcomes) is not list:
         raise TypeError(f"outcomes are a list, not {describe(outcomes)}")
     if len(outcomes) > MAX_OUTCOMES:
         raise ValueError(f"{len(outcomes):,} outcomes in one call; the limit is "
                          f"{MAX_OUTCOMES:,} (MAX_OUTCOMES)")
-    scalars, kinds, limit = _SCALARS, _KINDS, MAX_ERROR_CHARS
+    kinds, limit = _KINDS, MAX_ERROR_CHARS
     for item in outcomes:
         if type(item) is not tuple or len(item) != 4:
             break
@@ -151,7 +154,10 @@ def check_outcomes(outcomes, seq_limit: int) -> None:
                 or kind not in kinds
                 or (error is not None and (type(error) is not str or len(error) > limit))):
             break
-        if type(value) not in scalars and (kind != OK or _too_deep(value)):
+        if kind == OK:
+            if type(value) is not str or not result_text_ok(value):
+                break
+        elif value is not None:
             break
     else:
         return
@@ -159,18 +165,7 @@ def check_outcomes(outcomes, seq_limit: int) -> None:
     raise ValueError(f"outcome #{index}: {_outcome_fault(item, seq_limit)}")
 
 
-_SCALARS = frozenset({type(None), bool, int, float, str})
 _KINDS = frozenset(OUTCOME_KINDS)
-
-
-def _too_deep(value) -> bool:
-    try:
-        text = _encode(value)
-    except RecursionError:
-        return True
-    except (TypeError, ValueError):
-        return False        # not JSON: complete() makes it ResultNotJSON
-    return nesting(text) > MAX_DEPTH
 
 
 def _outcome_fault(item, seq_limit: int) -> str:
@@ -187,7 +182,9 @@ def _outcome_fault(item, seq_limit: int) -> str:
                 f"{describe(error)}")
     if kind != OK:
         return f"a {kind} outcome has no value, not {describe(value)}"
-    return f"its value is nested more than {MAX_DEPTH} deep"
+    if type(value) is not str:
+        return f"an ok outcome's value is JSON text, not {describe(value)}"
+    return f"its value is not the JSON text of one value: {check_result_text(value)}"
 
 
 def describe(value) -> str:
@@ -205,10 +202,11 @@ def describe(value) -> str:
 
 
 def result_line(task: Task, outcome: tuple | None, *, attempts: int, worker: str | None,
-                error: str | None = None) -> tuple[bool, str]:
+                error: str | None = None, encoded: bool = False) -> tuple[bool, str]:
     """(ok?, the JSON Lines result record), one per task id, built without a dict.
 
-    `outcome` is an Outcome or a (seq, kind, value, error) tuple. Field order: id, task,
+    `outcome` is an Outcome or a (seq, kind, value, error) tuple; `encoded`: its value is
+    checked JSON text (check_result_text), written as it is. Field order: id, task,
     status, result, error, attempts, worker. This runs once per task in the master, so it is a
     template around the parts that vary, not json.dumps of a dict.
     """
@@ -216,7 +214,7 @@ def result_line(task: Task, outcome: tuple | None, *, attempts: int, worker: str
     tail = f',"attempts":{attempts:d},"worker":{_str(worker)}}}'
     if outcome is not None and outcome[1] == OK:
         try:
-            value = encode_value(outcome[2])
+            value = outcome[2] if encoded else encode_value(outcome[2])
         except (TypeError, ValueError, RecursionError) as exc:  # what JSON cannot carry
             outcome, error = None, f"ResultNotJSON: {_reason(exc)}"
         else:
@@ -260,62 +258,111 @@ def _reason(exc: BaseException) -> str:
 
 
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 _BRACKETS = str.maketrans({"[": "(", "{": "(", "]": ")", "}": ")"})
+
+
+def deeper_than(text: str, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` deep in the JSON text `text`.
+
+    In time linear in the text whatever it holds (a peer's text is checked with it): strings
+    and everything but brackets go, in C; then each pass drops the innermost pairs, one level.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text)).translate(_BRACKETS)
+    for _ in range(limit):
+        brackets = brackets.replace("()", "")
+        if not brackets:
+            return False
+    return True
 
 
 def nesting(text: str) -> int:
     """How deeply arrays and objects nest in the JSON text `text` (0 for a scalar)."""
-    if text.count("[") + text.count("{") <= 1:
-        return 1 if text[:1] in "[{" else 0
-    depth = deepest = 0
-    for char in _STRINGS.sub("", text).translate(_BRACKETS):
-        if char == "(":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-        elif char == ")":
-            depth -= 1
-    return deepest
+    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text)).translate(_BRACKETS)
+    depth = 0
+    while brackets:
+        shorter = brackets.replace("()", "")
+        if shorter == brackets:
+            break
+        brackets, depth = shorter, depth + 1
+    return depth
+
+
+#: a \\u escape of a surrogate: JSON allows a lone one, msgspec's checker does not
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_check_json = msgspec.json.Decoder(msgspec.Raw).decode
+
+
+def check_result_text(text: str) -> str | None:
+    """Why `text` cannot be a result as it stands in a result line, or None if it can: the
+    JSON text of one value, on one line, nested at most MAX_DEPTH deep.
+
+    Linear in the text and builds nothing from it: a peer's results are checked this way,
+    never decoded."""
+    if "\n" in text or "\r" in text:
+        return "it holds a line break"
+    if deeper_than(text, MAX_DEPTH):
+        return f"it is nested more than {MAX_DEPTH} deep"
+    try:
+        _check_json(_SURROGATE_ESCAPE.sub(r"\\u0000", text) if "\\u" in text else text)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        return f"not JSON ({exc})"
+    return None
+
+
+def result_text_ok(text: str) -> bool:
+    """check_result_text(text) is None, with a fast path for a short number or plain string."""
+    if len(text) < 20 and (_SHORT_NUMBER.fullmatch(text) or _SHORT_STRING.fullmatch(text)):
+        return True
+    return check_result_text(text) is None
+
+
+_SHORT_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_SHORT_STRING = re.compile(r'"[^"\\\x00-\x1f]*"')
 
 
 class ResultTooLarge(ValueError):
     """A result whose JSON is larger than MAX_RESULT_BYTES."""
 
 
-def check_result(value) -> tuple[Any, int]:
-    """(value as it reads back from JSON, its JSON size in bytes) for a task's return value.
+def result_text(value) -> str:
+    """The JSON text of a task's return value, as its result line will hold it: compact, and
+    UTF-8 safe (a lone surrogate written as its \\u escape). This is what a worker sends.
 
-    ValueError says why it cannot be a result line: not JSON (a set, NaN), an integer too long
-    to print (over 4300 digits), nesting deeper than MAX_DEPTH; ResultTooLarge (a ValueError)
+    ValueError says why it cannot be a result: not JSON (a set, NaN), an integer too long to
+    print (over 4300 digits), nesting deeper than MAX_DEPTH; ResultTooLarge (a ValueError)
     for JSON larger than MAX_RESULT_BYTES.
     """
     kind = type(value)
-    if value is None or kind is bool:
-        return value, 5
     if kind is int:
-        return value, len(int.__repr__(value))          # ValueError past 4300 digits
-    if kind is str:
-        size = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
-        size += 2
+        text = int.__repr__(value)                      # ValueError past 4300 digits
+    elif kind is str:
+        text = encode_basestring(value)
+    elif value is None or kind is bool:
+        return "null" if value is None else "true" if value else "false"
     elif kind is float:
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"{value!r} is not a JSON number")
-        return value, 24
+        text = float.__repr__(value)
     else:
         try:
-            text = json.dumps(value, allow_nan=False)
+            text = _encode(value)
         except RecursionError:
             raise ValueError(f"nested more than {MAX_DEPTH} deep") from None
-        if nesting(text) > MAX_DEPTH:
+        if deeper_than(text, MAX_DEPTH):
             raise ValueError(f"nested more than {MAX_DEPTH} deep")
+    if text.isascii():
         size = len(text)
-        if size <= MAX_RESULT_BYTES:
-            value = json.loads(text)
+    else:
+        text = utf8_safe(text)
+        size = len(text.encode("utf-8"))
     if size > MAX_RESULT_BYTES:
         raise ResultTooLarge(f"the result is {size:,} bytes as JSON; the limit is "
-                         f"{MAX_RESULT_BYTES:,} (MAX_RESULT_BYTES): write big outputs to "
-                         "storage and return where they are")
-    return value, size
+                             f"{MAX_RESULT_BYTES:,} (MAX_RESULT_BYTES): write big outputs to "
+                             "storage and return where they are")
+    return text
 
 
 def _str(text: str | None) -> str:

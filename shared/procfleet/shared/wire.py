@@ -1,116 +1,177 @@
-"""Decoding manager messages without trusting the peer: pickle limited to an allow-list.
+"""The message format on the manager connection: MessagePack (msgspec), plain data only.
 
-Stock multiprocessing unpickles whatever an authenticated peer sends, and a pickle can name any
-importable callable (`os.system`) and call it. Everything procfleet sends, in both directions, is
-builtin containers and scalars, which the unpickler builds without looking up any global; the
-only globals the stock manager protocol needs are exception classes, for '#ERROR' replies
-(`Server.serve_client` sends the exception a served method raised). Tokens are built client-side,
-'#PROXY' replies are never sent (no typeid has method_to_typeid), so nothing else is allowed.
+Stock multiprocessing pickles every message, and unpickling what a peer sent can call code,
+build objects with any fields (an exception whose fields crash CPython when printed) and cost
+memory out of all proportion to the bytes (a 9-byte memo index, 1-byte empty lists). procfleet
+sends MessagePack instead, with msgspec: its decoder builds only None, bool, int, float, str,
+list and dict, in time and memory linear in the message, and the master decodes each request
+against a typed schema (procfleet.master.requests), so a call of the wrong shape is refused
+while it is being decoded, before any object is built for the rest.
+
+Each message is MAGIC + a MessagePack body. MAGIC is also a complete protocol-0 pickle of a
+short text, so a master of the old pickle wire that gets a message of this one decodes that
+text, refuses it as "not a request" and logs it, in one line, naming what happened; its
+pickled reply is recognised here by its first byte (OldWireFormat), never decoded.
+
+Errors cross as data: a '#ERROR' reply carries (type name, message, traceback text), turned
+into a RemoteCallError on the caller's side. Ints beyond 64 bits and text with lone surrogates
+(both can come from a JSON task file) travel as two extension types.
 """
 
-import builtins
-import copyreg
-import io
-import pickle
-import pickletools
+import re
 from multiprocessing import connection
+from typing import Any
+
+import msgspec
 
 from .errors import ProcfleetError
 
 #: the largest message either side accepts; a whole exchange batch is far smaller
 MAX_MESSAGE = 64 * 1024 * 1024
-#: pickle protocol for everything sent; 3.11-3.13 all read it
-PICKLE_PROTOCOL = 5
+#: this wire's version; it moves with the manager protocol (manager.PROTOCOL_VERSION)
+WIRE_VERSION = 4
+#: what a master of the old (pickle) wire logs when a message of this one reaches it
+OLD_PEER_TEXT = f"a procfleet msgpack wire ({WIRE_VERSION}) message from a newer release"
+#: every message starts with this: a protocol-0 pickle of OLD_PEER_TEXT (UNICODE, STOP)
+MAGIC = b"V" + OLD_PEER_TEXT.encode("ascii") + b"\n."
+_OTHER_WIRE = re.compile(rb"Va procfleet msgpack wire \((\d{1,6})\)")
+#: the first byte of every pickle of protocol 2 or later: what the old wire sent
+PICKLE_PROTO = 0x80
 
-#: ("builtins", name) -> class: the builtin exceptions a '#ERROR' reply may carry. Only Exception
-#: subclasses: serve_client catches `Exception`, so a SystemExit or KeyboardInterrupt on the wire
-#: can only come from a hostile peer, and raising it would end the caller.
-ALLOWED_GLOBALS = {
-    ("builtins", name): obj for name, obj in vars(builtins).items()
-    if isinstance(obj, type) and issubclass(obj, Exception)
-}
-
-_EXTENSION_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
+#: extension types: an int beyond MessagePack's 64 bits (signed big-endian bytes), and text
+#: holding lone surrogates (UTF-8 with surrogatepass)
+EXT_BIGINT = 1
+EXT_TEXT = 2
+#: the longest int an extension may carry: 4,300 digits, Python's own limit for int(str)
+MAX_BIGINT_BYTES = 1800
 
 
 class ProtocolViolation(ProcfleetError):
-    """A peer sent a message this side refuses to decode: a forbidden global, garbage, too big."""
+    """A peer sent a message this side refuses to decode: garbage, a wrong shape, too big."""
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the globals in ALLOWED_GLOBALS.
-
-    Every way a pickle names a global (GLOBAL, STACK_GLOBAL, INST, OBJ, and EXT1/2/4 codes
-    not yet in copyreg's cache) goes through find_class. Persistent ids and out-of-band buffers
-    are refused by the base class, as neither a `persistent_load` nor `buffers` is given.
-    """
-
-    def find_class(self, module: str, name: str):
-        try:
-            return ALLOWED_GLOBALS[module, name]
-        except KeyError:
-            raise ProtocolViolation(
-                f"forbidden global {_clip(module)}.{_clip(name)} in a message: only builtin "
-                "exceptions may cross the wire"
-            ) from None
+class OldWireFormat(ProtocolViolation):
+    """The peer speaks the pickle wire of procfleet before wire 4, or another msgpack wire."""
 
 
-def decode(data) -> object:
-    """Unpickle one message with the allow-list; ProtocolViolation if it breaks the rules."""
-    if copyreg._extension_cache:
-        # The C unpickler takes an extension code it has seen before from copyreg's cache
-        # without asking find_class. procfleet registers none, so this is only ever non-empty
-        # if some other code in the process did: then no message may use one.
-        _refuse_extension_codes(data)
-    try:
-        return RestrictedUnpickler(io.BytesIO(data)).load()
-    except ProtocolViolation:
-        raise
-    except Exception as exc:
-        raise _malformed(exc) from None
+class RemoteCallError(ProcfleetError):
+    """The master refused a call or failed serving it: (type name, message, traceback)."""
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name, self.message, self.traceback = type_name, message, traceback
+
+
+def _ext_hook(code: int, data: memoryview):
+    if code == EXT_BIGINT and 8 < len(data) <= MAX_BIGINT_BYTES:
+        return int.from_bytes(data, "big", signed=True)
+    if code == EXT_TEXT:
+        return bytes(data).decode("utf-8", "surrogatepass")
+    raise ValueError(f"extension type {code} of {len(data)} bytes is not used on this wire")
+
+
+_encoder = msgspec.msgpack.Encoder()
+_any_decoder = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
 
 
 def encode(obj) -> bytes:
-    return pickle.dumps(obj, protocol=PICKLE_PROTOCOL)
-
-
-def allowed_exception(exc: BaseException) -> bool:
-    """True if the peer will decode `exc`: its class, and whatever it holds, are allowed."""
+    """MAGIC + `obj` as MessagePack; tuples go as arrays. TypeError if it is not plain data."""
     try:
-        decode(encode(exc))
-    except Exception:        # ProtocolViolation, or exc does not even pickle
-        return False
-    return True
+        return MAGIC + _encoder.encode(obj)
+    except (OverflowError, UnicodeEncodeError):
+        return MAGIC + _encoder.encode(_with_extensions(obj))
 
 
-def _refuse_extension_codes(data) -> None:
+def _with_extensions(obj, depth: int = 0):
+    """`obj` with big ints and surrogate-holding text as extensions (the rare, slow path)."""
+    kind = type(obj)
+    if kind is int:
+        if -2 ** 63 <= obj < 2 ** 64:
+            return obj
+        size = (obj.bit_length() + 8) // 8
+        return msgspec.msgpack.Ext(EXT_BIGINT, obj.to_bytes(size, "big", signed=True))
+    if kind is str:
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return msgspec.msgpack.Ext(EXT_TEXT, obj.encode("utf-8", "surrogatepass"))
+        return obj
+    if depth > 1000:
+        raise ValueError("nested too deeply to send")
+    if isinstance(obj, (tuple, list)):
+        return [_with_extensions(item, depth + 1) for item in obj]
+    if kind is dict:
+        return {_with_extensions(key, depth + 1): _with_extensions(value, depth + 1)
+                for key, value in obj.items()}
+    return obj
+
+
+def check_frame(data) -> memoryview:
+    """The MessagePack body of a message; ProtocolViolation (OldWireFormat) if there is none."""
+    view = memoryview(data)
+    if view[:len(MAGIC)] == MAGIC:
+        return view[len(MAGIC):]
+    if view[:1] == bytes([PICKLE_PROTO]):
+        raise OldWireFormat("the peer speaks the pickle wire of procfleet before wire "
+                            f"{WIRE_VERSION}; this side speaks msgpack wire {WIRE_VERSION}")
+    other = _OTHER_WIRE.match(bytes(view[:64]))
+    if other:
+        raise OldWireFormat(f"the peer speaks procfleet msgpack wire {int(other[1])}; this side "
+                            f"speaks wire {WIRE_VERSION}")
+    raise ProtocolViolation(f"not a procfleet message: it starts with {bytes(view[:16])!r}")
+
+
+def decode(data, decoder: msgspec.msgpack.Decoder = _any_decoder) -> Any:
+    """One message, decoded by `decoder` (plain data by default); ProtocolViolation if it is
+    not one this side accepts."""
+    body = check_frame(data)
     try:
-        for opcode, arg, _pos in pickletools.genops(bytes(data)):
-            if opcode.name in _EXTENSION_OPCODES:
-                module, name = copyreg._inverted_registry.get(arg, ("?", "?"))
-                raise ProtocolViolation(
-                    f"forbidden global {_clip(module)}.{_clip(name)} in a message (copyreg "
-                    f"extension code {arg}): extension codes are not used on the wire")
-    except ProtocolViolation:
-        raise
-    except Exception as exc:
-        raise _malformed(exc) from None
+        return decoder.decode(body)
+    except (msgspec.DecodeError, ValueError, RecursionError, MemoryError) as exc:
+        raise malformed(exc) from None
 
 
-def _malformed(exc: Exception) -> ProtocolViolation:
-    return ProtocolViolation(f"malformed message: {type(exc).__name__}: {_clip(str(exc), 200)}")
+def malformed(exc: Exception) -> ProtocolViolation:
+    if isinstance(exc, RecursionError):
+        return ProtocolViolation("malformed message: nested too deeply")
+    return ProtocolViolation(f"malformed message: {clip(str(exc), 200)}")
 
 
-def _clip(text: str, limit: int = 100) -> str:
+def clip(text: str, limit: int = 100) -> str:
     """Peer-chosen text as it may go into a log line: short, on one line."""
     return text if len(text) <= limit and text.isprintable() else repr(text[:limit])
 
 
-class SafeConnection(connection.Connection):
-    """A manager connection whose recv() decodes with the allow-list, capped at MAX_MESSAGE.
+def error_reply(exc: BaseException, traceback: str = "") -> tuple:
+    """The '#ERROR' reply for `exc`: its type's name, its message, a traceback text or ''."""
+    return "#ERROR", (type(exc).__name__, clip_text(str(exc)), clip_text(traceback))
 
-    A message that is refused leaves the stream at an unknown point (an oversized one is not
-    even read), so the connection is closed before ProtocolViolation is raised.
+
+def clip_text(text: str, limit: int = 64 * 1024) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def reply_from_wire(msg):
+    """A reply as BaseProxy and managers.dispatch expect it: '#ERROR' holds an exception."""
+    if type(msg) is not list or len(msg) != 2 or type(msg[0]) is not str:
+        raise ProtocolViolation(f"malformed reply: not (kind, value) but "
+                                f"{type(msg).__name__}")
+    kind, value = msg
+    if kind == "#ERROR":
+        if (type(value) is not list or not 2 <= len(value) <= 3
+                or not all(type(part) is str for part in value)):
+            raise ProtocolViolation("malformed reply: an error is (type, message, traceback)")
+        return kind, RemoteCallError(*value)
+    return kind, value
+
+
+class SafeConnection(connection.Connection):
+    """A manager connection that sends and receives this wire's messages, each at most
+    MAX_MESSAGE bytes.
+
+    `recv()` returns a peer's reply (the client's side); a refused message leaves the stream
+    at an unknown point (an oversized one is not even read), so the connection is closed
+    before ProtocolViolation is raised.
     """
 
     def send(self, obj) -> None:
@@ -118,7 +179,8 @@ class SafeConnection(connection.Connection):
         self._check_writable()
         self._send_bytes(encode(obj))
 
-    def recv(self):
+    def recv_message(self, decoder: msgspec.msgpack.Decoder = _any_decoder):
+        """The next message, decoded by `decoder`."""
         self._check_closed()
         self._check_readable()
         buf = self._recv_bytes(MAX_MESSAGE)
@@ -126,7 +188,10 @@ class SafeConnection(connection.Connection):
             if buf is None:
                 raise ProtocolViolation(
                     f"message larger than the limit of {MAX_MESSAGE} bytes (MAX_MESSAGE)")
-            return decode(buf.getvalue())
+            return decode(buf.getbuffer(), decoder)
         except ProtocolViolation:
             self.close()
             raise
+
+    def recv(self):
+        return reply_from_wire(self.recv_message())

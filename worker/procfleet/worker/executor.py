@@ -9,13 +9,11 @@ the slot can still time out the running task and blame a crash on it.
 import atexit
 import collections
 import importlib
-import json
 import logging
 import multiprocessing
 import operator
 import os
 import pickle
-import re
 import signal
 import sys
 import threading
@@ -25,7 +23,8 @@ import traceback
 from procfleet.shared import tasks as builtin_tasks
 from procfleet.shared.errors import UnknownTask
 from procfleet.shared.records import (CRASH, ERROR, MAX_ERROR_CHARS, OK, TIMEOUT, Outcome,
-                                      ResultTooLarge, Task, check_result)
+                                      ResultTooLarge, Task, result_text,
+                                      utf8_safe)
 from procfleet.shared.tasks import TaskRegistry
 from procfleet.shared.tuning import tune_gc
 
@@ -86,8 +85,9 @@ def run_task(registry: TaskRegistry, task: Task) -> Outcome:
 
 def _attempt(registry: TaskRegistry, seq: int, name: str, args: list, kwargs: dict) -> tuple:
     """run_task as a plain (seq, kind, value, error, size) tuple, which pickles several times
-    faster. An OK value is the result as it reads back from JSON; `size` is its JSON size in
-    bytes (a small int's is the most it can be), or an error text's length."""
+    faster. An OK value is the result's JSON text (records.result_text), made here in the task
+    process, which is what the wire carries; `size` is its length in bytes, or an error text's
+    length."""
     try:
         func = registry.get(name)
     except UnknownTask as exc:
@@ -97,30 +97,28 @@ def _attempt(registry: TaskRegistry, seq: int, name: str, args: list, kwargs: di
     except BaseException as exc:    # RecursionError, MemoryError, SystemExit: the task's, not ours
         return _error(seq, format_error(exc))
     if type(value) is int and -_SMALL_INT < value < _SMALL_INT:     # the common case, made quick
-        return seq, OK, value, None, _SMALL_INT_BYTES
+        text = int.__repr__(value)
+        return seq, OK, text, None, len(text)
     try:
-        value, size = check_result(value)
+        text = result_text(value)
     except ResultTooLarge as exc:
         return _error(seq, f"ResultTooLarge: task {name!r} returned too much: {exc}")
     except Exception as exc:        # ValueError, TypeError, or whatever a strange object raises
         return _error(seq, f"ResultNotJSON: task {name!r} returned a value that JSON cannot "
                            f"carry: {_reason(exc)}")
-    if type(value) is str and not value.isascii() and _SURROGATE.search(value):
-        value, size = check_result(json.loads(json.dumps(value)))   # a pair reads back joined
-    return seq, OK, value, None, size
+    return seq, OK, text, None, len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
-#: an int this close to 0 is a result without check_result's look at its digits, counted as
-#: _SMALL_INT_BYTES (as long as it can be; its outcome on the wire is longer anyway)
+#: an int this close to 0 is printed at once, without result_text's look at its digits
 _SMALL_INT = 10 ** 15
-_SMALL_INT_BYTES = 16
-#: check_result hands a str back as it is, but JSON joins a surrogate pair into one character
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _error(seq: int, text: str, kind: str = ERROR) -> tuple:
-    """An outcome tuple for a failed attempt, its text clipped to MAX_ERROR_CHARS."""
+    """An outcome tuple for a failed attempt, its text clipped to MAX_ERROR_CHARS and UTF-8
+    safe (a lone surrogate, which the wire cannot carry as text, written as its escape)."""
     text = clip_error(text)
+    if not text.isascii():
+        text = clip_error(utf8_safe(text))
     return seq, kind, None, text, len(text)
 
 
