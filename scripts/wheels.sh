@@ -5,13 +5,15 @@
 #
 # Usage: scripts/wheels.sh
 # Env: PYTHON (host interpreter with pip, default python3), WHEELS_DIR (default build/wheels),
-#      WHEELS_PYTHON_VERSION (oldest Python the images run, default 3.11).
+#      WHEELS_PYTHON_VERSIONS (the Pythons an image may run, default "3.11 3.12 3.13").
+# msgspec is compiled: each Python gets its own wheel, for this host's platform (build images on
+# the architecture they run on, or leave build/wheels/ empty and let the build use the index).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
 dest=${WHEELS_DIR:-build/wheels}
-pyver=${WHEELS_PYTHON_VERSION:-3.11}
+pyvers=${WHEELS_PYTHON_VERSIONS:-3.11 3.12 3.13}
 
 say() { printf 'wheels: %s\n' "$*" >&2; }
 
@@ -21,11 +23,17 @@ trap 'rm -rf "$tmp"' EXIT
 
 "$python" scripts/requirements.py shared/pyproject.toml master/pyproject.toml worker/pyproject.toml \
     >"$tmp/requirements.txt"
-say "downloading $(paste -sd' ' "$tmp/requirements.txt") for Python $pyver into $dest/"
-# Pure-Python wheels only: the images may run another Python or platform than this host.
-if ! timeout 300 "$python" -m pip download --quiet --disable-pip-version-check \
-        --only-binary=:all: --python-version "$pyver" \
-        --dest "$tmp" -r "$tmp/requirements.txt"; then
+say "downloading $(paste -sd' ' "$tmp/requirements.txt") for Python $pyvers into $dest/"
+failed=0
+for pyver in $pyvers; do
+    if ! timeout 300 "$python" -m pip download --quiet --disable-pip-version-check \
+            --only-binary=:all: --python-version "$pyver" \
+            --dest "$tmp" -r "$tmp/requirements.txt"; then
+        failed=1
+        break
+    fi
+done
+if [ "$failed" = 1 ]; then
     if compgen -G "$dest/*.whl" >/dev/null; then
         say "download failed; keeping the wheels already in $dest/"
         exit 0

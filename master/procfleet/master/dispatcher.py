@@ -32,6 +32,12 @@ MAX_RETRY_DELAY = 300.0
 #: a worker that asked for tasks this recently counts in the fair share even if it holds none
 #: (an idle worker asks again at least every second, in its long poll)
 ASKED_RECENTLY = 2.0
+#: a worker id not seen before may join only while fewer than this many live workers hold no
+#: task (a fleet joining at once is idle until its first lease: twice the master's connections)
+MAX_IDLE_WORKERS = 4096
+#: at most this many worker ids are remembered; past it, those that left holding nothing are
+#: forgotten (counted in `forgotten`) to make room, and a new id is refused if that is not enough
+MAX_WORKERS = 16384
 
 _int_repr = int.__repr__     # the common result, printed without a call to encode_value
 
@@ -120,6 +126,7 @@ class Dispatcher:
         # a resumed batch's source also yields tasks that are done or restored: skip those
         self._skip_known = bool(self.finished or self.active)
         self.workers: dict[str, WorkerState] = {}
+        self.forgotten = 0      # ids dropped from `workers` to make room (see admit)
         # the workers that share what is left: they hold tasks or asked for some recently; a
         # subset of `workers`, pruned as it is counted (ids that only said hello never enter)
         self._sharing: dict[str, WorkerState] = {}
@@ -146,6 +153,31 @@ class Dispatcher:
 
     def running(self) -> int:
         return sum(len(w.held) for w in self.workers.values())
+
+    def admit(self, worker_id: str) -> str | None:
+        """Why `worker_id`, not seen before, may not join now, or None if it may (a known id
+        always may). Bounds what ids that only say hello can cost: MAX_IDLE_WORKERS live ones
+        holding nothing, MAX_WORKERS remembered in all."""
+        if worker_id in self.workers:
+            return None
+        if len(self.workers) >= MAX_WORKERS:
+            gone = [w.id for w in self.workers.values() if not w.alive and not w.held]
+            for gone_id in gone:
+                del self.workers[gone_id]
+                self._sharing.pop(gone_id, None)
+            self.forgotten += len(gone)
+            if len(self.workers) >= MAX_WORKERS:
+                return (f"the master already knows {len(self.workers):,} live workers "
+                        f"(MAX_WORKERS)")
+        idle = sum(1 for w in self.workers.values() if w.alive and not w.held)
+        if idle >= MAX_IDLE_WORKERS:
+            return (f"{idle:,} live workers hold no task already (MAX_IDLE_WORKERS); join "
+                    "again once the fleet is working")
+        return None
+
+    def seen_workers(self) -> int:
+        """How many worker ids took part in the batch."""
+        return len(self.workers) + self.forgotten
 
     def alive_workers(self) -> list[str]:
         return [w.id for w in self.workers.values() if w.alive]

@@ -66,6 +66,11 @@ class DispatcherService:
         session = info.get("session")
         with self.cond:
             known = worker_id in self.dispatcher.workers
+            refusal = self.dispatcher.admit(worker_id)
+            if refusal:
+                self._note("refused", logging.WARNING, "refused hello() from %s (worker %s): %s",
+                           current_peer(), worker_id, refusal)
+                raise ValueError(f"worker {worker_id} may not join: {refusal}")
             if isinstance(session, str):
                 if self.dispatcher.new_session(worker_id, session):
                     self.cond.notify_all()
@@ -166,7 +171,7 @@ class DispatcherService:
             c = d.counters
             return {"total": d.total, "finished": d.finished, "ok": c.ok, "failed": c.failed,
                     "running": d.running(), "alive_workers": len(d.alive_workers()),
-                    "workers": len(d.workers), "duplicates": c.duplicates,
+                    "workers": d.seen_workers(), "duplicates": c.duplicates,
                     "requeued": c.requeued, "unacked": c.unacked, "released": c.released,
                     "retried": c.retried, "crashed": c.crashed,
                     "workers_lost": c.workers_lost, "first_lease_at": d.first_lease_at,
