@@ -1,6 +1,9 @@
-"""Admission bookkeeping with a fake clock: pending-handshake cap and deadlines, log throttle."""
+"""Admission bookkeeping with a fake clock: pending-handshake cap and deadlines, the byte
+budget of large messages, log throttle."""
 
-from procfleet.master.admission import PendingHandshakes, ThrottledCounter
+import threading
+
+from procfleet.master.admission import ByteBudget, PendingHandshakes, ThrottledCounter
 
 
 class Clock:
@@ -82,3 +85,20 @@ def test_throttle_allowance_refills_over_time():
     clock.now += 3600
     assert [counter.record()[1] for _ in range(4)] == [True, True, True, False]   # capped at 3
     assert counter.total == 10
+
+
+def test_the_byte_budget_lets_in_what_fits_and_the_next_waits_for_a_release():
+    budget = ByteBudget(100)
+    assert not budget.acquire(101, timeout=0)             # never fits: refused at once
+    assert budget.acquire(60, timeout=0) and budget.acquire(40, timeout=0)
+    assert not budget.acquire(1, timeout=0) and budget.used == 100
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(budget.acquire(50, timeout=30)))
+    waiter.start()
+    with budget._cond:                                    # the waiter is parked on the budget
+        assert budget._cond.wait_for(lambda: budget._cond._waiters, timeout=5)
+    budget.release(60)
+    waiter.join(5)
+    assert got == [True] and budget.used == 90 and budget.peak == 100
+    budget.release(0)
+    assert budget.used == 90

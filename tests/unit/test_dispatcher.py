@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from procfleet.master.dispatcher import ASKED_RECENTLY, Dispatcher, TaskState
 from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
 

@@ -1,6 +1,7 @@
 """Running tasks: one attempt's outcome (run_task), and the executor's task processes — results
 exactly once, timeouts, crashes, hand-back, close, and processes that never outlive the worker."""
 
+import json
 import multiprocessing
 import os
 import pickle
@@ -14,8 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from procfleet.shared.records import (CRASH, ERROR, MAX_ERROR_CHARS, OK, TIMEOUT, Outcome, Task,
-                                      check_result)
+from procfleet.shared.records import CRASH, ERROR, MAX_ERROR_CHARS, OK, TIMEOUT, Outcome, Task
 from procfleet.shared.tasks import TaskRegistry, registry
 from procfleet.worker import executor as executor_module
 from procfleet.worker.executor import (AHEAD, CHUNK_MAX, CHUNK_SECONDS, CLOSE_TIMEOUT, Executor,
@@ -41,11 +41,19 @@ def named(seq: int, name: str, *args, timeout: float | None = None) -> Task:
 
 
 def ok(seq: int, value) -> Outcome:
-    """The outcome of a task that returned `value`, its size as the worker counts it: a small
-    int as long as it can be, anything else its JSON length."""
-    if type(value) is int and abs(value) < executor_module._SMALL_INT:
-        return Outcome(seq, OK, value, None, executor_module._SMALL_INT_BYTES)
-    return Outcome(seq, OK, value, None, check_result(value)[1])
+    """The outcome of a task that returned `value`: its compact JSON text, as the wire carries
+    it, and that text's size in UTF-8 bytes."""
+    return ok_text(seq, json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def ok_text(seq: int, text: str) -> Outcome:
+    return Outcome(seq, OK, text, None, len(text.encode("utf-8")))
+
+
+def value(outcome: Outcome):
+    """An ok outcome's value, read back from its JSON text."""
+    assert outcome.kind == OK and type(outcome.value) is str, outcome
+    return json.loads(outcome.value)
 
 
 def failed(seq: int, kind: str, error: str) -> Outcome:
@@ -111,7 +119,7 @@ def test_builtin_square():
 
 
 def test_sleep_returns_value():
-    assert run_task(registry, Task(2, "s", "sleep", [0], {"value": "v"})).value == "v"
+    assert run_task(registry, Task(2, "s", "sleep", [0], {"value": "v"})) == ok(2, "v")
 
 
 def test_failure_carries_type_message_and_traceback():
@@ -201,7 +209,7 @@ def test_tasks_run_in_child_processes_concurrency_at_once(make_executor, tmp_pat
     executor.submit([named(i, "test_meet", str(tmp_path), str(i), 3) for i in range(3)])
     got = gather(executor, 3, timeout=WAIT + 5)
     assert all(o.kind == OK for o in got.values()), got
-    pids = {o.value for o in got.values()}
+    pids = {value(o) for o in got.values()}
     assert len(pids) == 3 and os.getpid() not in pids
 
 
@@ -216,7 +224,7 @@ def test_task_past_its_timeout_is_killed_and_the_others_complete(make_executor, 
     assert time.monotonic() - started >= 0.3
     assert got[1].kind == TIMEOUT and got[1].value is None
     assert got[1].error.startswith("TaskTimeout: timed out after 0.3 s")
-    assert [got[i].value for i in (0, 2, 3, 4)] == [0, "slept", "in time", 16]
+    assert [got[i].value for i in (0, 2, 3, 4)] == ["0", '"slept"', '"in time"', "16"]
 
 
 def test_timeout_in_the_middle_of_a_chunk_reruns_the_rest_exactly_once(make_executor, monkeypatch):
@@ -239,8 +247,8 @@ def test_a_crash_fails_that_attempt_and_a_new_process_takes_over(make_executor):
     got = gather(executor, 4)
     assert got[1] == failed(1, CRASH,
                             "WorkerCrash: the process running task 'crash' exited with code 3")
-    assert got[2].value == 4
-    assert got[0].kind == got[3].kind == OK and got[0].value != got[3].value
+    assert got[2] == ok(2, 4)
+    assert value(got[0]) != value(got[3])
 
 
 def test_a_crash_in_the_middle_of_a_chunk_reruns_the_rest_exactly_once(make_executor):
@@ -261,7 +269,7 @@ def test_a_segfault_is_a_crash_naming_the_signal(make_executor):
     assert got[0].kind == CRASH
     assert got[0].error == ("WorkerCrash: the process running task 'test_segfault' "
                             "was killed by signal 11 (SIGSEGV)")
-    assert got[1].value == 1                      # and this process is still here to see it
+    assert got[1] == ok(1, 1)                     # and this process is still here to see it
 
 
 def test_take_unstarted_hands_back_queued_tasks_which_then_never_run(make_executor, tmp_path):
@@ -298,7 +306,7 @@ def test_close_kills_a_hanging_child_within_its_bound(make_executor, tmp_path):
 def test_children_ignore_sigint_and_sigterm(make_executor):
     executor = make_executor()
     executor.submit([named(0, "test_pid")])
-    pid = gather(executor, 1)[0].value
+    pid = value(gather(executor, 1)[0])
     os.kill(pid, signal.SIGINT)                    # Ctrl-C and docker stop: the worker's to handle
     os.kill(pid, signal.SIGTERM)
     executor.submit([named(1, "test_pid")])
@@ -331,7 +339,7 @@ def test_children_import_the_user_modules_given(make_executor):
     executor = make_executor(imports=(TEST_TASKS,))
     executor.submit([named(0, "test_pid")])
     outcome = gather(executor, 1)[0]
-    assert outcome.kind == OK and outcome.value != os.getpid()
+    assert value(outcome) != os.getpid()
 
 
 def test_a_registry_of_module_level_functions_reaches_the_children(make_executor):
@@ -340,7 +348,7 @@ def test_a_registry_of_module_level_functions_reaches_the_children(make_executor
     executor = make_executor(imports=(), reg=reg)
     executor.submit([named(0, "pid"), named(1, "square", 2)])
     got = gather(executor, 2)
-    assert got[0].kind == OK and got[0].value != os.getpid()
+    assert value(got[0]) != os.getpid()
     assert got[1].error == "UnknownTask: unknown task 'square'"   # this registry, not procfleet's
 
 
@@ -358,7 +366,7 @@ def test_large_tasks_and_results_do_not_jam_the_pipes(make_executor):
     big = "x" * 300_000
     executor.submit([named(i, "sleep", 0, big + str(i)) for i in range(60)])
     got = gather(executor, 60, timeout=30)
-    assert all(got[i].value == big + str(i) for i in range(60))
+    assert all(got[i] == ok(i, big + str(i)) for i in range(60))
 
 
 def test_wait_started_returns_once_every_slot_has_its_task_process(make_executor):
@@ -467,7 +475,7 @@ def run_among_quick_tasks(executor: Executor, task: Task) -> tuple[Outcome, int]
     unaffected and that the same process runs the next task. (task's outcome, its size)"""
     warm_up(executor)
     executor.submit([named(100, "pid")])
-    pid = gather(executor, 1)[100].value
+    pid = value(gather(executor, 1)[100])
     executor.submit([square(0, 0), square(1, 1), task, square(3, 3), named(4, "pid")])
     got = gather(executor, 5)
     assert [got[i] for i in (0, 1, 3)] == [ok(0, 0), ok(1, 1), ok(3, 9)]
@@ -501,16 +509,18 @@ def test_a_result_or_error_the_wire_cannot_carry_fails_that_task_alone(make_exec
     assert len(outcome.error) <= MAX_ERROR_CHARS and outcome.size == len(outcome.error)
 
 
-@pytest.mark.parametrize("task, value", [
-    (named(2, "surrogate"), "\ud800"),             # pickles, and the master writes it as \ud800
-    (named(2, "surrogate_pair"), "\U00010000"),    # as JSON reads "\ud800\udc00" back
-    (named(2, "unpicklable_str"), "text"),         # sent as the plain str JSON reads back
-    (named(2, "deep", 100), deep(100)),            # as deep as a result may be
-    (named(2, "digits", 4300), 10 ** 4299),
+@pytest.mark.parametrize("task, text, result", [
+    # a lone surrogate is written as its escape, so the text is UTF-8 and means the same
+    (named(2, "surrogate"), '"\\ud800"', "\ud800"),
+    (named(2, "surrogate_pair"), '"\\ud800\\udc00"', "\U00010000"),   # as JSON reads a pair
+    (named(2, "unpicklable_str"), '"text"', "text"),   # a plain str, which pickles
+    (named(2, "deep", 100), json.dumps(deep(100), separators=(",", ":")), deep(100)),
+    (named(2, "digits", 4300), "1" + "0" * 4299, 10 ** 4299),
 ], ids=lambda v: f"{v.name}{v.args}" if isinstance(v, Task) else "")
-def test_awkward_results_json_can_carry_come_back_equal(make_executor, task, value):
+def test_awkward_results_json_can_carry_come_back_equal(make_executor, task, text, result):
     outcome = run_among_quick_tasks(make_executor(imports=(), reg=AWKWARD), task)
-    assert outcome == ok(2, value) and type(outcome.value) is type(value)
+    assert outcome == ok_text(2, text) and type(outcome.value) is str
+    assert value(outcome) == result and outcome.value.encode("utf-8")
 
 
 def test_task_arguments_that_cannot_be_pickled_fail_those_tasks_alone(make_executor):
@@ -549,8 +559,8 @@ def test_a_task_that_kills_its_process_between_tasks_fails_after_max_strikes(mak
 
 def test_a_result_that_cannot_be_pickled_is_sent_as_an_error_for_its_task_alone():
     here, there = multiprocessing.Pipe()
-    results = [(0, OK, 0, None, 1), (1, OK, deep(5000), None, 1), (2, OK, lambda: 2, None, 1),
-               (3, OK, UnpicklableStr("3"), None, 3), (4, OK, "four", None, 6)]
+    results = [(0, OK, "0", None, 1), (1, OK, deep(5000), None, 1), (2, OK, lambda: 2, None, 1),
+               (3, OK, UnpicklableStr("3"), None, 3), (4, OK, '"four"', None, 6)]
     executor_module._send_results(there, 0.5, results)
     messages = []
     while here.poll(0):

@@ -6,7 +6,11 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from procfleet.shared.records import ERROR, OK, Outcome, Task, outcome_from_wire, result_line
+import pytest
+
+from procfleet.shared.records import (ERROR, MAX_DEPTH, OK, Outcome, Task, check_result_text,
+                                      deeper_than, nesting, outcome_from_wire, result_line,
+                                      result_text)
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
@@ -55,3 +59,52 @@ def test_outcome_shape_is_checked():
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad!r}")
+
+
+def depth_of(value) -> int:
+    """How deeply lists and dicts nest in `value` (0 for a scalar)."""
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    return 0
+
+
+BRACKETY = st.text(alphabet='[]{}"\\ab', max_size=6)      # brackets inside strings do not count
+NESTED = st.recursive(
+    st.none() | st.integers() | BRACKETY,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(BRACKETY, inner, max_size=3),
+    max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=NESTED, limit=st.integers(1, 8), compact=st.booleans())
+def test_nesting_and_deeper_than_measure_the_value_not_its_strings(value, limit, compact):
+    text = json.dumps(value, separators=(",", ":") if compact else None)
+    assert nesting(text) == depth_of(value)
+    assert deeper_than(text, limit) == (depth_of(value) > limit)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON, ascii_only=st.booleans())
+def test_any_json_text_of_one_value_is_a_result_and_written_as_it_is(value, ascii_only):
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    assert check_result_text(text) is None
+    ok, line = result_line(Task(0, "x", "t", [], {}), Outcome(0, OK, text, None), attempts=1,
+                           worker="w", encoded=True)
+    assert ok and json.loads(line)["result"] == value and f'"result":{text},' in line
+    assert check_result_text(result_text(value)) is None
+
+
+@pytest.mark.parametrize("text", [
+    "", " ", "NaN", "Infinity", "{1, 2}", "1 2", "[1,\n2]", '"a\nb"', "[1,\r2]", "'x'", "[1,]",
+    '"unterminated', "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1),
+    '{"a":' * (MAX_DEPTH + 1) + "0" + "}" * (MAX_DEPTH + 1), "01", '"\x00"',
+])
+def test_text_that_is_not_one_json_value_on_one_line_is_no_result(text):
+    assert check_result_text(text) is not None
+
+
+def test_a_result_nested_max_depth_deep_is_one():
+    assert check_result_text("[" * MAX_DEPTH + "]" * MAX_DEPTH) is None
+    assert check_result_text('"\\ud800"') is None        # a lone surrogate's escape is JSON

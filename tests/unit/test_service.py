@@ -1,5 +1,6 @@
 """The served dispatcher: long polls woken by requeues, STOP once the batch is over."""
 
+import json
 import logging
 import sys
 import threading
@@ -58,7 +59,7 @@ def test_batch_over_answers_stop_and_counts_who_heard_it():
     hello(service, "a")
     hello(service, "b")
     [task], _ = service.exchange("a", B, [], 1, 0)
-    assert service.exchange("a", B, [(task[0], OK, 0, None)], 1, 0) == ([], STOP)
+    assert service.exchange("a", B, [(task[0], OK, "0", None)], 1, 0) == ([], STOP)
     assert service.wait_workers_told(0) == ["b"]
     assert service.exchange("b", B, [], 1, 0) == ([], STOP)
     assert service.wait_workers_told(0) == []
@@ -90,7 +91,7 @@ def test_hello_tells_the_batch_and_results_of_another_batch_are_ignored():
     service, _ = make(n=1)
     assert hello(service, "a")["batch"] == B
     [task], _ = service.exchange("a", B, [], 1, 0)
-    service.exchange("a", "old-batch", [(task[0], OK, 0, None)], 0, 0)
+    service.exchange("a", "old-batch", [(task[0], OK, "0", None)], 0, 0)
     assert service.dispatcher.finished == 0
 
 
@@ -98,10 +99,10 @@ def test_malformed_outcomes_refuse_the_call_and_a_good_call_then_ends_the_batch(
     service, _ = make(n=1)
     [task], _ = service.exchange("a", B, [], 1, 0)
     with pytest.raises((TypeError, ValueError)):
-        service.exchange("a", B, [("x", OK, 0, None), (task[0], "weird", 0, None), 5,
-                                  (task[0], OK, 0, None)], 0, 0)
+        service.exchange("a", B, [("x", OK, "0", None), (task[0], "weird", "0", None), 5,
+                                  (task[0], OK, "0", None)], 0, 0)
     assert not service.dispatcher.finished
-    service.exchange("a", B, [(task[0], OK, 0, None)], 0, 0)
+    service.exchange("a", B, [(task[0], OK, "0", None)], 0, 0)
     assert service.dispatcher.done
 
 
@@ -173,21 +174,35 @@ def nested(depth):
     return value
 
 
+def nested_text(depth: int) -> str:
+    """The JSON text of a value nested `depth` deep, as a worker sends an ok result."""
+    return "[" * depth + "0" + "]" * depth
+
+
 BAD_OUTCOMES = {
-    "a value nested 1,500 deep": (1, OK, nested(1500), None),
-    "a value nested 101 deep": (1, OK, nested(101), None),
-    "a seq of 5,000 digits": (10 ** 5000, OK, 0, None),
-    "a seq past the batch": (10, OK, 0, None),
-    "a negative seq": (-1, OK, 0, None),
-    "a bool seq": (True, OK, 0, None),
-    "a seq nested 1,500 deep": (nested(1500), OK, 0, None),
-    "an unknown kind": (1, "weird", 0, None),
-    "a kind that is not text": (1, [OK], 0, None),
+    "a value nested 1,500 deep": (1, OK, nested_text(1500), None),
+    "a value nested 101 deep": (1, OK, nested_text(101), None),
+    "a value nested 101 deep in objects": (1, OK, '{"a":' * 101 + "0" + "}" * 101, None),
+    "a value that is not text": (1, OK, 0, None),
+    "a value that is a nested list": (1, OK, nested(3), None),
+    "a value that is not JSON": (1, OK, "{1, 2}", None),
+    "a value of NaN": (1, OK, "NaN", None),
+    "a value of two values": (1, OK, "1 2", None),
+    "a value with a line break": (1, OK, "[1,\n2]", None),
+    "a value that is empty": (1, OK, "", None),
+    "a seq of 5,000 digits": (10 ** 5000, OK, "0", None),
+    "a seq past the batch": (10, OK, "0", None),
+    "a negative seq": (-1, OK, "0", None),
+    "a bool seq": (True, OK, "0", None),
+    "a seq nested 1,500 deep": (nested(1500), OK, "0", None),
+    "an unknown kind": (1, "weird", "0", None),
+    "a kind that is not text": (1, [OK], "0", None),
     "an error that is not text": (1, ERROR, None, 5),
     "an error over MAX_ERROR_CHARS": (1, ERROR, None, "x" * (MAX_ERROR_CHARS + 1)),
-    "a value on a crash": (1, CRASH, nested(1500), "boom"),
-    "three fields": (1, OK, 0),
-    "a list, not a tuple": [1, OK, 0, None],
+    "a value on a crash": (1, CRASH, nested_text(1500), "boom"),
+    "a value on an error": (1, ERROR, '"x"', "boom"),
+    "three fields": (1, OK, "0"),
+    "a list, not a tuple": [1, OK, "0", None],
     "not an outcome at all": 5,
 }
 
@@ -198,7 +213,7 @@ def test_a_bad_outcome_refuses_the_whole_call_and_changes_nothing(bad):
     batch unable to end. Now the call is refused whole: nothing written, nothing counted."""
     service, _ = make(n=3)
     held, _ = service.exchange("a", B, [], 3, 0)
-    good = [(t[0], OK, t[0] ** 2, None) for t in held]
+    good = [(t[0], OK, str(t[0] ** 2), None) for t in held]
     with pytest.raises((TypeError, ValueError)) as refused:
         service.exchange("a", B, [good[0], bad, good[2]], 0, 0)
     assert "\n" not in str(refused.value) and len(str(refused.value)) < 300
@@ -208,26 +223,31 @@ def test_a_bad_outcome_refuses_the_whole_call_and_changes_nothing(bad):
     assert service.exchange("a", B, good, 0, 0) == ([], STOP)     # a good call ends it
     _leased, results, _events = service.tick()
     assert len(results) == d.counters.ok == 3 and d.counters.duplicates == 0
+    assert sorted(json.loads(line)["result"] for _seq, line in results) == \
+        sorted(t[0] ** 2 for t in held)
 
 
 def test_too_many_outcomes_in_one_call_are_refused_at_once():
     service, _ = make(n=1)
     with pytest.raises(ValueError, match="MAX_OUTCOMES"):
-        service.exchange("a", B, [("x", OK, 0, None)] * (MAX_OUTCOMES + 1), 0, 0)
+        service.exchange("a", B, [("x", OK, "0", None)] * (MAX_OUTCOMES + 1), 0, 0)
 
 
-def test_a_well_formed_value_is_kept_whatever_json_makes_of_it():
-    """Depth up to MAX_DEPTH passes; a value JSON cannot carry is that task's failure, as
-    before (ResultNotJSON), not a refused call."""
-    service, _ = make(n=3)
-    held, _ = service.exchange("a", B, [], 3, 0)
+def test_a_well_formed_result_text_is_written_as_it_is():
+    """Depth up to MAX_DEPTH passes, and the worker's JSON text goes into the result line
+    unchanged: the master checks a peer's result, it never decodes it. (Text that is not JSON
+    refuses the whole call: BAD_OUTCOMES.)"""
+    service, _ = make(n=4)
+    held, _ = service.exchange("a", B, [], 4, 0)
     seqs = [t[0] for t in held]
-    service.exchange("a", B, [(seqs[0], OK, nested(99), None), (seqs[1], OK, {1, 2}, None),
-                              (seqs[2], OK, float("nan"), None)], 0, 0)
+    texts = [nested_text(100), '"\\ud800 \u00e9"', '{"a":[1,2.5e300,null,true]}', '-0']
+    service.exchange("a", B, [(seq, OK, text, None) for seq, text in zip(seqs, texts)], 0, 0)
     _leased, results, _events = service.tick()
     lines = dict(results)
-    assert '"status":"ok"' in lines[seqs[0]]
-    assert "ResultNotJSON" in lines[seqs[1]] and "ResultNotJSON" in lines[seqs[2]]
+    for seq, text in zip(seqs, texts):
+        assert f'"result":{text},' in lines[seq]
+        record = json.loads(lines[seq].encode("utf-8"))
+        assert record["status"] == "ok" and record["result"] == json.loads(text)
 
 
 BAD_IDS = ["", "w\nsummary: tasks=0 ok=0", "w\rx", "\x1b[2Jw", "x" * 129, 5, None, b"w",
@@ -302,15 +322,15 @@ def test_a_flood_of_malformed_calls_is_counted_in_a_few_log_lines(caplog):
     caplog.set_level(logging.INFO, logger="procfleet.master.service")
     service, clock = make(n=1)
     with pytest.raises((TypeError, ValueError)):
-        service.exchange("a", B, [("x", OK, 0, None)] * 20_000, 0, 0)
+        service.exchange("a", B, [("x", OK, "0", None)] * 20_000, 0, 0)
     assert len(service_lines(caplog)) == 1
     for i in range(1000):
         with pytest.raises((TypeError, ValueError)):
-            service.exchange("a", B, [(i, "weird", 0, None)], 0, 0)
+            service.exchange("a", B, [(i, "weird", "0", None)], 0, 0)
         with pytest.raises((TypeError, ValueError)):
             service.hello(f"w\n{i}", {"protocol": PROTOCOL_VERSION})
         service.hello(f"old-{i}", {"protocol": PROTOCOL_VERSION - 1})
-        service.exchange("a", "another-batch", [(0, OK, 0, None)], 0, 0)
+        service.exchange("a", "another-batch", [(0, OK, "0", None)], 0, 0)
     assert len(service_lines(caplog)) <= 40, "refused calls are throttled per kind"
     clock.advance(2)
     service.tick()
@@ -388,7 +408,7 @@ def test_progress_and_summary_read_a_snapshot_during_a_storm_of_joins(caplog):
 def test_snapshot_is_plain_numbers_matching_the_dispatcher():
     service, _ = make(n=4)
     held, _ = service.exchange("a", B, [], 3, 0)
-    service.exchange("a", B, [(held[0][0], OK, 0, None)], 0, 0)
+    service.exchange("a", B, [(held[0][0], OK, "0", None)], 0, 0)
     snap = service.snapshot()
     assert {k: snap[k] for k in ("total", "finished", "ok", "failed", "running",
                                  "alive_workers", "workers")} == {

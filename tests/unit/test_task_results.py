@@ -1,20 +1,23 @@
 """One attempt at a task, in this process: whatever a task returns or raises ends as exactly one
-outcome that JSON, pickle and the wire's size limits can all carry."""
+outcome that pickle (the child's pipe), the wire and the master's checks all carry: an ok value
+as its JSON text, an error as UTF-8 safe text, both within the size limits."""
 
 import json
 import pickle
 
+import msgspec
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from procfleet.shared import records
+from procfleet.master import requests
+from procfleet.shared import records, wire
 from procfleet.shared.records import ERROR, MAX_DEPTH, MAX_ERROR_CHARS, OK, Outcome, Task
 from procfleet.shared.tasks import TaskRegistry
 from procfleet.worker import executor
 
 #: results here are limited to this many bytes of JSON (patched into records), so that results
 #: just under and just over the limit are cheap to make; more than the longest int JSON can carry
-#: (4,300 digits), which check_result does not weigh against the limit
+#: (4,300 digits)
 SMALL_LIMIT = 8192
 #: what `expected` says of a value JSON cannot carry
 NOT_JSON = object()
@@ -81,6 +84,24 @@ def round_trips(outcome: tuple) -> bool:
         and pickle.loads(pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)) == outcome
 
 
+#: how the master decodes one outcome of an exchange (requests.CALL_ARGS)
+OUTCOME = msgspec.msgpack.Decoder(requests.Outcome)
+
+
+def master_accepts(outcome: tuple) -> bool:
+    """Whether the outcome, sent as the worker sends it, decodes against the master's schema
+    unchanged and passes its check (records.check_outcomes raises if not)."""
+    sent = tuple(outcome[:4])
+    got = wire.decode(wire.encode(sent), OUTCOME)
+    records.check_outcomes([got], outcome[0] + 1)
+    return got == sent
+
+
+def utf8_safe(text: str) -> str:
+    """`text` with each lone surrogate written as its escape (\\ud800), as errors are sent."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 any_char = st.characters(exclude_categories=())          # lone surrogates included
 surrogate = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, exclude_categories=())
 texts = st.text(any_char, max_size=20) | st.text(surrogate, min_size=1, max_size=3)
@@ -120,8 +141,10 @@ def test_whatever_a_task_returns_ends_as_one_outcome_json_and_pickle_carry(value
     assert type(outcome) is tuple and len(outcome) == 5 and outcome[0] == 7
     _, kind, got, error, size = outcome
     if kind == OK:
-        assert want is not NOT_JSON and same(got, want) and error is None
-        assert depth_of(got) <= MAX_DEPTH and 0 < size <= SMALL_LIMIT
+        assert want is not NOT_JSON and error is None and type(got) is str
+        back = json.loads(got)
+        assert same(back, want) and depth_of(back) <= MAX_DEPTH
+        assert size == len(got.encode("utf-8")) and 0 < size <= SMALL_LIMIT
     else:
         assert kind == ERROR and got is None and size == len(error) <= MAX_ERROR_CHARS
         if error.startswith("ResultTooLarge: task 'returns' returned too much: "):
@@ -132,7 +155,7 @@ def test_whatever_a_task_returns_ends_as_one_outcome_json_and_pickle_carry(value
             assert want is NOT_JSON
     if want is not NOT_JSON and len(json.dumps(value)) <= SMALL_LIMIT:
         assert kind == OK
-    assert round_trips(outcome)
+    assert round_trips(outcome) and master_accepts(outcome)
 
 
 class StrRaises(Exception):
@@ -153,12 +176,13 @@ def test_whatever_a_task_raises_ends_as_one_error_within_max_error_chars(exc_typ
     assert type(outcome) is tuple and len(outcome) == 5 and outcome[:3] == (3, ERROR, None)
     error, size = outcome[3], outcome[4]
     assert error.startswith(f"{exc_type.__name__}: ") and size == len(error) <= MAX_ERROR_CHARS
-    text = "<exception str() failed>" if exc_type is StrRaises else str(exc)
+    text = utf8_safe("<exception str() failed>" if exc_type is StrRaises else str(exc))
+    assert error.encode("utf-8")
     if len(text) > MAX_ERROR_CHARS // 4:
         assert "clipped: " in error and error.startswith(f"{exc_type.__name__}: {text[:100]}")
     else:
         assert error.startswith(f"{exc_type.__name__}: {text}\n\nTraceback")
-    assert round_trips(outcome)
+    assert round_trips(outcome) and master_accepts(outcome)
 
 
 def test_a_hundred_megabyte_message_becomes_a_clipped_error():

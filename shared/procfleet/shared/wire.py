@@ -70,7 +70,22 @@ def _ext_hook(code: int, data: memoryview):
     raise ValueError(f"extension type {code} of {len(data)} bytes is not used on this wire")
 
 
-_encoder = msgspec.msgpack.Encoder()
+class _ExtKey:
+    """An extension as a dict key (msgspec's Ext is unhashable); _enc_hook sends its Ext."""
+
+    __slots__ = ("ext",)
+
+    def __init__(self, ext: msgspec.msgpack.Ext) -> None:
+        self.ext = ext
+
+
+def _enc_hook(obj):
+    if type(obj) is _ExtKey:
+        return obj.ext
+    raise TypeError(f"Encoding objects of type {type(obj).__name__} is unsupported")
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 _any_decoder = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
 
 
@@ -101,9 +116,13 @@ def _with_extensions(obj, depth: int = 0):
     if isinstance(obj, (tuple, list)):
         return [_with_extensions(item, depth + 1) for item in obj]
     if kind is dict:
-        return {_with_extensions(key, depth + 1): _with_extensions(value, depth + 1)
+        return {_key(_with_extensions(key, depth + 1)): _with_extensions(value, depth + 1)
                 for key, value in obj.items()}
     return obj
+
+
+def _key(key):
+    return _ExtKey(key) if type(key) is msgspec.msgpack.Ext else key
 
 
 def check_frame(data) -> memoryview:
