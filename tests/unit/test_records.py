@@ -108,3 +108,18 @@ def test_text_that_is_not_one_json_value_on_one_line_is_no_result(text):
 def test_a_result_nested_max_depth_deep_is_one():
     assert check_result_text("[" * MAX_DEPTH + "]" * MAX_DEPTH) is None
     assert check_result_text('"\\ud800"') is None        # a lone surrogate's escape is JSON
+
+
+def test_a_number_python_cannot_read_back_is_refused_but_the_same_digits_in_text_are_not():
+    from procfleet.shared.records import MAX_DIGITS, check_result_text, results_text_ok
+    digits = "7" * (MAX_DIGITS + 1)
+    assert "digits" in check_result_text(digits)
+    assert not results_text_ok(["1", digits])
+    assert check_result_text(f'"{digits}"') is None and results_text_ok(["1", f'"{digits}"'])
+    assert results_text_ok(["7" * MAX_DIGITS])
+
+
+def test_depth_zero_means_no_brackets_outside_strings():
+    from procfleet.shared.records import deeper_than
+    assert not deeper_than('"[{"', 0)
+    assert deeper_than("[]", 0) and deeper_than('{"a":1}', 0)

@@ -360,9 +360,11 @@ def test_the_dispatchers_events_are_throttled_per_kind():
     assert any("more silent events" in e and "(100 in all)" in e for e in events)
 
 
-def test_progress_and_summary_read_a_snapshot_during_a_storm_of_joins(caplog):
+def test_progress_and_summary_read_a_snapshot_during_a_storm_of_joins(caplog, monkeypatch):
     """The 5 s progress line read the worker table without the lock; workers joining under
     new ids crashed the master (dictionary changed size during iteration)."""
+    from procfleet.master import dispatcher as dispatcher_module
+    monkeypatch.setattr(dispatcher_module, "MAX_IDLE_WORKERS", 10 ** 9)   # joins all let in
     caplog.set_level(logging.INFO, logger="procfleet.master.runner")
     service, _ = make(n=10)
     d = service.dispatcher

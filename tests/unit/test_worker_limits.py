@@ -31,13 +31,14 @@ def join(d: Dispatcher, worker_id: str) -> str | None:
 
 def test_idle_ids_are_capped_but_working_and_known_ones_always_get_in(monkeypatch):
     monkeypatch.setattr(dispatcher_module, "MAX_IDLE_WORKERS", 3)
-    d, _ = make()
+    d, clock = make()
     assert [join(d, f"idle-{i}") for i in range(3)] == [None, None, None]
     refusal = join(d, "one-too-many")
     assert refusal is not None and "MAX_IDLE_WORKERS" in refusal
     assert "one-too-many" not in d.workers
     assert join(d, "idle-0") is None            # a known id reconnecting is never refused
     d.lease("idle-0", 2)                        # now one of them works...
+    clock.now += dispatcher_module.ADMIT_RECOUNT    # ...as the next count sees...
     assert join(d, "newcomer") is None          # ...so there is room for one more idle id
     assert join(d, "another") is not None
 
@@ -55,10 +56,11 @@ def test_ids_that_went_silent_stop_counting_as_idle(monkeypatch):
 
 def test_past_max_workers_departed_ids_are_forgotten_and_still_counted(monkeypatch):
     monkeypatch.setattr(dispatcher_module, "MAX_WORKERS", 4)
+    monkeypatch.setattr(dispatcher_module, "MAX_IDLE_WORKERS", 4)
     d, clock = make()
     for name in "abcd":
         assert join(d, name) is None
-    d.lease("a", 1)                             # requeued when a expires: a holds nothing
+    d.lease("a", 1)
     clock.now += 6.0
     d.expire()                                  # all four dead; a's task is requeued
     assert join(d, "e") is None                 # room made by forgetting the departed
@@ -66,8 +68,10 @@ def test_past_max_workers_departed_ids_are_forgotten_and_still_counted(monkeypat
     assert d.seen_workers() == 5
     for name in "fgh":
         assert join(d, name) is None
+    clock.now += dispatcher_module.ADMIT_RECOUNT
     refusal = join(d, "i")                      # four live ids: nothing to forget
     assert refusal is not None and "MAX_WORKERS" in refusal
+    assert d.pending() == 10                    # nothing was lost on the way
 
 
 @pytest.mark.parametrize("known", [True, False])

@@ -38,6 +38,8 @@ MAX_IDLE_WORKERS = 4096
 #: at most this many worker ids are remembered; past it, those that left holding nothing are
 #: forgotten (counted in `forgotten`) to make room, and a new id is refused if that is not enough
 MAX_WORKERS = 16384
+#: admit counts idle and departed workers at most this often (seconds)
+ADMIT_RECOUNT = 1.0
 
 _int_repr = int.__repr__     # the common result, printed without a call to encode_value
 
@@ -127,6 +129,8 @@ class Dispatcher:
         self._skip_known = bool(self.finished or self.active)
         self.workers: dict[str, WorkerState] = {}
         self.forgotten = 0      # ids dropped from `workers` to make room (see admit)
+        self._idle = 0          # live workers holding nothing, as admit last counted them
+        self._counted_at = float("-inf")
         # the workers that share what is left: they hold tasks or asked for some recently; a
         # subset of `workers`, pruned as it is counted (ids that only said hello never enter)
         self._sharing: dict[str, WorkerState] = {}
@@ -157,22 +161,26 @@ class Dispatcher:
     def admit(self, worker_id: str) -> str | None:
         """Why `worker_id`, not seen before, may not join now, or None if it may (a known id
         always may). Bounds what ids that only say hello can cost: MAX_IDLE_WORKERS live ones
-        holding nothing, MAX_WORKERS remembered in all."""
-        if worker_id in self.workers:
+        holding nothing, MAX_WORKERS remembered in all. The counts are taken at most once a
+        second (ADMIT_RECOUNT), so a flood of new ids costs no more than a constant each."""
+        if worker_id in self.workers or len(self.workers) < MAX_IDLE_WORKERS:
             return None
-        if len(self.workers) >= MAX_WORKERS:
-            gone = [w.id for w in self.workers.values() if not w.alive and not w.held]
-            for gone_id in gone:
-                del self.workers[gone_id]
-                self._sharing.pop(gone_id, None)
-            self.forgotten += len(gone)
+        now = self.clock()
+        if now - self._counted_at >= ADMIT_RECOUNT:
+            self._counted_at = now
             if len(self.workers) >= MAX_WORKERS:
-                return (f"the master already knows {len(self.workers):,} live workers "
-                        f"(MAX_WORKERS)")
-        idle = sum(1 for w in self.workers.values() if w.alive and not w.held)
-        if idle >= MAX_IDLE_WORKERS:
-            return (f"{idle:,} live workers hold no task already (MAX_IDLE_WORKERS); join "
-                    "again once the fleet is working")
+                gone = [w.id for w in self.workers.values() if not w.alive and not w.held]
+                for gone_id in gone:
+                    del self.workers[gone_id]
+                    self._sharing.pop(gone_id, None)
+                self.forgotten += len(gone)
+            self._idle = sum(1 for w in self.workers.values() if w.alive and not w.held)
+        if len(self.workers) >= MAX_WORKERS:
+            return f"the master already knows {len(self.workers):,} workers (MAX_WORKERS)"
+        if self._idle >= MAX_IDLE_WORKERS:
+            return (f"{self._idle:,} live workers hold no task already (MAX_IDLE_WORKERS); "
+                    "join again once the fleet is working")
+        self._idle += 1         # this one joins, holding nothing yet
         return None
 
     def seen_workers(self) -> int:

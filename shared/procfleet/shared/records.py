@@ -182,7 +182,7 @@ def _outcomes_ok(outcomes: list, seq_limit: int) -> bool:
             or not _STR_OR_NONE.issuperset(map(type, values))):
         return False
     if errors.count(None) != len(errors) and max(
-            map(len, filter(None.__ne__, errors))) > MAX_ERROR_CHARS:
+            map(len, filter(None, errors)), default=0) > MAX_ERROR_CHARS:
         return False
     texts = [value for kind, value in zip(kinds, values) if kind == OK]
     return (None not in texts and values.count(None) == len(values) - len(texts)
@@ -293,10 +293,10 @@ def deeper_than(text: str, limit: int) -> bool:
         return False
     brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text)).translate(_BRACKETS)
     for _ in range(limit):
-        brackets = brackets.replace("()", "")
         if not brackets:
             return False
-    return True
+        brackets = brackets.replace("()", "")
+    return bool(brackets)
 
 
 def nesting(text: str) -> int:
@@ -326,6 +326,9 @@ def check_result_text(text: str) -> str | None:
         return "it holds a line break"
     if deeper_than(text, MAX_DEPTH):
         return f"it is nested more than {MAX_DEPTH} deep"
+    if len(text) > MAX_DIGITS and _LONG_NUMBER.search(_STRINGS.sub("", text)):
+        return (f"it holds a number of more than {MAX_DIGITS:,} digits, which Python's json "
+                "cannot read back")
     try:
         _check_json(_SURROGATE_ESCAPE.sub(r"\\u0000", text) if "\\u" in text else text)
     except (msgspec.DecodeError, RecursionError) as exc:
@@ -343,7 +346,8 @@ def results_text_ok(texts: list[str]) -> bool:
         return True
     joined = "[" + ",".join(texts) + "]"
     if (joined.isascii() and "\n" not in joined and "\r" not in joined
-            and "\\u" not in joined and not deeper_than(joined, MAX_DEPTH + 1)):
+            and "\\u" not in joined and not deeper_than(joined, MAX_DEPTH + 1)
+            and (len(joined) <= MAX_DIGITS or not _LONG_NUMBER.search(joined))):
         try:
             parts = _split_json(joined)
         except (msgspec.DecodeError, RecursionError):
@@ -354,6 +358,9 @@ def results_text_ok(texts: list[str]) -> bool:
 
 
 _split_json = msgspec.json.Decoder(list[msgspec.Raw]).decode
+#: Python's limit on the digits of an int read from text (sys.get_int_max_str_digits)
+MAX_DIGITS = 4300
+_LONG_NUMBER = re.compile(f"[0-9]{{{MAX_DIGITS + 1}}}")
 
 
 def result_text_ok(text: str) -> bool:
