@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import pytest
 
 from procfleet.shared.records import (ERROR, MAX_DEPTH, OK, Outcome, Task, check_result_text,
-                                      deeper_than, nesting, outcome_from_wire, result_line,
+                                      deeper_than, outcome_from_wire, result_line,
                                       result_text)
 
 JSON = st.recursive(
@@ -79,9 +79,10 @@ NESTED = st.recursive(
 
 @settings(max_examples=300, deadline=None)
 @given(value=NESTED, limit=st.integers(1, 8), compact=st.booleans())
-def test_nesting_and_deeper_than_measure_the_value_not_its_strings(value, limit, compact):
+def test_deeper_than_measures_the_value_not_its_strings(value, limit, compact):
     text = json.dumps(value, separators=(",", ":") if compact else None)
-    assert nesting(text) == depth_of(value)
+    depth = depth_of(value)
+    assert not deeper_than(text, depth) and (depth == 0 or deeper_than(text, depth - 1))
     assert deeper_than(text, limit) == (depth_of(value) > limit)
 
 

@@ -20,7 +20,8 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 
 from procfleet.shared.errors import TaskFileError
-from procfleet.shared.records import MAX_DEPTH, MAX_TASK_BYTES, SMALL_TASK_BYTES, Task, nesting
+from procfleet.shared.records import (MAX_DEPTH, MAX_TASK_BYTES, SMALL_TASK_BYTES, Task,
+                                      deeper_than)
 
 FIELDS = ("id", "task", "args", "kwargs", "timeout")
 _FIELD_SET = frozenset(FIELDS)
@@ -385,7 +386,7 @@ def _tasks(lines: Iterable[str | int], name: str,
             continue
         task = _task_from_object(obj, lineno, f"{name}:{lineno}", timeout)
         if (line.count("[") + line.count("{") > deepest and type(task) is not str
-                and nesting(line) > deepest):
+                and deeper_than(line, deepest)):
             task = f"{name}:{lineno}: \"args\" and \"kwargs\" may not nest more than " \
                    f"{MAX_DEPTH} deep (arrays and objects in one another)"
         yield lineno, task, size
