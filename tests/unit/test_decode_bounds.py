@@ -368,15 +368,6 @@ HOSTILE_JSON = {
     "quotes and backslashes": lambda n: '"\\' * (n // 2),
     "strings in brackets": lambda n: "[" * (n // 4) + '"]"' * (n // 4),
 }
-#: texts on which check_result_text's nesting check (records.deeper_than) makes up to MAX_DEPTH
-#: (100) passes, removing few brackets each: 240-820 ns a byte of text (the product bug pinned
-#: by test_nesting_is_checked_in_one_pass). They get KNOWN_BUG_TIME_PER_BYTE instead.
-DEEPER_THAN_PASSES = {"[ x n", "{ x n", "[ x n/2 ] x n/2", "100 deep, repeated",
-                      "astral then [", "strings in brackets"}
-#: the time bound for those until the bug is fixed (measured worst 822 ns/byte)
-KNOWN_BUG_TIME_PER_BYTE = 3e-6
-
-
 @settings(BOUNDED, max_examples=20)
 @given(texts=st.lists(st.sampled_from(sorted(HOSTILE_JSON)), min_size=1, max_size=4),
        count=st.sampled_from([1, 2, 4096, MAX_OUTCOMES]), total=st.integers(1024, 2 ** 20),
@@ -387,26 +378,21 @@ def test_exchange_with_hostile_result_texts(texts, count, total, error):
     outcomes = [[seq, "ok", made[seq % len(made)], made[0][:records.MAX_ERROR_CHARS] if error
                  else None] for seq in range(count)]
     shape = texts[0] if len(set(texts)) == 1 else "mixed"
-    slow = DEEPER_THAN_PASSES.intersection(texts)
-    assert_bounded(f"{count:,} results: {shape}", exchange_with(outcomes),
-                   KNOWN_BUG_TIME_PER_BYTE if slow else TIME_PER_BYTE)
+    assert_bounded(f"{count:,} results: {shape}", exchange_with(outcomes), TIME_PER_BYTE)
 
 
 @pytest.mark.parametrize("text", sorted(HOSTILE_JSON))
 def test_one_big_hostile_result_text(text):
     """One result text of 1 MiB of each hostile kind."""
     data = exchange_with([[0, "ok", HOSTILE_JSON[text](2 ** 20), None]])
-    assert_bounded(f"1 MiB result: {text}", data,
-                   KNOWN_BUG_TIME_PER_BYTE if text in DEEPER_THAN_PASSES else TIME_PER_BYTE)
+    assert_bounded(f"1 MiB result: {text}", data, TIME_PER_BYTE)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: records.deeper_than makes up to MAX_DEPTH "
-                   "(100) str.replace passes over a result text, 250-850 ns a byte with the GIL "
-                   "held: a 64 MiB exchange of four valid 16 MiB results nested 100 deep takes "
-                   "18 s of CPU, one 16 MiB '[[[[...' result 5-11 s")
 def test_nesting_is_checked_in_one_pass():
     """A result text too deep costs about what a shallow one of the same size costs (a ratio,
-    so that the speed of the machine does not matter): measured 20x now."""
+    so that the speed of the machine does not matter). It was 20x with up to MAX_DEPTH
+    str.replace passes over the text (5-18 s of CPU, GIL held, for 16-64 MiB); one regex
+    match now."""
     size = 2 * 2 ** 20
     deep = measure(master_decode, exchange_with([[0, "ok", "[" * size, None]])).cpu
     shallow = measure(master_decode, exchange_with([[0, "ok", "[]" * (size // 2), None]])).cpu
