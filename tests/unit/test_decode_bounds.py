@@ -40,8 +40,8 @@ PEAK_PER_BYTE = 32
 PEAK_FIXED = 64 * 1024
 #: CPU time (untraced) <= TIME_PER_BYTE x bytes + TIME_PER_OUTCOME x outcomes checked
 #: + TIME_FIXED. Measured worst: ~3 ns/byte for what msgspec decodes and refuses; 73 ns/byte
-#: for bracket-dense valid results, which check_result_text goes through with regexes (but
-#: see DEEPER_THAN_PASSES); ~4 us an outcome for 65,536 small ones. Generous on purpose (the
+#: for bracket-dense valid results, which check_result_text goes through with regexes
+#: (one pass each); ~4 us an outcome for 65,536 small ones. Generous on purpose (the
 #: figures move 2x between runs on a shared 2-core machine): this is about a freeze (the old
 #: wire's 20 s), not a benchmark.
 TIME_PER_BYTE = 300e-9
