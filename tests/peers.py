@@ -1,13 +1,24 @@
-"""Raw and hostile peers for tests against a master: handshakes by hand, payloads, floods."""
+"""Raw and hostile peers for tests against a master: handshakes by hand, payloads, floods.
 
+A raw session speaks the wire by hand: `send` a request as the new wire's MessagePack
+(procfleet.shared.wire.encode), `send_bytes` anything else (a pickle of the old wire,
+a hand-made body); `recv` decodes a reply of this wire, `old_wire_reply` one of the old.
+"""
+
+import builtins
+import io
 import os
+import pickle
 import resource
 import selectors
 import socket
 import time
 from multiprocessing import connection
 
+import msgspec
+
 from procfleet.shared.transport import set_recv_timeout
+from procfleet.shared.wire import MAGIC, SafeConnection
 
 
 class SystemPayload:
@@ -30,18 +41,54 @@ class OpenPayload:
         return open, (str(self.marker), "w")
 
 
-def raw_session(address: tuple[str, int], key: bytes, timeout: float) -> connection.Connection:
-    """A plain multiprocessing connection that did the client half of the handshake.
+def raw_session(address: tuple[str, int], key: bytes, timeout: float) -> SafeConnection:
+    """A connection of this wire that did the client half of the handshake, and nothing else:
+    `send` encodes a request as MessagePack, `recv` decodes a reply as a worker does
+    ((kind, value); an '#ERROR' value is a RemoteCallError).
 
     Every read on it fails after `timeout` seconds instead of hanging the test.
     """
     sock = socket.create_connection(address, timeout=timeout)
     sock.settimeout(None)            # Connection reads the raw fd: it must block...
-    conn = connection.Connection(sock.detach())
+    conn = SafeConnection(sock.detach())
     set_recv_timeout(conn.fileno(), timeout)     # ...but never forever
     connection.answer_challenge(conn, key)
     connection.deliver_challenge(conn, key)
     return conn
+
+
+def msgpack_body(obj) -> bytes:
+    """A message of this wire holding `obj` as plain MessagePack, with no extension applied
+    (wire.encode would turn a big int or a lone surrogate into an extension)."""
+    return MAGIC + msgspec.msgpack.encode(obj)
+
+
+def msgpack_ext(code: int, data: bytes) -> msgspec.msgpack.Ext:
+    """A MessagePack extension value, for a message that smuggles one where data belongs."""
+    return msgspec.msgpack.Ext(code, data)
+
+
+class _OldReplyUnpickler(pickle.Unpickler):
+    """Reads a reply as the old wire's worker did (its wire.RestrictedUnpickler at 0826fc4):
+    the only globals are builtin exception classes, named as ("builtins", name), and
+    find_class sees a name as the pickle spells it (before fix_imports maps it)."""
+
+    def find_class(self, module: str, name: str):
+        obj = getattr(builtins, name, None) if module == "builtins" else None
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            return obj
+        raise pickle.UnpicklingError(f"forbidden global {module}.{name} in a message: only "
+                                     "builtin exceptions may cross the wire")
+
+
+def old_wire_reply(conn: connection.Connection):
+    """The next message on `conn` as a peer of the old pickle wire reads it, or None if the
+    other side hung up instead. AssertionError if it is not a pickle (protocol 2 or later)."""
+    data = answered(conn)
+    if data is None:
+        return None
+    assert data[:1] == b"\x80", f"not a pickle of the old wire: {data[:40]!r}"
+    return _OldReplyUnpickler(io.BytesIO(data)).load()
 
 
 def local_port(conn: connection.Connection) -> int:

@@ -138,3 +138,30 @@ def assert_exactly_once(results: list[dict], expected: dict[str, object]) -> Non
     assert set(ids) == set(expected), f"missing {set(expected) - set(ids)}, extra {set(ids) - set(expected)}"
     wrong = [r for r in results if r["status"] != "ok" or r["result"] != expected[r["id"]]]
     assert not wrong, f"wrong results: {wrong[:3]}"
+
+
+#: the last release of the pickle wire (before wire 4): what test_old_wire runs against
+OLD_WIRE_RELEASE = "0826fc4"
+
+
+def extract_release(commit: str, dest: Path) -> str | None:
+    """procfleet's shared, master and worker packages as of `commit`, unpacked into `dest`
+    with `git archive` (the repository and its worktrees are left alone); the PYTHONPATH that
+    runs them. None, with the reason in `extract_release.why`, if git or the commit is not
+    available here (a shallow clone)."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"],
+                       check=True, capture_output=True, timeout=30)
+    except FileNotFoundError:
+        extract_release.why = "git is not installed"
+        return None
+    except subprocess.CalledProcessError:
+        extract_release.why = (f"commit {commit} is not in this clone (shallow?); "
+                               "CI uses a full clone")
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "shared", "master",
+                              "worker"], check=True, capture_output=True, timeout=60).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=60)
+    return os.pathsep.join(str(dest / side) for side in ("shared", "master", "worker"))

@@ -1,21 +1,27 @@
 """A real master and workers on loopback, attacked while the batch runs: nothing runs, nothing lost.
 
-One attacker has the key and sends code-running pickles or manager plumbing (decref); others
-open hundreds of connections that never authenticate, or send random bytes. The batch must end
-with every task exactly once.
+One attacker has the key and sends what once did harm on the pickle wire: code-running pickles,
+an exception whose fields crashed CPython, manager plumbing (decref). On wire 4 a pickle is
+refused as the old wire, unread, and the same attempts in MessagePack (an extension where data
+belongs, a map where text belongs, plumbing requests) are refused by the schemas. Others open
+hundreds of connections that never authenticate, send random bytes, or send 16 large
+messages at once. The batch must end with every task exactly once.
 """
 
 import os
 import pickle
 import re
 import socket
+import threading
 import time
 
 import pytest
 
 import chaos
 from peers import (OpenPayload, SystemPayload, answered, ensure_fd_limit, local_port,
-                   raw_session, wait_all_closed)
+                   msgpack_body, msgpack_ext, raw_session, wait_all_closed)
+from procfleet.master import server as server_mod
+from procfleet.shared.manager import DISPATCHER, PROTOCOL_VERSION
 from procs import assert_exactly_once, master_port, read_results
 
 #: the master's handshake deadline (procfleet.master.server.HANDSHAKE_TIMEOUT)
@@ -28,81 +34,165 @@ GARBAGE = 50
 DECREFS = 4
 #: how far accept() may trail connect() in a flood on a busy machine
 ACCEPT_LAG = 3.0
+#: large messages sent at once, and the size of each (MAX_MESSAGE is 64 MiB)
+LARGE = 16
+LARGE_BYTES = 48 * 2 ** 20
 
 
-def demo_batch_under_way(spawn, out, n: int):
-    """A master running `n` slow demo tasks with 2 local workers, one of them joined; its port."""
-    master = spawn("master", "--demo", str(n), "--demo-sleep", "0.05", "--local-workers", "2",
-                   "--bind", "127.0.0.1:0", "--results", str(out))
+def demo_batch_under_way(spawn, out, n: int, workers: int = 2):
+    """A master running `n` slow demo tasks with `workers` local workers, one of them joined
+    (if any); its port."""
+    master = spawn("master", "--demo", str(n), "--demo-sleep", "0.05", "--local-workers",
+                   str(workers), "--bind", "127.0.0.1:0", "--results", str(out))
     port = master_port(master)
-    master.wait_for(r"worker \S+ joined")
+    if workers:
+        master.wait_for(r"worker \S+ joined")
     return master, port
 
 
+def dispatcher_id(address, key: bytes) -> str:
+    """The dispatcher's id, asked the way a worker asks (create, on a connection of its own)."""
+    asking = raw_session(address, key, PROMPT)
+    try:
+        asking.send((None, "create", (DISPATCHER,), {}))
+        kind, (ident, _exposed) = asking.recv()
+    finally:
+        asking.close()
+    assert kind == "#RETURN"
+    return ident
+
+
+def refused_with_reason(conn) -> str:
+    """The master answered `conn` with '#TRACEBACK' and the reason, then hung up."""
+    kind, text = conn.recv()
+    assert kind == "#TRACEBACK" and text.startswith("refused by the procfleet master: "), \
+        (kind, text)
+    assert answered(conn) is None, "the connection stayed open after a refused request"
+    conn.close()
+    return text
+
+
+def refused_as_old_wire(conn) -> None:
+    """The master answered `conn` with one pickle of its own (never decoding the peer's),
+    then hung up."""
+    reply = answered(conn)
+    assert reply is not None and reply[:1] == b"\x80", f"not the old wire's refusal: {reply!r:.80}"
+    assert answered(conn) is None, "the connection stayed open after the old wire's refusal"
+    conn.close()
+
+
 @pytest.mark.chaos
-def test_code_running_requests_are_rejected_and_the_batch_completes(spawn, tmp_path,
-                                                                      authkey_env):
+def test_code_running_pickles_are_refused_as_the_old_wire_and_the_batch_completes(
+        spawn, tmp_path, authkey_env):
     out = tmp_path / "results.jsonl"
     n = 60
     started = time.monotonic()
     master, port = demo_batch_under_way(spawn, out, n)
     markers = [tmp_path / "pwned-system", tmp_path / "pwned-open"]
-
     address, key = ("127.0.0.1", port), authkey_env.encode()
+    ident = dispatcher_id(address, key)
+
+    old_ports = []
     first = raw_session(address, key, PROMPT)      # the very first request is the payload
-    first_port = local_port(first)
+    old_ports.append(local_port(first))
     first.send_bytes(pickle.dumps((None, "create", (SystemPayload(markers[0]),), {})))
+    refused_as_old_wire(first)
     served = raw_session(address, key, PROMPT)     # a served connection, then the payload
-    served_port = local_port(served)
+    old_ports.append(local_port(served))
     served.send((None, "accept_connection", ("intruder",), {}))
     assert served.recv() == ("#RETURN", None)
-    served.send_bytes(pickle.dumps(("0", "ping", (OpenPayload(markers[1]),), {}), protocol=4))
-    for conn in (first, served):
-        reply = answered(conn)
-        conn.close()
-        assert reply is None, f"the master answered a rejected message: {reply[:200]!r}"
+    served.send_bytes(pickle.dumps((ident, "ping", (OpenPayload(markers[1]),), {}), protocol=4))
+    refused_as_old_wire(served)
+    # An exception whose fields crashed CPython when the master printed it (start far out of
+    # range) once rode in hello's info; never unpickled now, so never printed.
+    crash = UnicodeDecodeError("utf-8", b"\xff", -2 ** 62, 1, "invalid start byte")
+    hello = raw_session(address, key, PROMPT)
+    old_ports.append(local_port(hello))
+    hello.send((None, "accept_connection", ("intruder",), {}))
+    assert hello.recv() == ("#RETURN", None)
+    hello.send_bytes(pickle.dumps((ident, "hello", ("evil", {"python": crash}), {})))
+    refused_as_old_wire(hello)
 
-    for peer_port, name in ((first_port, r"posix\.system"), (served_port, r"io\.open")):
-        master.wait_for(rf"rejected a message from 127\.0\.0\.1:{peer_port} and closed its "
-                        rf"connection: forbidden global {name}\b", timeout=PROMPT)
+    # The same attempts in MessagePack: an extension (the one thing that is not plain data)
+    # holding the pickle, and hello's info holding a map, a list or an extension.
+    payload = pickle.dumps(SystemPayload(markers[0]))
+    attempts = [(None, "create", (msgpack_ext(1, payload),), {})]
+    for value in ({"start": -2 ** 62}, ["utf-8", "x", -2 ** 62, 1, "boom"],
+                  msgpack_ext(2, payload)):
+        attempts.append((ident, "hello", ("evil", {"protocol": PROTOCOL_VERSION,
+                                                   "python": value}), {}))
+    reasons = []
+    for attempt in attempts:
+        conn = raw_session(address, key, PROMPT)
+        if attempt[1] == "hello":
+            conn.send((None, "accept_connection", ("intruder",), {}))
+            assert conn.recv() == ("#RETURN", None)
+        conn.send_bytes(msgpack_body(attempt))
+        reasons.append(refused_with_reason(conn))
+    assert "create() arguments: Expected `str`, got `ext`" in reasons[0], reasons[0]
+    assert all("hello() arguments: Expected" in r for r in reasons[1:]), reasons
+
+    for i, peer_port in enumerate(old_ports, 1):
+        master.wait_for(rf"refused connection from 127\.0\.0\.1:{peer_port}: the peer speaks "
+                        rf"the pickle wire of procfleet before wire 4.* \(peer of another wire "
+                        rf"#{i}\)", timeout=PROMPT)
     assert master.wait(60) == 0, master.stderr
     assert_exactly_once(read_results(out), {str(i): i * i for i in range(n)})
     assert not any(m.exists() for m in markers)
-    assert "Traceback" not in master.stderr
-    chaos.record("2 code-running pickles sent with the right key", range(n), read_results(out),
-                 recovery="rejected and logged; batch unaffected")
-    print(f"\nbatch of {n} with 2 rejected code-running requests done in "
+    log = master.stderr
+    assert "Traceback" not in log and "evil" not in log
+    assert len(re.findall(r"refused a request from .*\(refused request #\d\)", log)) == 4
+    chaos.record("3 code-running/crashing pickles + 4 msgpack equivalents, right key",
+                 range(n), read_results(out), recovery="refused and logged; batch unaffected")
+    print(f"\nbatch of {n} with 3 old-wire pickles and 4 msgpack attempts refused done in "
           f"{time.monotonic() - started:.2f} s")
 
 
+#: the stock manager's plumbing, which once let a peer unregister the dispatcher; each is
+#: tried as a connection's first request and on a served one
+PLUMBING = {
+    "decref": lambda ident: (ident, "decref", (ident,), {}),
+    "incref": lambda ident: (ident, "incref", (ident,), {}),
+    "shutdown": lambda ident: (None, "shutdown", (), {}),
+    "debug_info": lambda ident: (None, "debug_info", (), {}),
+    "#GETVALUE": lambda ident: (ident, "#GETVALUE", (), {}),
+}
+
+
 @pytest.mark.chaos
-def test_decref_requests_are_refused_and_the_workers_keep_their_dispatcher(spawn, tmp_path,
+def test_manager_plumbing_is_refused_and_the_workers_keep_their_dispatcher(spawn, tmp_path,
                                                                           authkey_env):
     """Two decrefs used to unregister the dispatcher: every worker then died of a RemoteError."""
     out = tmp_path / "results.jsonl"
     n = 60
     master, port = demo_batch_under_way(spawn, out, n)
     address, key = ("127.0.0.1", port), authkey_env.encode()
-    asking = raw_session(address, key, PROMPT)      # the dispatcher's id, as a worker asks it
-    asking.send((None, "create", ("dispatcher",), {}))
-    kind, (ident, _exposed) = asking.recv()
-    asking.close()
-    replies, ports = [], []
-    for _ in range(DECREFS):       # more than the workers' creates and ours: refcount to 0
+    ident = dispatcher_id(address, key)
+    sent = []
+    # decref as a first request and on a served connection, DECREFS in all; then the rest,
+    # alternating (the master logs 10 refusals one by one, then throttles)
+    tries = [("decref", i % 2 == 1) for i in range(DECREFS)]
+    tries += [(name, i % 2 == 0) for i, name in enumerate(k for k in PLUMBING if k != "decref")]
+    assert len(tries) <= 10
+    for name, served in tries:
         attacker = raw_session(address, key, PROMPT)
-        ports.append(local_port(attacker))
-        attacker.send((ident, "decref", (ident,), {}))
-        replies.append(attacker.recv())
-        assert answered(attacker) is None, "the connection stayed open after a refused call"
-        attacker.close()
+        if served:
+            attacker.send((None, "accept_connection", ("intruder",), {}))
+            assert attacker.recv() == ("#RETURN", None)
+        sent.append((name, local_port(attacker)))
+        attacker.send(PLUMBING[name](ident))
+        text = refused_with_reason(attacker)
+        assert repr(name) in text, text
+    assert dispatcher_id(address, key) == ident         # the dispatcher is still there
     assert master.wait(30) == 0, master.stderr
     assert_exactly_once(read_results(out), {str(i): i * i for i in range(n)})
-    assert [r[0] for r in replies] == ["#TRACEBACK"] * DECREFS, replies
-    for i, peer_port in enumerate(ports, 1):
+    for i, (name, peer_port) in enumerate(sent, 1):
         master.wait_for(rf"refused a request from 127\.0\.0\.1:{peer_port} and closed its "
-                        rf"connection: 'decref' .*\(refused request #{i}\)", timeout=PROMPT)
+                        rf"connection: {re.escape(repr(name))} .*\(refused request #{i}\)",
+                        timeout=PROMPT)
     assert "Traceback" not in master.stderr and "RemoteError" not in master.stderr
-    chaos.record(f"{DECREFS} decref requests sent with the right key", range(n),
+    chaos.record(f"{len(sent)} plumbing requests (decref x{DECREFS}, incref, shutdown, "
+                 "debug_info, #GETVALUE), right key", range(n),
                  read_results(out), recovery="refused and logged; batch unaffected")
 
 
@@ -168,3 +258,77 @@ def counted(log: str, one: str, many: str) -> int:
     counts = [int(m) for m in re.findall(rf"\({re.escape(one)} #(\d+)\)", log)]
     counts += [int(m) for m in re.findall(rf"{re.escape(many)} .*\((\d+) in all\)", log)]
     return max(counts, default=0)
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set so far (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+@pytest.mark.chaos
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
+def test_large_messages_at_once_are_read_within_the_decode_budget(spawn, tmp_path,
+                                                                   authkey_env):
+    """16 peers with the key each send a 48 MiB message at the same moment (768 MiB in all):
+    the master reads at most DECODE_BUDGET bytes of large messages at once, so its peak
+    memory grows by a bounded amount, not by everything sent; then a worker finishes the
+    batch."""
+    out = tmp_path / "results.jsonl"
+    n = 40
+    master, port = demo_batch_under_way(spawn, out, n, workers=0)
+    address, key = ("127.0.0.1", port), authkey_env.encode()
+    # Refused by its schema once read (a name is at most 256 characters): the whole message
+    # is read and decoded first.
+    body = msgpack_body((None, "accept_connection", ("x" * LARGE_BYTES,), {}))
+    header = len(body).to_bytes(4, "big")
+    view = memoryview(body)
+    conns = [raw_session(address, key, 60.0) for _ in range(LARGE)]
+    before = peak_rss(master.popen.pid)
+    all_sent = threading.Barrier(LARGE)
+    replies: list = [None] * LARGE
+
+    def send(i: int) -> None:
+        sock = socket.socket(fileno=os.dup(conns[i].fileno()))
+        try:
+            sock.sendall(header)
+            sock.sendall(view[:-1])
+            try:      # hold every message one byte short, so they are all in flight at once
+                all_sent.wait(timeout=2.0)      # (those waiting for the budget cannot come)
+            except threading.BrokenBarrierError:
+                pass
+            sock.sendall(view[-1:])
+        finally:
+            sock.close()
+        replies[i] = conns[i].recv()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(LARGE)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    took = time.monotonic() - started
+    grown = peak_rss(master.popen.pid) - before
+    for conn in conns:
+        conn.close()
+    assert all(r is not None and r[0] == "#TRACEBACK" and "length <= 256" in r[1]
+               for r in replies), [r if r is None else (r[0], r[1][:200]) for r in replies]
+    # Each message is read into a buffer that may briefly take twice its size; the budget
+    # (256 MiB) bounds how many are read at once. Reading all 16 at once would take 768 MiB+.
+    limit = int(1.5 * server_mod.DECODE_BUDGET) + 32 * 2 ** 20
+    assert grown < limit, f"the master's peak RSS grew by {grown / 2 ** 20:.0f} MiB"
+
+    worker = spawn("worker", "--master", f"127.0.0.1:{port}", "--concurrency", "4")
+    assert master.wait(60) == 0, master.stderr[-3000:]
+    assert worker.wait(30) == 0, worker.stderr
+    assert_exactly_once(read_results(out), {str(i): i * i for i in range(n)})
+    assert "Traceback" not in master.stderr
+    chaos.record(f"{LARGE} x {LARGE_BYTES // 2 ** 20} MiB messages at once, right key",
+                 range(n), read_results(out), recovery="read within the decode budget")
+    print(f"\n{LARGE} x {LARGE_BYTES // 2 ** 20} MiB messages refused in {took:.2f} s; the "
+          f"master's peak RSS grew by {grown / 2 ** 20:.0f} MiB (limit {limit / 2 ** 20:.0f} "
+          f"MiB, budget {server_mod.DECODE_BUDGET / 2 ** 20:.0f} MiB)")

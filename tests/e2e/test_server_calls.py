@@ -1,9 +1,11 @@
 """What a peer holding the key can call on the master's server, on loopback: only the dispatcher.
 
-Raw clients send the requests a stock manager server would serve (refcounts, debug_info,
-shutdown, '#GETVALUE', other typeids, other ids, other methods); each is refused, logged with the
-peer's address and counted, and closes that connection only, while a real client keeps calling.
-Idle authenticated connections are closed, and every connection has TCP keepalive.
+Raw clients send, on the msgpack wire, the requests a stock manager server would serve
+(refcounts, debug_info, shutdown, '#GETVALUE', other typeids, other ids, other methods); each is
+refused, logged with the peer's address and counted, and closes that connection only, while a
+real client keeps calling. A message that is not a request at all is rejected the same way,
+without a reply. Idle authenticated connections are closed, and every connection has TCP
+keepalive.
 """
 
 import os
@@ -13,7 +15,7 @@ import threading
 import time
 
 import pytest
-from peers import answered, ensure_fd_limit, local_port, raw_session
+from peers import answered, ensure_fd_limit, local_port, msgpack_body, raw_session
 from procs import wait_until
 
 from procfleet.master import server as server_mod
@@ -121,8 +123,7 @@ OPENING = {
     "#GETVALUE": lambda ident: (ident, "#GETVALUE", (), {}),
     "create another typeid": lambda ident: (None, "create", ("Queue",), {}),
     "create with more arguments": lambda ident: (None, "create", (DISPATCHER, 1), {}),
-    "create with keywords": lambda ident: (None, "create", (DISPATCHER,), {"x": 1}),
-    "not a request": lambda ident: ["create", DISPATCHER],
+    "accept_connection of a non-text name": lambda ident: (None, "accept_connection", (7,), {}),
 }
 
 
@@ -135,9 +136,41 @@ def test_a_refused_first_request_closes_only_its_connection(server, caplog, requ
     attacker.send(OPENING[request_kind](ident))
     assert_refused_and_closed(attacker, caplog, server)
     # the worker's connection, a new one and the dispatcher itself are all still there
-    assert worker.exchange("w", "b", [], 1, 0.0, ("s", 1, 0)) == ([], RUN)
+    assert tuple(worker.exchange("w", "b", [], 1, 0.0, ("s", 1, 0))) == ([], RUN)
     assert connect(server.address, KEY, timeout=PROMPT).ping() == {"state": RUN}
     assert dispatcher_id(server) == ident
+    assert "Traceback" not in caplog.text
+
+
+#: messages that are not a request (ident, name, args, kwds) of the right types at all: the
+#: envelope's schema rejects them before anything else is decoded, with no reply
+NOT_REQUESTS = {
+    "a list of two": ["create", DISPATCHER],
+    "a name that is not text": (None, 7, (), {}),
+    "keyword arguments": (None, "create", (DISPATCHER,), {"x": 1}),
+    "an ident that is a map": ({"a": 1}, "create", (DISPATCHER,), {}),
+    "a name over 256 characters": (None, "create" + "x" * 300, (), {}),
+    "a bare map": {"name": "create"},
+}
+
+
+@pytest.mark.parametrize("when", ["first request", "in a served connection"])
+@pytest.mark.parametrize("message_kind", list(NOT_REQUESTS))
+def test_a_message_that_is_not_a_request_is_rejected_and_closes_only_its_connection(
+        server, caplog, message_kind, when):
+    worker = connect(server.address, KEY, timeout=PROMPT)
+    attacker = served_session(server) if when == "in a served connection" \
+        else raw_session(server.address, KEY, PROMPT)
+    peer = "127.0.0.1:%d" % local_port(attacker)
+    attacker.send_bytes(msgpack_body(NOT_REQUESTS[message_kind]))
+    assert answered(attacker) is None, "the master answered a message it rejected"
+    attacker.close()
+    lines = [r.getMessage() for r in caplog.records
+             if f"rejected a message from {peer} and closed its connection: malformed message"
+             in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and len(lines[0]) < 400, lines
+    assert server.rejected_messages == 1 and server.refused_requests == 0
+    assert worker.ping() == {"state": RUN}
     assert "Traceback" not in caplog.text
 
 
@@ -150,7 +183,9 @@ SERVED = {
     "the manager's own id 0": lambda ident: ("0", "ping", (), {}),
     "an unknown id": lambda ident: ("ffff", "ping", (), {}),
     "decref on a served connection": lambda ident: (ident, "decref", (ident,), {}),
-    "a name that is not a str": lambda ident: (ident, 7, (), {}),
+    "shutdown on a served connection": lambda ident: (ident, "shutdown", (), {}),
+    "debug_info on a served connection": lambda ident: (ident, "debug_info", (), {}),
+    "ping with an argument": lambda ident: (ident, "ping", (1,), {}),
 }
 
 
@@ -166,12 +201,12 @@ def test_a_refused_call_on_a_served_connection_closes_only_it(server, service, c
     assert_refused_and_closed(attacker, caplog, server)
     assert not service.stopped.is_set(), "a peer ended the batch"
     assert worker.ping() == {"state": RUN}
-    assert worker.exchange("w", "b", [], 1, 0.0, ("s", 1, 0)) == ([], RUN)
+    assert tuple(worker.exchange("w", "b", [], 1, 0.0, ("s", 1, 0))) == ([], RUN)
 
 
 def test_a_refusal_line_shows_a_hostile_name_on_one_short_line(server, caplog):
     attacker = raw_session(server.address, KEY, PROMPT)
-    attacker.send((None, "x\nsummary: forged " + "y" * 10_000, (), {}))
+    attacker.send((None, "x\nsummary: forged " + "y" * 200, (), {}))
     line = assert_refused_and_closed(attacker, caplog, server)
     assert "\n" not in line and len(line) < 400, line
 
@@ -224,7 +259,7 @@ def test_a_long_poll_and_a_steady_caller_outlive_the_idle_timeout(server):
     worker = connect(server.address, KEY, timeout=PROMPT)
     started = time.monotonic()
     # held by the master for 3 idle timeouts: the server reads nothing while it serves a call
-    assert worker.exchange("w", "b", [], 1, 3 * SHORT_IDLE, ("s", 1, 0)) == ([], RUN)
+    assert tuple(worker.exchange("w", "b", [], 1, 3 * SHORT_IDLE, ("s", 1, 0))) == ([], RUN)
     assert time.monotonic() - started >= 3 * SHORT_IDLE
     deadline = time.monotonic() + 4 * SHORT_IDLE
     calls = 0
