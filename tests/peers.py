@@ -99,6 +99,16 @@ def local_port(conn: connection.Connection) -> int:
         sock.detach()
 
 
+def rejected_with_reason(conn) -> str:
+    """The '#TRACEBACK' reason the master sent for a message it rejected, once it hung up."""
+    kind, text = conn.recv()
+    assert kind == "#TRACEBACK" and text.startswith("refused by the procfleet master: "), \
+        (kind, text)
+    assert "\n" not in text
+    assert answered(conn) is None, "the connection stayed open after the rejection"
+    return text
+
+
 def answered(conn: connection.Connection) -> bytes | None:
     """The next message on `conn`, or None if the other side hung up instead."""
     try:

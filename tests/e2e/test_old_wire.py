@@ -93,11 +93,7 @@ def test_a_new_master_logs_an_old_worker_in_one_line_and_finishes_its_batch(
 
 
 @pytest.mark.parametrize("worker_release", [
-    pytest.param("old", marks=pytest.mark.xfail(strict=True, reason=(
-        "product bug: the master's old-wire refusal is pickled with protocol 2, whose "
-        "fix_imports names ConnectionRefusedError exceptions.OSError; the old worker's "
-        "allow-list refuses that global and exits 2 at once with 'procfleet: error: forbidden "
-        "global exceptions.OSError in a message: only builtin exceptions may cross the wire'"))),
+    "old",
     pytest.param("new", marks=pytest.mark.xfail(strict=True, reason=(
         "control: a worker of the master's own release joins and finishes the batch"))),
 ])

@@ -28,7 +28,7 @@ from procs import assert_exactly_once, master_port, read_results
 PROMPT = 10.0
 N = 200
 #: what a refused call raises in the caller: refused by the service, or by the schema
-REFUSED = (RemoteCallError, RemoteError, EOFError)
+REFUSED = (RemoteCallError, RemoteError)
 MESSAGE, SCHEMA, SERVICE = "message", "schema", "service"
 
 
@@ -57,9 +57,8 @@ class Intruder:
 
     def refused(self, method: str, *args, by: str | None = None) -> str:
         """Call `method`, which must be refused (`by` MESSAGE, SCHEMA or SERVICE, if given);
-        return the reason the master gave ('' for a rejected message). After a refusal of the
-        first two kinds the master has closed the connection: the intruder connects again,
-        as a worker would."""
+        return the reason the master gave. After a refusal of the first two kinds the master
+        has closed the connection: the intruder connects again, as a worker would."""
         if method == "exchange":
             self.calls += 1
             args = (*args, ("s1", self.calls, self.calls - 1))
@@ -71,14 +70,14 @@ class Intruder:
         finally:
             sys.setrecursionlimit(limit)
         exc = refusal.value
-        where = SCHEMA if isinstance(exc, RemoteError) \
-            else MESSAGE if isinstance(exc, EOFError) else SERVICE
+        where = SERVICE
+        if isinstance(exc, RemoteError):
+            rejected = re.match(r"refused by the procfleet master: (malformed message|not a "
+                                r"procfleet message)", exc.args[0])
+            where = MESSAGE if rejected else SCHEMA
         assert by in (None, where), f"refused by the {where}, not the {by}: {exc!r}"
         self.refusals[where] += 1
-        if where == MESSAGE:
-            self.reconnect()
-            return ""
-        if where == SCHEMA:
+        if where in (MESSAGE, SCHEMA):
             text = exc.args[0]
             assert text.startswith("refused by the procfleet master: "), text
             self.reconnect()
@@ -140,7 +139,7 @@ def test_a_refused_exchange_writes_and_counts_nothing(batch):
     deep = "[" * 1500 + "0" + "]" * 1500
     exchange = lambda outcomes, by: intruder.refused(  # noqa: E731
         "exchange", intruder.id, intruder.batch, outcomes, 0, 0, by=by)
-    assert exchange(good[:-1] + [(last, OK, nested(1500), None)], MESSAGE) == ""
+    assert "nested too deeply" in exchange(good[:-1] + [(last, OK, nested(1500), None)], MESSAGE)
     reasons = [
         exchange(good[:-1] + [(last, OK, nested(50), None)], SCHEMA),
         exchange(good[:-1] + [(last, OK, deep, None)], SERVICE),

@@ -23,6 +23,9 @@ from .taskfile import DemoSource, open_source
 
 log = logging.getLogger(__name__)
 
+#: at the end, how long the replies (STOP) already decided may take to go out
+REPLY_GRACE = 2.0
+
 #: how often the master checks leases, writes results and looks at its local workers
 TICK = 0.1
 #: how often a long batch logs its progress
@@ -174,7 +177,7 @@ class Batch:
                     failure = exc
             elapsed = time.monotonic() - started
             code = self._report(outcome, elapsed)
-            self._stop_workers()
+            self._stop_workers(server)
         finally:
             if local is not None:
                 local.stop()        # still serving: a late local worker hears STOP too
@@ -238,10 +241,11 @@ class Batch:
         ok = self.journal.count_ok()
         return ok, finished - ok
 
-    def _stop_workers(self) -> None:
+    def _stop_workers(self, server) -> None:
         """Answer STOP to every worker call; wait (bounded) until each live worker heard it."""
         self.service.stop()
         waiting = self.service.wait_workers_told(2 * self.settings.heartbeat_interval + 1.0)
+        server.wait_answered(REPLY_GRACE)
         if waiting:
             log.info("%d workers did not call in to hear the batch is over: %s",
                      len(waiting), ", ".join(sorted(waiting)))

@@ -139,6 +139,8 @@ class MasterServer:
         self.budget = ByteBudget(DECODE_BUDGET)
         self.connections = 0        # authenticated connections open now
         self._connections_lock = threading.Lock()
+        self._serving = 0           # calls taken and not yet answered
+        self._served = threading.Condition()
 
     @property
     def auth_failures(self) -> int:
@@ -304,14 +306,29 @@ class MasterServer:
                 self._refuse(conn, f"a call on object {shown!r}: only the dispatcher "
                              f"({self.dispatcher_id}) is served")
                 return
+            with self._served:
+                self._serving += 1
             try:
-                reply = ("#RETURN", getattr(self.service, name)(*args))
-            except (TypeError, ValueError) as exc:      # a call the service refused
-                reply = error_reply(exc)
-            except Exception as exc:
-                reply = error_reply(exc, format_exc())
-            if not self._reply(conn, reply):
+                try:
+                    reply = ("#RETURN", getattr(self.service, name)(*args))
+                except (TypeError, ValueError) as exc:      # a call the service refused
+                    reply = error_reply(exc)
+                except Exception as exc:
+                    reply = error_reply(exc, format_exc())
+                sent = self._reply(conn, reply)
+            finally:
+                with self._served:
+                    self._serving -= 1
+                    self._served.notify_all()
+            if not sent:
                 return
+
+    def wait_answered(self, timeout: float) -> bool:
+        """Wait until every call taken so far has had its reply sent (or its connection lost),
+        up to `timeout` s: the service marks a worker told STOP before the reply is on its
+        way, and a master that exits in between leaves that worker without it."""
+        with self._served:
+            return self._served.wait_for(lambda: self._serving == 0, timeout)
 
     def _receive(self, conn, decoders: dict, what: str):
         """The peer's next request as (ident, name, args), or None once the connection is over
@@ -335,8 +352,9 @@ class MasterServer:
             return ident, name, decode_args(decoders, name, raw, what)
         except OldWireFormat as exc:
             self._other_wire(conn, exc)
-        except ProtocolViolation as exc:
+        except ProtocolViolation as exc:        # read whole, so the peer can be told why
             self.message_rejected(exc)
+            self._reply(conn, ("#TRACEBACK", f"refused by the procfleet master: {exc}"))
         except Refused as exc:
             self._refuse(conn, str(exc))
         finally:
@@ -353,7 +371,10 @@ class MasterServer:
         text = (f"the master speaks procfleet wire {WIRE_VERSION} (msgpack) and this worker "
                 "the older pickle wire: run the worker from the master's procfleet release")
         try:
-            conn._send_bytes(pickle.dumps(("#ERROR", ConnectionRefusedError(text)), protocol=2))
+            # fix_imports=False: protocol 2 would name the class exceptions.OSError (Python 2's
+            # name), which the old worker's allow-list refuses; it accepts builtins.* only.
+            conn._send_bytes(pickle.dumps(("#ERROR", ConnectionRefusedError(text)), protocol=2,
+                                          fix_imports=False))
         except OSError:
             pass
 
