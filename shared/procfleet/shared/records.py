@@ -298,6 +298,10 @@ def _balanced_within(limit: int) -> re.Pattern:
     return re.compile(pattern)
 
 
+_balanced_within(MAX_DEPTH)             # compiled now, not on the first peer's result
+_balanced_within(MAX_DEPTH + 1)         # (results_text_ok: the texts inside one more array)
+
+
 def deeper_than(text: str, limit: int) -> bool:
     """Whether arrays and objects nest more than `limit` deep in the JSON text `text` (or its
     brackets do not balance). Linear for valid JSON: check that first for a peer's text.
