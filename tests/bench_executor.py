@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from procfleet.shared.records import Task
+from procfleet.shared.protocol import Task
 from procfleet.shared.tasks import registry
 from procfleet.worker.executor import Executor
 

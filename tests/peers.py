@@ -1,7 +1,7 @@
 """Raw and hostile peers for tests against a master: handshakes by hand, payloads, floods.
 
 A raw session speaks the wire by hand: `send` a request as the new wire's MessagePack
-(procfleet.shared.wire.encode), `send_bytes` anything else (a pickle of the old wire,
+(procfleet.shared.codec.encode), `send_bytes` anything else (a pickle of the old wire,
 a hand-made body); `recv` decodes a reply of this wire, `old_wire_reply` one of the old.
 """
 
@@ -18,7 +18,7 @@ from multiprocessing import connection
 import msgspec
 
 from procfleet.shared.transport import set_recv_timeout
-from procfleet.shared.wire import MAGIC, SafeConnection
+from procfleet.shared.codec import MAGIC, SafeConnection
 
 
 class SystemPayload:
@@ -59,7 +59,7 @@ def raw_session(address: tuple[str, int], key: bytes, timeout: float) -> SafeCon
 
 def msgpack_body(obj) -> bytes:
     """A message of this wire holding `obj` as plain MessagePack, with no extension applied
-    (wire.encode would turn a big int or a lone surrogate into an extension)."""
+    (codec.encode would turn a big int or a lone surrogate into an extension)."""
     return MAGIC + msgspec.msgpack.encode(obj)
 
 

@@ -20,11 +20,11 @@ import pytest
 import chaos
 from peers import (OpenPayload, SystemPayload, answered, ensure_fd_limit, local_port,
                    msgpack_body, msgpack_ext, raw_session, wait_all_closed)
-from procfleet.master import server as server_mod
+from procfleet.master import connections as connections_mod
 from procfleet.shared.manager import DISPATCHER, PROTOCOL_VERSION
 from procs import assert_exactly_once, master_port, read_results
 
-#: the master's handshake deadline (procfleet.master.server.HANDSHAKE_TIMEOUT)
+#: the master's handshake deadline (procfleet.master.connections.HANDSHAKE_TIMEOUT)
 HANDSHAKE_TIMEOUT = 3.0
 #: longest the test waits for something the master should do at once
 PROMPT = 10.0
@@ -319,7 +319,7 @@ def test_large_messages_at_once_are_read_within_the_decode_budget(spawn, tmp_pat
                for r in replies), [r if r is None else (r[0], r[1][:200]) for r in replies]
     # Each message is read into a buffer that may briefly take twice its size; the budget
     # (256 MiB) bounds how many are read at once. Reading all 16 at once would take 768 MiB+.
-    limit = int(1.5 * server_mod.DECODE_BUDGET) + 32 * 2 ** 20
+    limit = int(1.5 * connections_mod.DECODE_BUDGET) + 32 * 2 ** 20
     assert grown < limit, f"the master's peak RSS grew by {grown / 2 ** 20:.0f} MiB"
 
     worker = spawn("worker", "--master", f"127.0.0.1:{port}", "--concurrency", "4")
@@ -331,4 +331,4 @@ def test_large_messages_at_once_are_read_within_the_decode_budget(spawn, tmp_pat
                  range(n), read_results(out), recovery="read within the decode budget")
     print(f"\n{LARGE} x {LARGE_BYTES // 2 ** 20} MiB messages refused in {took:.2f} s; the "
           f"master's peak RSS grew by {grown / 2 ** 20:.0f} MiB (limit {limit / 2 ** 20:.0f} "
-          f"MiB, budget {server_mod.DECODE_BUDGET / 2 ** 20:.0f} MiB)")
+          f"MiB, budget {connections_mod.DECODE_BUDGET / 2 ** 20:.0f} MiB)")

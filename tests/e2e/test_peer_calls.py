@@ -19,8 +19,8 @@ from multiprocessing.managers import RemoteError
 import pytest
 
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP, connect
-from procfleet.shared.records import OK
-from procfleet.shared.wire import RemoteCallError
+from procfleet.shared.protocol import OK
+from procfleet.shared.codec import RemoteCallError
 from peers import msgpack_ext
 from procs import assert_exactly_once, master_port, read_results
 

@@ -23,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from procfleet.master import requests
+from procfleet.master import schemas
 from procfleet.master.admission import ByteBudget
-from procfleet.shared import records, wire
-from procfleet.shared.records import MAX_OUTCOMES, MAX_WIRE_INT
-from procfleet.shared.wire import MAGIC, OldWireFormat, ProtocolViolation
+from procfleet.shared import codec, protocol
+from procfleet.shared.protocol import MAX_OUTCOMES, MAX_WIRE_INT
+from procfleet.shared.codec import MAGIC, OldWireFormat, ProtocolViolation
 
 #: peak traced memory <= PEAK_PER_BYTE x message bytes + PEAK_FIXED. Measured worst (Python
 #: 3.11, msgspec 0.23): 28.3x for one 1 MiB result '["\U0001F600",[],[],...]' (check_result_text's
@@ -76,20 +76,20 @@ def master_decode(data, seq_limit: int = MAX_WIRE_INT) -> Verdict:
     then for an exchange whose args decoded the service's check_outcomes. Refusals are verdicts;
     anything else raised is a bug."""
     try:
-        _ident, name, raw, _kwds = wire.decode(data, requests.ENVELOPE)
+        _ident, name, raw, _kwds = codec.decode(data, schemas.ENVELOPE)
     except ProtocolViolation as exc:            # OldWireFormat is one
         return Verdict(type(exc).__name__, 0)
     verdict = Verdict("Refused", 0)
-    for decoders, what in ((requests.OPENING, "a request a connection may open with"),
-                           (requests.CALLS, "a dispatcher method")):
+    for decoders, what in ((schemas.OPENING, "a request a connection may open with"),
+                           (schemas.CALLS, "a dispatcher method")):
         try:
-            args = requests.decode_args(decoders, name, raw, what)
-        except requests.Refused:
+            args = schemas.decode_args(decoders, name, raw, what)
+        except schemas.Refused:
             continue
-        if decoders is requests.CALLS and name == "exchange":
+        if decoders is schemas.CALLS and name == "exchange":
             outcomes = args[2]
             try:
-                records.check_outcomes(outcomes, seq_limit)
+                protocol.check_outcomes(outcomes, seq_limit)
             except (ValueError, TypeError):
                 return Verdict("checked and refused", len(outcomes))
             return Verdict("accepted", len(outcomes))
@@ -185,9 +185,9 @@ SHAPES = {
     "map claiming 2**32-1 pairs": lambda n: b"\xdf\xff\xff\xff\xff" + b"\xa0\xc0" * 4,
     "str claiming 2**32-1 bytes": lambda n: b"\xdb\xff\xff\xff\xff" + b"x" * 8,
     "bin claiming 2**32-1 bytes": lambda n: b"\xc6\xff\xff\xff\xff" + b"x" * 8,
-    "ext claiming 2**32-1 bytes": lambda n: ext_header(wire.EXT_TEXT, 2 ** 32 - 1) + b"x" * 8,
-    "ext bigint, n bytes": lambda n: ext_header(wire.EXT_BIGINT, n) + b"\x7f" * n,
-    "ext text, n bytes": lambda n: ext_header(wire.EXT_TEXT, n) + b"\xed\xa0\x80" * (n // 3),
+    "ext claiming 2**32-1 bytes": lambda n: ext_header(codec.EXT_TEXT, 2 ** 32 - 1) + b"x" * 8,
+    "ext bigint, n bytes": lambda n: ext_header(codec.EXT_BIGINT, n) + b"\x7f" * n,
+    "ext text, n bytes": lambda n: ext_header(codec.EXT_TEXT, n) + b"\xed\xa0\x80" * (n // 3),
     "ext of an unused code": lambda n: ext_header(7, n) + b"\x00" * n,
     "arrays nested n deep": lambda n: b"\x91" * n + b"\xc0",
     "maps nested n deep": lambda n: b"\x81\xa0" * n + b"\xc0",
@@ -375,7 +375,7 @@ HOSTILE_JSON = {
 def test_exchange_with_hostile_result_texts(texts, count, total, error):
     """Up to 65,536 ok outcomes whose results are hostile JSON texts (also as error texts)."""
     made = [HOSTILE_JSON[text](max(1, total // count)) for text in texts]
-    outcomes = [[seq, "ok", made[seq % len(made)], made[0][:records.MAX_ERROR_CHARS] if error
+    outcomes = [[seq, "ok", made[seq % len(made)], made[0][:protocol.MAX_ERROR_CHARS] if error
                  else None] for seq in range(count)]
     shape = texts[0] if len(set(texts)) == 1 else "mixed"
     assert_bounded(f"{count:,} results: {shape}", exchange_with(outcomes), TIME_PER_BYTE)
@@ -451,7 +451,7 @@ def test_the_old_pickle_bombs_are_refused_unread(name, monkeypatch):
     bomb = OLD_BOMBS[name]
     assert assert_bounded(name, bomb) == Verdict("OldWireFormat", 0)
     with pytest.raises(OldWireFormat, match="pickle wire"):
-        wire.decode(bomb, requests.ENVELOPE)
+        codec.decode(bomb, schemas.ENVELOPE)
 
 
 # --- the byte budget for large messages ------------------------------------------------------

@@ -16,15 +16,15 @@ import random
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from procfleet.master.dispatcher import Dispatcher
-from procfleet.master.output import ResultWriter
-from procfleet.master.requests import CALLS, ENVELOPE, decode_args
+from procfleet.master.leases import Dispatcher
+from procfleet.master.results import ResultWriter
+from procfleet.master.schemas import CALLS, ENVELOPE, decode_args
 from procfleet.master.taskfile import open_source
-from procfleet.shared import wire
+from procfleet.shared import codec
 from procfleet.shared.errors import TaskFileError
-from procfleet.shared.records import MAX_DEPTH, check_outcomes, task_from_wire
+from procfleet.shared.protocol import MAX_DEPTH, check_outcomes, task_from_wire
 from procfleet.shared.tasks import TaskRegistry
-from procfleet.worker.executor import _attempt
+from procfleet.worker.taskproc import _attempt
 from strategies import ANY_CHAR, json_values
 
 PROPERTY = settings(deadline=None, database=None, max_examples=150,
@@ -56,7 +56,7 @@ arguments = st.one_of(json_values, st.integers(min_value=1, max_value=150).map(n
 def exchange_outcomes(held: list[tuple], cursor: tuple) -> list[tuple]:
     """The outcomes of an exchange call, sent and decoded as the master's server does it."""
     request = ("ident", "exchange", ("w", "batch", held, 4, 0.0, cursor), {})
-    _ident, name, raw, _kwds = wire.decode(wire.encode(request), ENVELOPE)
+    _ident, name, raw, _kwds = codec.decode(codec.encode(request), ENVELOPE)
     return decode_args(CALLS, name, raw, "a dispatcher method")[2]
 
 
@@ -93,7 +93,7 @@ def run_batch(tmp, specs, network: random.Random) -> list[bytes]:
             if network.random() < 0.2:                          # a result that arrives twice
                 dispatcher.complete("w", outcomes, encoded=True)
         leased = [tuple(t) for t in dispatcher.lease("w", network.randint(1, 4), call=calls)]
-        reply = wire.decode(wire.encode((leased, "run")))      # the wire, worker-bound
+        reply = codec.decode(codec.encode((leased, "run")))      # the wire, worker-bound
         held = []
         if network.random() < 0.2:
             continue                                            # the reply was lost

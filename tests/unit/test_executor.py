@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from procfleet.shared.records import CRASH, ERROR, MAX_ERROR_CHARS, OK, TIMEOUT, Outcome, Task
+from procfleet.shared.protocol import CRASH, ERROR, MAX_ERROR_CHARS, OK, TIMEOUT, Outcome, Task
 from procfleet.shared.tasks import TaskRegistry, registry
 from procfleet.worker import executor as executor_module
+from procfleet.worker import taskproc
 from procfleet.worker.executor import (AHEAD, CHUNK_MAX, CHUNK_SECONDS, CLOSE_TIMEOUT, Executor,
-                                       pace, run_task)
+                                       pace)
+from procfleet.worker.taskproc import run_task
 from procs import wait_until
 
 #: the test tasks' module (tests/tasks_for_tests.py); only task processes import it
@@ -316,7 +318,7 @@ def test_children_ignore_sigint_and_sigterm(make_executor):
 @linux_only
 def test_children_exit_when_the_worker_dies(tmp_path):
     script = ("import sys, threading, time\n"
-              "from procfleet.shared.records import Task\n"
+              "from procfleet.shared.protocol import Task\n"
               "from procfleet.shared.tasks import registry\n"
               "from procfleet.worker.executor import Executor\n"
               f"ex = Executor(registry, 1, threading.Event(), ({TEST_TASKS!r},))\n"
@@ -561,7 +563,7 @@ def test_a_result_that_cannot_be_pickled_is_sent_as_an_error_for_its_task_alone(
     here, there = multiprocessing.Pipe()
     results = [(0, OK, "0", None, 1), (1, OK, deep(5000), None, 1), (2, OK, lambda: 2, None, 1),
                (3, OK, UnpicklableStr("3"), None, 3), (4, OK, '"four"', None, 6)]
-    executor_module._send_results(there, 0.5, results)
+    taskproc._send_results(there, 0.5, results)
     messages = []
     while here.poll(0):
         messages.append(pickle.loads(here.recv_bytes()))
@@ -577,4 +579,4 @@ def test_a_result_that_cannot_be_pickled_is_sent_as_an_error_for_its_task_alone(
     assert sum(busy for busy, _ in messages) == pytest.approx(0.5)
     here.close()
     with pytest.raises(SystemExit):                # only a closed pipe ends a task process
-        executor_module._send_results(there, 0.1, results[:1])
+        taskproc._send_results(there, 0.1, results[:1])

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from procfleet.master.taskfile import FIELDS, open_source, parse_lines
 from procfleet.shared.cli import main
 from procfleet.shared.errors import ConfigError, TaskFileError
-from procfleet.shared.records import Task
+from procfleet.shared.protocol import Task
 from procfleet.shared.settings import (ENV_AUTHKEY, ENV_AUTHKEY_FILE, MIN_AUTHKEY_LENGTH,
                                        load_authkey, parse_address)
 from strategies import ANY_CHAR, BIG_INT, json_values

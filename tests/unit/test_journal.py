@@ -5,10 +5,10 @@ import sqlite3
 
 import pytest
 
-from procfleet.master.dispatcher import Dispatcher
+from procfleet.master.leases import Dispatcher
 from procfleet.master.journal import Journal, JournalledDispatcher, restore
 from procfleet.shared.errors import ConfigError, ProcfleetError
-from procfleet.shared.records import OK, Outcome
+from procfleet.shared.protocol import OK, Outcome
 from test_dispatcher import FakeClock, tasks
 
 

@@ -1,6 +1,6 @@
 """How many finished outcomes one exchange carries: capped in bytes, never zero."""
 
-from procfleet.shared.records import OK, RESULT_BATCH_BYTES, Outcome
+from procfleet.shared.protocol import OK, RESULT_BATCH_BYTES, Outcome
 from procfleet.worker.worker import first_batch
 
 

@@ -1,12 +1,12 @@
 """The dispatcher writes a first-time `ok` result line inline, for speed: it must be exactly
-the line records.result_line makes, for any id, task name, worker id and JSON value."""
+the line protocol.result_line makes, for any id, task name, worker id and JSON value."""
 
 import json
 
 from hypothesis import given, strategies as st
 
-from procfleet.master.dispatcher import Dispatcher
-from procfleet.shared.records import OK, Task, result_line, result_text
+from procfleet.master.leases import Dispatcher
+from procfleet.shared.protocol import OK, Task, result_line, result_text
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)

@@ -9,11 +9,11 @@ import msgspec
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from procfleet.master import requests
-from procfleet.shared import records, wire
-from procfleet.shared.records import ERROR, MAX_DEPTH, MAX_ERROR_CHARS, OK, Outcome, Task
+from procfleet.master import schemas
+from procfleet.shared import codec, protocol
+from procfleet.shared.protocol import ERROR, MAX_DEPTH, MAX_ERROR_CHARS, OK, Outcome, Task
 from procfleet.shared.tasks import TaskRegistry
-from procfleet.worker import executor
+from procfleet.worker import taskproc
 
 #: results here are limited to this many bytes of JSON (patched into records), so that results
 #: just under and just over the limit are cheap to make; more than the longest int JSON can carry
@@ -84,16 +84,16 @@ def round_trips(outcome: tuple) -> bool:
         and pickle.loads(pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)) == outcome
 
 
-#: how the master decodes one outcome of an exchange (requests.CALL_ARGS)
-OUTCOME = msgspec.msgpack.Decoder(requests.Outcome)
+#: how the master decodes one outcome of an exchange (schemas.CALL_ARGS)
+OUTCOME = msgspec.msgpack.Decoder(schemas.Outcome)
 
 
 def master_accepts(outcome: tuple) -> bool:
     """Whether the outcome, sent as the worker sends it, decodes against the master's schema
-    unchanged and passes its check (records.check_outcomes raises if not)."""
+    unchanged and passes its check (protocol.check_outcomes raises if not)."""
     sent = tuple(outcome[:4])
-    got = wire.decode(wire.encode(sent), OUTCOME)
-    records.check_outcomes([got], outcome[0] + 1)
+    got = codec.decode(codec.encode(sent), OUTCOME)
+    protocol.check_outcomes([got], outcome[0] + 1)
     return got == sent
 
 
@@ -136,8 +136,8 @@ task_results = values | st.builds(nested, st.integers(1, 3000), values)
 def test_whatever_a_task_returns_ends_as_one_outcome_json_and_pickle_carry(value):
     want = expected(value)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(records, "MAX_RESULT_BYTES", SMALL_LIMIT)
-        outcome = executor._attempt(REGISTRY, 7, "returns", [value], {})
+        patch.setattr(protocol, "MAX_RESULT_BYTES", SMALL_LIMIT)
+        outcome = taskproc._attempt(REGISTRY, 7, "returns", [value], {})
     assert type(outcome) is tuple and len(outcome) == 5 and outcome[0] == 7
     _, kind, got, error, size = outcome
     if kind == OK:
@@ -172,7 +172,7 @@ exception_types = st.sampled_from([ValueError, RuntimeError, KeyError, Recursion
 @given(exception_types, messages)
 def test_whatever_a_task_raises_ends_as_one_error_within_max_error_chars(exc_type, message):
     exc = exc_type(message)
-    outcome = executor._attempt(REGISTRY, 3, "raises", [exc], {})
+    outcome = taskproc._attempt(REGISTRY, 3, "raises", [exc], {})
     assert type(outcome) is tuple and len(outcome) == 5 and outcome[:3] == (3, ERROR, None)
     error, size = outcome[3], outcome[4]
     assert error.startswith(f"{exc_type.__name__}: ") and size == len(error) <= MAX_ERROR_CHARS
@@ -186,7 +186,7 @@ def test_whatever_a_task_raises_ends_as_one_error_within_max_error_chars(exc_typ
 
 
 def test_a_hundred_megabyte_message_becomes_a_clipped_error():
-    outcome = executor.run_task(REGISTRY, Task(0, "big", "raises", [ValueError("x" * 10**8)], {}))
+    outcome = taskproc.run_task(REGISTRY, Task(0, "big", "raises", [ValueError("x" * 10**8)], {}))
     assert outcome.kind == ERROR and len(outcome.error) <= MAX_ERROR_CHARS
     assert outcome.error.startswith("ValueError: xxxx")
     assert "clipped: 100,000,000 characters" in outcome.error     # the message, clipped alone
@@ -196,7 +196,7 @@ def test_a_hundred_megabyte_message_becomes_a_clipped_error():
 
 def test_clip_error_keeps_both_ends_and_says_how_long_it_was():
     text = "head" + "-" * 1000 + "tail"
-    clipped = executor.clip_error(text, 200)
+    clipped = taskproc.clip_error(text, 200)
     assert len(clipped) <= 200 and clipped.startswith("head") and clipped.endswith("tail")
     assert "clipped: 1,008 characters" in clipped
-    assert executor.clip_error(text, len(text)) is text
+    assert taskproc.clip_error(text, len(text)) is text

@@ -13,7 +13,7 @@ import pytest
 from procfleet.master.taskfile import (MAX_ERRORS, DemoSource, FileSource, demo_tasks,
                                       open_source, parse_lines)
 from procfleet.shared.errors import TaskFileError
-from procfleet.shared.records import MAX_DEPTH, MAX_TASK_BYTES, SMALL_TASK_BYTES, Task
+from procfleet.shared.protocol import MAX_DEPTH, MAX_TASK_BYTES, SMALL_TASK_BYTES, Task
 
 
 def parse(text: str):

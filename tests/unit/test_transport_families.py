@@ -8,7 +8,7 @@ import time
 import pytest
 from ipv6 import require_ipv6_loopback
 
-from procfleet.master.server import listen, start_server
+from procfleet.master.connections import listen, start_server
 from procfleet.shared.errors import ConfigError
 from procfleet.shared.manager import connect
 from procfleet.shared.settings import format_address, parse_address

@@ -2,9 +2,9 @@
 
 import pytest
 
-from procfleet.master import dispatcher as dispatcher_module
-from procfleet.master.dispatcher import Dispatcher
-from procfleet.shared.records import Task
+from procfleet.master import leases as leases_module
+from procfleet.master.leases import Dispatcher
+from procfleet.shared.protocol import Task
 
 
 class FakeClock:
@@ -30,7 +30,7 @@ def join(d: Dispatcher, worker_id: str) -> str | None:
 
 
 def test_idle_ids_are_capped_but_working_and_known_ones_always_get_in(monkeypatch):
-    monkeypatch.setattr(dispatcher_module, "MAX_IDLE_WORKERS", 3)
+    monkeypatch.setattr(leases_module, "MAX_IDLE_WORKERS", 3)
     d, clock = make()
     assert [join(d, f"idle-{i}") for i in range(3)] == [None, None, None]
     refusal = join(d, "one-too-many")
@@ -38,13 +38,13 @@ def test_idle_ids_are_capped_but_working_and_known_ones_always_get_in(monkeypatc
     assert "one-too-many" not in d.workers
     assert join(d, "idle-0") is None            # a known id reconnecting is never refused
     d.lease("idle-0", 2)                        # now one of them works...
-    clock.now += dispatcher_module.ADMIT_RECOUNT    # ...as the next count sees...
+    clock.now += leases_module.ADMIT_RECOUNT    # ...as the next count sees...
     assert join(d, "newcomer") is None          # ...so there is room for one more idle id
     assert join(d, "another") is not None
 
 
 def test_ids_that_went_silent_stop_counting_as_idle(monkeypatch):
-    monkeypatch.setattr(dispatcher_module, "MAX_IDLE_WORKERS", 2)
+    monkeypatch.setattr(leases_module, "MAX_IDLE_WORKERS", 2)
     d, clock = make()
     join(d, "a")
     join(d, "b")
@@ -55,8 +55,8 @@ def test_ids_that_went_silent_stop_counting_as_idle(monkeypatch):
 
 
 def test_past_max_workers_departed_ids_are_forgotten_and_still_counted(monkeypatch):
-    monkeypatch.setattr(dispatcher_module, "MAX_WORKERS", 4)
-    monkeypatch.setattr(dispatcher_module, "MAX_IDLE_WORKERS", 4)
+    monkeypatch.setattr(leases_module, "MAX_WORKERS", 4)
+    monkeypatch.setattr(leases_module, "MAX_IDLE_WORKERS", 4)
     d, clock = make()
     for name in "abcd":
         assert join(d, name) is None
@@ -68,7 +68,7 @@ def test_past_max_workers_departed_ids_are_forgotten_and_still_counted(monkeypat
     assert d.seen_workers() == 5
     for name in "fgh":
         assert join(d, name) is None
-    clock.now += dispatcher_module.ADMIT_RECOUNT
+    clock.now += leases_module.ADMIT_RECOUNT
     refusal = join(d, "i")                      # four live ids: nothing to forget
     assert refusal is not None and "MAX_WORKERS" in refusal
     assert d.pending() == 10                    # nothing was lost on the way
@@ -76,7 +76,7 @@ def test_past_max_workers_departed_ids_are_forgotten_and_still_counted(monkeypat
 
 @pytest.mark.parametrize("known", [True, False])
 def test_admit_changes_nothing_for_a_refused_id(monkeypatch, known):
-    monkeypatch.setattr(dispatcher_module, "MAX_IDLE_WORKERS", 1)
+    monkeypatch.setattr(leases_module, "MAX_IDLE_WORKERS", 1)
     d, _ = make()
     join(d, "first")
     before = dict(d.workers)

@@ -9,7 +9,7 @@ from procfleet.shared.errors import EXIT_UNFINISHED, ProcfleetError
 from procfleet.shared.logs import configure_logging
 from procfleet.shared.settings import load_authkey, parse_address
 
-from .runner import run_master
+from .batch import run_master
 from .settings import (DEFAULT_BIND, DEFAULT_LEASE_TIMEOUT, DEFAULT_MAX_ATTEMPTS,
                        DEFAULT_RETRY_BACKOFF, MasterSettings)
 from .supervise import ENV_SUPERVISOR_PID, die_with_supervisor, supervise

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from procfleet.shared.errors import EXIT_UNFINISHED, ConfigError, ProcfleetError
 
-from .dispatcher import Dispatcher, TaskState
+from .leases import Dispatcher, TaskState
 
 
 def restore(source, counts: dict[int, tuple[int, int, int]]) -> list[TaskState]:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 
 from procfleet.shared.errors import TaskFileError
-from procfleet.shared.records import (MAX_DEPTH, MAX_TASK_BYTES, SMALL_TASK_BYTES, Task,
+from procfleet.shared.protocol import (MAX_DEPTH, MAX_TASK_BYTES, SMALL_TASK_BYTES, Task,
                                       deeper_than)
 
 FIELDS = ("id", "task", "args", "kwargs", "timeout")

@@ -1,6 +1,6 @@
 """The manager definition: one BaseManager subclass, its typeid and the dispatcher's proxy.
 
-The master registers the dispatcher typeid with a callable (procfleet.master.server); workers use
+The master registers the dispatcher typeid with a callable (procfleet.master.connections); workers use
 `FleetManager` as it is here, with the same typeid and no callable.
 """
 
@@ -10,11 +10,11 @@ from multiprocessing.managers import BaseManager, BaseProxy, State, dispatch
 from .errors import AuthenticationFailed, MasterUnreachable, ProtocolMismatch
 from .settings import ENV_AUTHKEY, ENV_AUTHKEY_FILE, format_address
 from .transport import bounded_client, set_recv_timeout
-from .wire import OldWireFormat
+from .codec import OldWireFormat
 
 #: 2: tasks addressed by seq, outcomes with a kind, batch ids, `release`
 #: 3: exchanges carry a cursor (session, call, acked) so lost lease replies are taken back
-#: 4: the msgpack wire (wire.WIRE_VERSION); ok results travel as their JSON text
+#: 4: the msgpack wire (codec.WIRE_VERSION); ok results travel as their JSON text
 PROTOCOL_VERSION = 4
 
 #: typeid under which the master serves its dispatcher

@@ -5,6 +5,7 @@ import socket
 from collections.abc import Mapping
 
 from .errors import ConfigError
+from .transport import resolve
 
 ENV_AUTHKEY = "PROCFLEET_AUTHKEY"
 ENV_AUTHKEY_FILE = "PROCFLEET_AUTHKEY_FILE"
@@ -76,8 +77,6 @@ def resolve_host(host: str, option: str, timeout: float = 10.0) -> None:
     Only a definite "no such name" is a configuration error; a temporary DNS failure or a
     slow answer is left to the connect retries.
     """
-    from .transport import resolve
-
     try:
         resolve(host, 0, timeout)
     except socket.gaierror as exc:

@@ -4,7 +4,7 @@ multiprocessing's own Client resolves and connects with no time limit, IPv4 only
 Nagle's algorithm on, which costs ~40 ms per handshake message against delayed ACKs. This client:
 resolves within a deadline (IPv4 and IPv6), tries each address in turn within it, authenticates,
 sets TCP_NODELAY, and keeps a receive timeout on the connection so a silent master cannot hang a
-call forever. Its connections speak procfleet's wire (`wire.SafeConnection`: MessagePack).
+call forever. Its connections speak procfleet's wire (`codec.SafeConnection`: MessagePack).
 Both sides turn TCP keepalive on (`set_keepalive`), so a peer whose host vanished without a
 word is noticed on an idle connection within a minute, not the kernel's default two hours.
 """
@@ -15,7 +15,7 @@ import threading
 import time
 from multiprocessing import connection
 
-from .wire import SafeConnection
+from .codec import SafeConnection
 
 #: the longest one call may wait for the master's reply once connected (long polls are ~1 s)
 CALL_TIMEOUT = 30.0

@@ -10,7 +10,7 @@ import click
 from procfleet.shared.cli import Seconds, fail
 from procfleet.shared.errors import ConfigError, ProcfleetError
 from procfleet.shared.logs import configure_logging
-from procfleet.shared.records import MAX_WORKER_ID, check_worker_id
+from procfleet.shared.protocol import MAX_WORKER_ID, check_worker_id
 from procfleet.shared.settings import load_authkey, parse_address, resolve_host
 from procfleet.shared.tasks import registry
 

@@ -3,30 +3,29 @@
 One parent thread (a slot) owns one child at a time. It sends the child chunks of tasks down a
 pipe and reads results back in batches; the child shows which task it is running, and since
 when, in a two-number shared array instead of a message per task, so tiny tasks stay cheap while
-the slot can still time out the running task and blame a crash on it.
+the slot can still time out the running task and blame a crash on it. This is the parent's
+side; what runs inside a child is in taskproc.py.
 """
 
 import atexit
 import collections
-import importlib
 import logging
 import multiprocessing
 import operator
-import os
 import pickle
 import signal
 import sys
 import threading
 import time
-import traceback
 
 from procfleet.shared import tasks as builtin_tasks
-from procfleet.shared.errors import UnknownTask
-from procfleet.shared.records import (CRASH, ERROR, MAX_ERROR_CHARS, OK, TIMEOUT, Outcome,
-                                      ResultTooLarge, Task, result_text,
-                                      utf8_safe)
+from procfleet.shared.protocol import CRASH, TIMEOUT, Outcome, Task
 from procfleet.shared.tasks import TaskRegistry
-from procfleet.shared.tuning import tune_gc
+
+from .taskproc import SINCE, STARTED, child_main, error_outcome, reason
+
+#: a record from a plain tuple without NamedTuple's Python-level __new__ (a third of the cost)
+_outcome = tuple.__new__
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +38,6 @@ CHUNK_MAX = 256
 #: the last one's results; the tasks a child holds are still at most AHEAD * CHUNK_SECONDS of work.
 #: Tasks longer than a chunk go one at a time, so none waits behind a slow one in a child's pipe.
 AHEAD = 4
-#: a child sends its results when a chunk is done, and mid-chunk when this long passed since its
-#: last send
-FLUSH_INTERVAL = 0.002
 #: while a child still has work, a slot sends more only if the pipe then holds at most this many
 #: bytes, so the send cannot block: a slot stuck in a send could not read results (the child may be
 #: blocked sending them) nor enforce a timeout
@@ -60,15 +56,9 @@ RESTART_PAUSE_MAX = 2.0
 #: failures, it fails (ERROR) instead, so a task that breaks its process is not retried for ever
 MAX_STRIKES = 3
 
-# a child's shared state: how many tasks it has started, and when (time.monotonic(), one clock for
-# every process on Linux) the one it is running started, 0.0 between tasks
-_STARTED = 0
-_SINCE = 1
 #: tries at reading the two numbers consistently while the child may be changing them
 _STATE_READS = 3
 
-#: a record from a plain tuple without NamedTuple's Python-level __new__ (a third of the cost)
-_outcome = tuple.__new__
 #: what a child needs of a task, as a plain tuple: (seq, name, args, kwargs)
 _for_child = operator.attrgetter("seq", "name", "args", "kwargs")
 
@@ -76,177 +66,6 @@ _for_child = operator.attrgetter("seq", "name", "args", "kwargs")
 _DIED = "died"
 _TIMED_OUT = "timed out"
 _CLOSING = "closing"
-
-
-def run_task(registry: TaskRegistry, task: Task) -> Outcome:
-    """Run one task; any failure becomes an ERROR outcome, never an exception."""
-    return _outcome(Outcome, _attempt(registry, task.seq, task.name, task.args, task.kwargs))
-
-
-def _attempt(registry: TaskRegistry, seq: int, name: str, args: list, kwargs: dict) -> tuple:
-    """run_task as a plain (seq, kind, value, error, size) tuple, which pickles several times
-    faster. An OK value is the result's JSON text (records.result_text), made here in the task
-    process, which is what the wire carries; `size` is its length in bytes, or an error text's
-    length."""
-    try:
-        func = registry.get(name)
-    except UnknownTask as exc:
-        return _error(seq, f"UnknownTask: {exc}")
-    try:
-        value = func(*args, **kwargs)
-    except BaseException as exc:    # RecursionError, MemoryError, SystemExit: the task's, not ours
-        return _error(seq, format_error(exc))
-    if type(value) is int and -_SMALL_INT < value < _SMALL_INT:     # the common case, made quick
-        text = int.__repr__(value)
-        return seq, OK, text, None, len(text)
-    try:
-        text = result_text(value)
-    except ResultTooLarge as exc:
-        return _error(seq, f"ResultTooLarge: task {name!r} returned too much: {exc}")
-    except Exception as exc:        # ValueError, TypeError, or whatever a strange object raises
-        return _error(seq, f"ResultNotJSON: task {name!r} returned a value that JSON cannot "
-                           f"carry: {_reason(exc)}")
-    return seq, OK, text, None, len(text) if text.isascii() else len(text.encode("utf-8"))
-
-
-#: an int this close to 0 is printed at once, without result_text's look at its digits
-_SMALL_INT = 10 ** 15
-
-
-def _error(seq: int, text: str, kind: str = ERROR) -> tuple:
-    """An outcome tuple for a failed attempt, its text clipped to MAX_ERROR_CHARS and UTF-8
-    safe (a lone surrogate, which the wire cannot carry as text, written as its escape)."""
-    text = clip_error(text)
-    if not text.isascii():
-        text = clip_error(utf8_safe(text))
-    return seq, kind, None, text, len(text)
-
-
-def format_error(exc: BaseException) -> str:
-    """`Type: message`, a blank line, then the traceback as the worker saw it, clipped to
-    MAX_ERROR_CHARS (a message or traceback line longer than a quarter of that is clipped on its
-    own, so a huge message is never copied whole into the text)."""
-    try:
-        head = f"{type(exc).__name__}: {clip_error(_safe_str(exc), _PART_CHARS)}"
-        try:
-            parts = traceback.TracebackException.from_exception(exc).format()
-            tb = "".join(clip_error(part, _PART_CHARS) for part in parts)
-        except Exception as err:    # a broken exception object, or no memory left
-            tb = f"(no traceback: formatting it raised {type(err).__name__})\n"
-        return clip_error(f"{head}\n\n{tb}")
-    except Exception:
-        return f"{type(exc).__name__} (its message and traceback could not be formatted)"
-
-
-#: a task's message, or one part of a traceback, is clipped to this before the whole text is
-_PART_CHARS = MAX_ERROR_CHARS // 4
-
-
-def clip_error(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """`text` if it has at most `limit` characters, else its head and its tail (where the
-    innermost frames of a traceback are) around a note saying how long it was."""
-    if len(text) <= limit:
-        return text
-    note = f"\n[... clipped: {len(text):,} characters, of which the first and last are kept ...]\n"
-    keep = max(limit - len(note), 0)
-    head = keep // 2
-    return f"{text[:head]}{note}{text[len(text) - (keep - head):]}"
-
-
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:
-        return "<exception str() failed>"
-
-
-def _reason(exc: BaseException) -> str:
-    """Why a value cannot be a result or be sent, in a few words."""
-    if isinstance(exc, RecursionError):
-        return "nested too deeply"
-    if isinstance(exc, (ValueError, TypeError)):
-        return _safe_str(exc)
-    return f"{type(exc).__name__}: {_safe_str(exc)}"
-
-
-# -- the child ---------------------------------------------------------------------------------
-
-def _child_main(conn, state, registry: TaskRegistry | None, imports: tuple[str, ...]) -> None:
-    """A task process: run the chunks that arrive on `conn` until the parent closes it."""
-    # Ctrl-C and `docker stop` are for the worker to act on (drain), not for its task processes.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
-    builtins = _import_task_modules(imports)
-    if registry is None:
-        registry = builtins
-    view = memoryview(state).cast("B").cast("d")
-    tune_gc()
-    monotonic = time.monotonic
-    started = 0
-    while True:
-        try:
-            chunk = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return                                  # the parent closed the pipe: it is done with us
-        results = []
-        busy = 0.0
-        last_send = monotonic()
-        for seq, name, args, kwargs in chunk:
-            started += 1
-            view[_STARTED] = started                # the number first: see Slot._running
-            view[_SINCE] = since = monotonic()
-            results.append(_attempt(registry, seq, name, args, kwargs))
-            view[_SINCE] = 0.0
-            now = monotonic()
-            busy += now - since
-            if now - last_send >= FLUSH_INTERVAL:
-                _send_results(conn, busy, results)
-                results, busy, last_send = [], 0.0, now
-        if results:
-            _send_results(conn, busy, results)
-
-
-def _send_results(conn, busy: float, results: list[tuple]) -> None:
-    """Send `results` to the parent; one that cannot be pickled is sent as an ERROR outcome
-    instead. Only a closed pipe ends the process."""
-    try:
-        messages = [pickle.dumps((busy, results), pickle.HIGHEST_PROTOCOL)]
-    except Exception:                               # RecursionError, a broken object, no memory
-        share = busy / len(results)
-        messages = [_pickled_alone(share, result) for result in results]
-    try:
-        for data in messages:
-            conn.send_bytes(data)
-    except OSError:
-        sys.exit(0)                                 # the parent is gone
-
-
-def _pickled_alone(busy: float, result: tuple) -> bytes:
-    """A message of `result` alone, or of an ERROR outcome for its task if it cannot be pickled."""
-    try:
-        return pickle.dumps((busy, [result]), pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        error = _error(result[0], f"ResultNotJSON: cannot be sent: {_reason(exc)}")
-        return pickle.dumps((busy, [error]), pickle.HIGHEST_PROTOCOL)
-
-
-def _exit_with_parent() -> None:
-    """Leave when the worker goes away, even in the middle of a task that never returns."""
-    multiprocessing.parent_process().join()
-    os._exit(0)                     # a task may be running: skip the cleanup, no one is listening
-
-
-def _import_task_modules(imports: tuple[str, ...]) -> TaskRegistry:
-    """Register the builtins and the user's tasks in this process; the worker already checked
-    that they import, so a failure here is only reported (its tasks then fail as unknown)."""
-    for name in imports:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # a user's module can raise anything while importing
-            print(f"procfleet task process: cannot import {name}: {type(exc).__name__}: {exc}",
-                  file=sys.stderr, flush=True)
-    return builtin_tasks.registry
 
 
 # -- the parent --------------------------------------------------------------------------------
@@ -327,7 +146,7 @@ class _Child:
         self.view = memoryview(self.state).cast("B").cast("d")
         # Not daemonic, so a task may start processes of its own; close(), also run at exit,
         # kills it instead.
-        self.proc = ctx.Process(target=_child_main, name=name,
+        self.proc = ctx.Process(target=child_main, name=name,
                                 args=(child_conn, self.state, registry, imports))
         try:
             self.proc.start()
@@ -389,7 +208,7 @@ class _Slot:
                 log.exception("task slot %d failed; its tasks go back to the queue", self.index)
                 child.kill()
                 child.proc.join(REAP_TIMEOUT)
-                ex._strike(list(child.inflight), f"its task slot failed: {_reason(exc)}")
+                ex._strike(list(child.inflight), f"its task slot failed: {reason(exc)}")
                 worked = False
             finally:
                 self.child = None
@@ -493,16 +312,16 @@ class _Slot:
                 pickle.dumps(_for_child(task), pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
                 text = (f"TaskNotSent: task {task.name!r} cannot be sent to a task process: "
-                        f"its arguments do not pickle: {_reason(exc)}")
+                        f"its arguments do not pickle: {reason(exc)}")
                 log.warning("%.300s (seq %d)", text, task.seq)
-                failed.append(_outcome(Outcome, _error(task.seq, text)))
+                failed.append(_outcome(Outcome, error_outcome(task.seq, text)))
             else:
                 good.append(task)
         try:
             data = pickle.dumps(list(map(_for_child, good)), pickle.HIGHEST_PROTOCOL)
         except Exception as exc:                    # each alone, not together: out of memory?
-            failed += [_outcome(Outcome, _error(task.seq, f"TaskNotSent: task {task.name!r} "
-                                                f"cannot be sent: {_reason(exc)}"))
+            failed += [_outcome(Outcome, error_outcome(task.seq, f"TaskNotSent: task {task.name!r} "
+                                                f"cannot be sent: {reason(exc)}"))
                        for task in good]
             good, data = [], b""
         self.ex._deliver(failed)
@@ -529,9 +348,9 @@ class _Slot:
         them."""
         view = child.view
         for _ in range(_STATE_READS):
-            since = view[_SINCE]
-            number = int(view[_STARTED])
-            if view[_SINCE] == since:
+            since = view[SINCE]
+            number = int(view[STARTED])
+            if view[SINCE] == since:
                 break
         else:
             return None                             # changing fast: nothing is overdue
@@ -579,20 +398,20 @@ class _Slot:
                 break
         worked = child.received > 0
         culprit = None
-        since = child.view[_SINCE]                  # final now: the child is dead
-        index = int(child.view[_STARTED]) - child.received - 1
+        since = child.view[SINCE]                  # final now: the child is dead
+        index = int(child.view[STARTED]) - child.received - 1
         if since and 0 <= index < len(child.inflight):
             task = child.inflight[index]
             pid = child.proc.pid
             if why == _TIMED_OUT and self._overdue(task, since):
-                culprit = _error(task.seq, f"TaskTimeout: timed out after {task.timeout:g} s; "
+                culprit = error_outcome(task.seq, f"TaskTimeout: timed out after {task.timeout:g} s; "
                                            f"the process running task {task.name!r} was killed",
                                  TIMEOUT)
                 log.warning("task %.200r (seq %d) timed out after %g s; killed its process %d",
                             task.name, task.seq, task.timeout, pid)
             elif why == _DIED:
                 how = _describe_exit(child.proc.exitcode)
-                culprit = _error(task.seq,
+                culprit = error_outcome(task.seq,
                                  f"WorkerCrash: the process running task {task.name!r} {how}",
                                  CRASH)
                 log.warning("task %.200r (seq %d): its process %d %s; starting another",
@@ -721,7 +540,7 @@ class Executor:
         for task in failed:
             log.warning("task %.200r (seq %d) was held by %d task processes that failed outside "
                         "any task; failing it", task.name, task.seq, MAX_STRIKES)
-        self._deliver([_outcome(Outcome, _error(
+        self._deliver([_outcome(Outcome, error_outcome(
             task.seq, f"TaskNotRun: {MAX_STRIKES} task processes failed outside any task while "
                       f"holding task {task.name!r} (last: {why}); it is not tried again here"))
             for task in failed])

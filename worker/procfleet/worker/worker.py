@@ -15,7 +15,7 @@ import uuid
 
 from procfleet.shared.errors import EXIT_OK, ProtocolMismatch
 from procfleet.shared.manager import CONNECT_ERRORS, PROTOCOL_VERSION, STOP
-from procfleet.shared.records import RESULT_BATCH_BYTES, task_from_wire
+from procfleet.shared.protocol import RESULT_BATCH_BYTES, task_from_wire
 from procfleet.shared.settings import format_address
 from procfleet.shared.tasks import TaskRegistry
 from procfleet.shared.tuning import tune_gc

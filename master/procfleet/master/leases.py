@@ -1,7 +1,7 @@
 """The lease/complete/requeue state machine: a plain class, no threads, no I/O.
 
 Every method takes its time from `clock` (and retry jitter from `rng`), so tests drive it with a
-fake clock. The thread-safe wrapper that the manager serves lives in `service.py`.
+fake clock. The thread-safe wrapper that the manager serves lives in `rpc.py`.
 
 Memory does not grow with the batch: tasks stream in from their source as they are leased, a
 task is kept only while it is in flight (leased, requeued or waiting for a retry), and a finished
@@ -23,7 +23,7 @@ from itertools import islice
 from json.encoder import encode_basestring
 
 from procfleet.shared.backoff import backoff_delay
-from procfleet.shared.records import (CRASH, ERROR, LEASE_BYTES, OK, SMALL_TASK_BYTES,
+from procfleet.shared.protocol import (CRASH, ERROR, LEASE_BYTES, OK, SMALL_TASK_BYTES,
                                       Outcome, Task, encode_id, encode_value, result_line,
                                       utf8_safe)
 

@@ -12,12 +12,12 @@ from procfleet.shared.errors import (EXIT_OK, EXIT_TASKS_FAILED, EXIT_UNFINISHED
 from procfleet.shared.settings import format_address
 from procfleet.shared.tuning import tune_gc
 
-from .dispatcher import Dispatcher
+from .leases import Dispatcher
 from .journal import Journal, JournalledDispatcher, restore
 from .localworkers import LocalWorkers, check_worker_installed
-from .output import ResultWriter
-from .server import start_server
-from .service import DispatcherService
+from .results import ResultWriter
+from .connections import start_server
+from .rpc import DispatcherService
 from .settings import MasterSettings
 from .taskfile import DemoSource, open_source
 

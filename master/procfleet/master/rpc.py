@@ -14,13 +14,13 @@ import logging
 import threading
 
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
-from procfleet.shared.records import (MAX_OUTCOMES, MAX_WIRE_INT, check_count,
+from procfleet.shared.protocol import (MAX_OUTCOMES, MAX_WIRE_INT, check_count,
                                       check_name, check_outcomes, check_worker_id, describe)
 
 from .admission import ThrottledCounter
-from .dispatcher import Dispatcher
-from .requests import MAX_INFO_ITEMS, MAX_WAIT
-from .server import current_peer
+from .leases import Dispatcher
+from .schemas import MAX_INFO_ITEMS, MAX_WAIT
+from .peers import current_peer
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import subprocess
 import msgspec
 import pytest
 
-from procfleet.shared import wire
+from procfleet.shared import codec
 from procfleet.shared.errors import EXIT_USAGE, ProcfleetError, UnknownTask
-from procfleet.shared.records import Outcome, Task, outcome_to_wire, task_to_wire
-from procfleet.shared.wire import (MAGIC, OldWireFormat, ProtocolViolation, RemoteCallError,
+from procfleet.shared.protocol import Outcome, Task, outcome_to_wire, task_to_wire
+from procfleet.shared.codec import (MAGIC, OldWireFormat, ProtocolViolation, RemoteCallError,
                                    SafeConnection, decode, encode, error_reply)
 
 #: what the worker's proxy and the master's server send each other in a procfleet session
@@ -157,12 +157,12 @@ def test_every_message_opens_with_a_pickle_of_text_an_old_master_can_name():
     request, naming what it got: nothing else of the message is read."""
     data = encode(("7f3a2b1c", "ping", (), {}))
     assert data.startswith(MAGIC)
-    assert pickle.loads(data) == wire.OLD_PEER_TEXT                     # stops at MAGIC's STOP
-    assert f"({wire.WIRE_VERSION})" in wire.OLD_PEER_TEXT
+    assert pickle.loads(data) == codec.OLD_PEER_TEXT                     # stops at MAGIC's STOP
+    assert f"({codec.WIRE_VERSION})" in codec.OLD_PEER_TEXT
 
 
 def test_a_message_of_another_msgpack_wire_names_its_version():
-    other = MAGIC.replace(f"({wire.WIRE_VERSION})".encode(), b"(5)")
+    other = MAGIC.replace(f"({codec.WIRE_VERSION})".encode(), b"(5)")
     with pytest.raises(OldWireFormat, match=r"msgpack wire 5\b"):
         decode(other + msgspec.msgpack.encode(("#RETURN", None)))
 
@@ -198,8 +198,8 @@ def test_a_lone_surrogate_in_a_key_round_trips(key):
 
 
 @pytest.mark.parametrize("code, data", [
-    (wire.EXT_BIGINT, b"\x01" * (wire.MAX_BIGINT_BYTES + 1)),    # past 4300 digits
-    (wire.EXT_BIGINT, b"\x01" * 8),                               # one msgpack carries itself
+    (codec.EXT_BIGINT, b"\x01" * (codec.MAX_BIGINT_BYTES + 1)),    # past 4300 digits
+    (codec.EXT_BIGINT, b"\x01" * 8),                               # one msgpack carries itself
     (7, b"x"),                                                    # a type this wire has not
 ], ids=["huge int", "short int", "unknown type"])
 def test_extensions_this_wire_does_not_send_are_malformed(code, data):
@@ -227,7 +227,7 @@ class LocalError(Exception):
     SystemExit(0), KeyboardInterrupt(),
 ], ids=lambda e: type(e).__name__)
 def test_any_exception_crosses_as_its_name_and_text_never_as_an_object(exc):
-    kind, error = wire.reply_from_wire(decode(encode(error_reply(exc, "Traceback ...\n"))))
+    kind, error = codec.reply_from_wire(decode(encode(error_reply(exc, "Traceback ...\n"))))
     assert kind == "#ERROR" and type(error) is RemoteCallError
     assert (error.type_name, error.message, error.traceback) == \
         (type(exc).__name__, str(exc), "Traceback ...\n")
@@ -246,7 +246,7 @@ def test_an_error_reply_clips_long_texts():
 ], ids=repr)
 def test_a_malformed_reply_is_a_violation(reply):
     with pytest.raises(ProtocolViolation, match="malformed reply"):
-        wire.reply_from_wire(reply)
+        codec.reply_from_wire(reply)
 
 
 def test_a_violation_is_a_procfleet_error_exiting_2():
@@ -316,7 +316,7 @@ def test_recv_gives_replies_and_an_error_reply_as_remote_call_error(pair):
 
 def test_oversized_message_is_refused_without_reading_it(pair, monkeypatch):
     left, right = pair
-    monkeypatch.setattr(wire, "MAX_MESSAGE", 1024)
+    monkeypatch.setattr(codec, "MAX_MESSAGE", 1024)
     left.send(("#RETURN", "x" * 900))
     assert right.recv() == ("#RETURN", "x" * 900)
     left.send(("#RETURN", "x" * 2000))

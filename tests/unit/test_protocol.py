@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import pytest
 
-from procfleet.shared.records import (ERROR, MAX_DEPTH, OK, Outcome, Task, check_result_text,
+from procfleet.shared.protocol import (ERROR, MAX_DEPTH, OK, Outcome, Task, check_result_text,
                                       deeper_than, outcome_from_wire, result_line,
                                       result_text)
 
@@ -112,7 +112,7 @@ def test_a_result_nested_max_depth_deep_is_one():
 
 
 def test_a_number_python_cannot_read_back_is_refused_but_the_same_digits_in_text_are_not():
-    from procfleet.shared.records import MAX_DIGITS, check_result_text, results_text_ok
+    from procfleet.shared.protocol import MAX_DIGITS, check_result_text, results_text_ok
     digits = "7" * (MAX_DIGITS + 1)
     assert "digits" in check_result_text(digits)
     assert not results_text_ok(["1", digits])
@@ -121,6 +121,6 @@ def test_a_number_python_cannot_read_back_is_refused_but_the_same_digits_in_text
 
 
 def test_depth_zero_means_no_brackets_outside_strings():
-    from procfleet.shared.records import deeper_than
+    from procfleet.shared.protocol import deeper_than
     assert not deeper_than('"[{"', 0)
     assert deeper_than("[]", 0) and deeper_than('{"a":1}', 0)

@@ -8,11 +8,11 @@ import types
 
 import pytest
 
-from procfleet.master.dispatcher import Dispatcher
-from procfleet.master.runner import Batch
-from procfleet.master.service import DispatcherService
+from procfleet.master.leases import Dispatcher
+from procfleet.master.batch import Batch
+from procfleet.master.rpc import DispatcherService
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
-from procfleet.shared.records import CRASH, ERROR, MAX_ERROR_CHARS, MAX_OUTCOMES, OK
+from procfleet.shared.protocol import CRASH, ERROR, MAX_ERROR_CHARS, MAX_OUTCOMES, OK
 from test_dispatcher import FakeClock, tasks
 
 B = "batch-1"
@@ -314,12 +314,12 @@ def test_release_is_all_or_nothing(seqs):
 
 def service_lines(caplog, level=logging.WARNING):
     return [r for r in caplog.records
-            if r.name == "procfleet.master.service" and r.levelno >= level]
+            if r.name == "procfleet.master.rpc" and r.levelno >= level]
 
 
 def test_a_flood_of_malformed_calls_is_counted_in_a_few_log_lines(caplog):
     """One call with 200k malformed outcomes once wrote 200k warning lines (21.8 MB)."""
-    caplog.set_level(logging.INFO, logger="procfleet.master.service")
+    caplog.set_level(logging.INFO, logger="procfleet.master.rpc")
     service, clock = make(n=1)
     with pytest.raises((TypeError, ValueError)):
         service.exchange("a", B, [("x", OK, "0", None)] * 20_000, 0, 0)
@@ -341,7 +341,7 @@ def test_a_flood_of_malformed_calls_is_counted_in_a_few_log_lines(caplog):
 
 
 def test_a_storm_of_new_ids_logs_joins_throttled(caplog):
-    caplog.set_level(logging.INFO, logger="procfleet.master.service")
+    caplog.set_level(logging.INFO, logger="procfleet.master.rpc")
     service, _ = make(n=1)
     for i in range(3000):
         hello(service, f"fake-{i}")
@@ -363,9 +363,9 @@ def test_the_dispatchers_events_are_throttled_per_kind():
 def test_progress_and_summary_read_a_snapshot_during_a_storm_of_joins(caplog, monkeypatch):
     """The 5 s progress line read the worker table without the lock; workers joining under
     new ids crashed the master (dictionary changed size during iteration)."""
-    from procfleet.master import dispatcher as dispatcher_module
-    monkeypatch.setattr(dispatcher_module, "MAX_IDLE_WORKERS", 10 ** 9)   # joins all let in
-    caplog.set_level(logging.INFO, logger="procfleet.master.runner")
+    from procfleet.master import leases as leases_module
+    monkeypatch.setattr(leases_module, "MAX_IDLE_WORKERS", 10 ** 9)   # joins all let in
+    caplog.set_level(logging.INFO, logger="procfleet.master.batch")
     service, _ = make(n=10)
     d = service.dispatcher
     for i in range(3000):

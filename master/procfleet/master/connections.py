@@ -1,8 +1,8 @@
 """The manager server, run in the master's own process on threads.
 
 It speaks the server side of `multiprocessing.managers` for one object, the dispatcher service,
-over procfleet's own wire (procfleet.shared.wire: MessagePack, plain data), and serves only
-what a worker needs, each request decoded against its schema (requests.py): no
+over procfleet's own wire (procfleet.shared.codec: MessagePack, plain data), and serves only
+what a worker needs, each request decoded against its schema (schemas.py): no
 `incref`/`decref`, `shutdown`, `debug_info`, `#GETVALUE` or other plumbing of the stock
 `Server`. A refused request or a malformed message ends that peer's connection only; a peer of
 the old pickle wire is told so in one line it understands, and nothing it sent is unpickled.
@@ -10,7 +10,7 @@ the old pickle wire is told so in one line it understands, and nothing it sent i
 Bounds: a peer has HANDSHAKE_TIMEOUT seconds to authenticate and at most
 MAX_PENDING_HANDSHAKES may be trying at once; at most MAX_CONNECTIONS authenticated
 connections are open; one that sends no request for the idle timeout is closed; every
-connection has TCP keepalive; messages are at most wire.MAX_MESSAGE bytes, and those over
+connection has TCP keepalive; messages are at most codec.MAX_MESSAGE bytes, and those over
 SMALL_MESSAGE share a budget of DECODE_BUDGET bytes being read and decoded at once. Refusals
 are logged with the peer's address and counted, and the log lines are throttled so that a
 flood cannot flood the log.
@@ -37,11 +37,12 @@ from procfleet.shared.errors import ConfigError
 from procfleet.shared.manager import DISPATCHER_METHODS
 from procfleet.shared.settings import format_address
 from procfleet.shared.transport import set_keepalive, set_recv_timeout
-from procfleet.shared.wire import (MAX_MESSAGE, WIRE_VERSION, OldWireFormat, ProtocolViolation,
+from procfleet.shared.codec import (MAX_MESSAGE, WIRE_VERSION, OldWireFormat, ProtocolViolation,
                                    SafeConnection, decode, error_reply)
 
 from .admission import ByteBudget, PendingHandshakes, ThrottledCounter
-from .requests import CALLS, ENVELOPE, OPENING, Refused, decode_args
+from .peers import current_peer, serving
+from .schemas import CALLS, ENVELOPE, OPENING, Refused, decode_args
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +69,6 @@ SMALL_MESSAGE = 64 * 1024
 DECODE_BUDGET = 4 * MAX_MESSAGE
 #: ...and how long one waits for its share before its connection is closed
 BUDGET_WAIT = 30.0
-
-_peer = threading.local()
-
-
-def current_peer() -> str:
-    """The address of the peer whose request this server thread is serving."""
-    return getattr(_peer, "address", "?")
-
 
 def idle_timeout(heartbeat_interval: float) -> float:
     """How long an authenticated connection may go without a request before it is closed."""
@@ -227,7 +220,7 @@ class MasterServer:
         self.pending.cut_overdue(shutdown_socket, everything=True)
 
     def handle_request(self, conn, peer=None):
-        _peer.address = format_address(peer) if isinstance(peer, tuple) else str(peer)
+        serving(format_address(peer) if isinstance(peer, tuple) else str(peer))
         counted = False
         try:
             if self._authenticate(conn):

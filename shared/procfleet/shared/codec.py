@@ -5,7 +5,7 @@ build objects with any fields (an exception whose fields crash CPython when prin
 memory out of all proportion to the bytes (a 9-byte memo index, 1-byte empty lists). procfleet
 sends MessagePack instead, with msgspec: its decoder builds only None, bool, int, float, str,
 list and dict, in time and memory linear in the message, and the master decodes each request
-against a typed schema (procfleet.master.requests), so a call of the wrong shape is refused
+against a typed schema (procfleet.master.schemas), so a call of the wrong shape is refused
 while it is being decoded, before any object is built for the rest.
 
 Each message is MAGIC + a MessagePack body. MAGIC is also a complete protocol-0 pickle of a

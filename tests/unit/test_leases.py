@@ -2,8 +2,8 @@
 
 import json
 
-from procfleet.master.dispatcher import ASKED_RECENTLY, Dispatcher, TaskState
-from procfleet.shared.records import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
+from procfleet.master.leases import ASKED_RECENTLY, Dispatcher, TaskState
+from procfleet.shared.protocol import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
 
 
 class FakeClock:
@@ -405,7 +405,7 @@ def test_an_expired_worker_forgets_its_unacknowledged_leases():
 def test_big_tasks_are_leased_within_the_byte_budget_and_each_exactly_once():
     from array import array
 
-    from procfleet.shared.records import LEASE_BYTES, SMALL_TASK_BYTES
+    from procfleet.shared.protocol import LEASE_BYTES, SMALL_TASK_BYTES
     mib = 1024 * 1024
     sizes = array("I", [6 * mib, 10, 3 * mib, 3 * mib, 10, 10, 5 * mib, 10])
     d, _ = make(len(sizes), sizes=sizes)

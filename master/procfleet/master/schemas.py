@@ -4,7 +4,7 @@ A request is (ident, name, args, kwds). Its args are decoded against the schema 
 only once the envelope has been decoded, so a request of the wrong shape is refused while
 it is decoded: nothing is built for a field that has no place in it, every list and text has
 its length checked from its header before it is read, and no nested value is decoded at all
-(a task's result arrives as JSON text, checked by records.check_outcomes). What the schemas
+(a task's result arrives as JSON text, checked by protocol.check_outcomes). What the schemas
 cannot say (a printable worker id, a seq below the batch's size) the service checks.
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from procfleet.shared.manager import DISPATCHER
-from procfleet.shared.records import (MAX_ERROR_CHARS, MAX_NAME, MAX_OUTCOMES,
+from procfleet.shared.protocol import (MAX_ERROR_CHARS, MAX_NAME, MAX_OUTCOMES,
                                       MAX_RESULT_BYTES, MAX_WIRE_INT, MAX_WORKER_ID,
                                       OUTCOME_KINDS)
 

@@ -19,11 +19,11 @@ from peers import (SystemPayload, answered, ensure_fd_limit, local_port, msgpack
                    rejected_with_reason, wait_all_closed)
 from procs import wait_until
 
-from procfleet.master import server as server_mod
-from procfleet.master.server import start_server
+from procfleet.master import connections as connections_mod
+from procfleet.master.connections import start_server
 from procfleet.shared.errors import AuthenticationFailed, UnknownTask
 from procfleet.shared.manager import DISPATCHER_METHODS, RUN, connect
-from procfleet.shared.wire import RemoteCallError
+from procfleet.shared.codec import RemoteCallError
 
 KEY = b"procfleet-test-key-0123456789"
 #: the handshake deadline in these tests (the real one is 3 s)
@@ -69,8 +69,8 @@ class FakeService:
 
 @pytest.fixture
 def server(monkeypatch):
-    monkeypatch.setattr(server_mod, "HANDSHAKE_TIMEOUT", SHORT_HANDSHAKE)
-    monkeypatch.setattr(server_mod, "GUARD_INTERVAL", 0.05)
+    monkeypatch.setattr(connections_mod, "HANDSHAKE_TIMEOUT", SHORT_HANDSHAKE)
+    monkeypatch.setattr(connections_mod, "GUARD_INTERVAL", 0.05)
     srv = start_server(FakeService(), ("127.0.0.1", 0), KEY)
     yield srv
     srv.close()
@@ -78,7 +78,7 @@ def server(monkeypatch):
 
 @pytest.fixture
 def logs(caplog):
-    caplog.set_level(logging.DEBUG, logger="procfleet.master.server")
+    caplog.set_level(logging.DEBUG, logger="procfleet.master.connections")
     return caplog
 
 
@@ -289,8 +289,8 @@ def test_a_trickling_peer_is_cut_off_at_the_deadline(server):
 
 
 def test_over_the_limit_new_connections_are_closed_at_once(monkeypatch, logs):
-    monkeypatch.setattr(server_mod, "MAX_PENDING_HANDSHAKES", 5)
-    monkeypatch.setattr(server_mod, "HANDSHAKE_TIMEOUT", SHORT_HANDSHAKE)
+    monkeypatch.setattr(connections_mod, "MAX_PENDING_HANDSHAKES", 5)
+    monkeypatch.setattr(connections_mod, "HANDSHAKE_TIMEOUT", SHORT_HANDSHAKE)
     srv = start_server(FakeService(), ("127.0.0.1", 0), KEY)
     idle = [socket.create_connection(srv.address, timeout=PROMPT) for _ in range(5)]
     try:

@@ -19,8 +19,8 @@ from peers import (answered, ensure_fd_limit, local_port, msgpack_body, raw_sess
                    rejected_with_reason)
 from procs import wait_until
 
-from procfleet.master import server as server_mod
-from procfleet.master.server import start_server
+from procfleet.master import connections as connections_mod
+from procfleet.master.connections import start_server
 from procfleet.shared import transport
 from procfleet.shared.manager import DISPATCHER, RUN, connect
 
@@ -70,7 +70,7 @@ def service():
 @pytest.fixture
 def server(service, monkeypatch):
     # raising=False: the same test shows what code without an idle timeout does
-    monkeypatch.setattr(server_mod, "MIN_IDLE_TIMEOUT", SHORT_IDLE, raising=False)
+    monkeypatch.setattr(connections_mod, "MIN_IDLE_TIMEOUT", SHORT_IDLE, raising=False)
     srv = start_server(service, ("127.0.0.1", 0), KEY)
     yield srv
     srv.close()
@@ -273,10 +273,10 @@ def test_a_long_poll_and_a_steady_caller_outlive_the_idle_timeout(server):
 
 
 def test_the_idle_timeout_follows_the_heartbeat_interval():
-    assert server_mod.idle_timeout(0.5) == server_mod.MIN_IDLE_TIMEOUT
-    assert server_mod.idle_timeout(1000.0) == server_mod.IDLE_HEARTBEATS * 1000.0
+    assert connections_mod.idle_timeout(0.5) == connections_mod.MIN_IDLE_TIMEOUT
+    assert connections_mod.idle_timeout(1000.0) == connections_mod.IDLE_HEARTBEATS * 1000.0
     # generous: many missed heartbeats, and more than a lease timeout (3 heartbeats)
-    assert server_mod.IDLE_HEARTBEATS >= 10
+    assert connections_mod.IDLE_HEARTBEATS >= 10
 
 
 def keepalive_options(sock: socket.socket) -> dict:

@@ -23,7 +23,7 @@ TIMEOUT = "timeout"  # ran past its timeout and was killed; final
 CRASH = "crash"      # the process running it died; counts as a lost attempt (--max-attempts)
 OUTCOME_KINDS = (OK, ERROR, TIMEOUT, CRASH)
 
-# -- sizes: every message fits the wire's cap (wire.MAX_MESSAGE, 64 MiB) whatever tasks hold ----
+# -- sizes: every message fits the wire's cap (codec.MAX_MESSAGE, 64 MiB) whatever tasks hold ----
 #: arrays and objects nested deeper than this in task arguments or results are refused
 MAX_DEPTH = 100
 #: the longest task line a task file may hold (its arguments travel in one lease)
