@@ -52,7 +52,7 @@ def _attempt(registry: TaskRegistry, seq: int, name: str, args: list, kwargs: di
     try:
         value = func(*args, **kwargs)
     except BaseException as exc:    # RecursionError, MemoryError, SystemExit: the task's, not ours
-        return error_outcome(seq, formaterror_outcome(exc))
+        return error_outcome(seq, format_error(exc))
     if type(value) is int and -_SMALL_INT < value < _SMALL_INT:     # the common case, made quick
         text = int.__repr__(value)
         return seq, OK, text, None, len(text)
@@ -73,24 +73,24 @@ _SMALL_INT = 10 ** 15
 def error_outcome(seq: int, text: str, kind: str = ERROR) -> tuple:
     """An outcome tuple for a failed attempt, its text clipped to MAX_ERROR_CHARS and UTF-8
     safe (a lone surrogate, which the wire cannot carry as text, written as its escape)."""
-    text = cliperror_outcome(text)
+    text = clip_error(text)
     if not text.isascii():
-        text = cliperror_outcome(utf8_safe(text))
+        text = clip_error(utf8_safe(text))
     return seq, kind, None, text, len(text)
 
 
-def formaterror_outcome(exc: BaseException) -> str:
+def format_error(exc: BaseException) -> str:
     """`Type: message`, a blank line, then the traceback as the worker saw it, clipped to
     MAX_ERROR_CHARS (a message or traceback line longer than a quarter of that is clipped on its
     own, so a huge message is never copied whole into the text)."""
     try:
-        head = f"{type(exc).__name__}: {cliperror_outcome(_safe_str(exc), _PART_CHARS)}"
+        head = f"{type(exc).__name__}: {clip_error(_safe_str(exc), _PART_CHARS)}"
         try:
             parts = traceback.TracebackException.from_exception(exc).format()
-            tb = "".join(cliperror_outcome(part, _PART_CHARS) for part in parts)
+            tb = "".join(clip_error(part, _PART_CHARS) for part in parts)
         except Exception as err:    # a broken exception object, or no memory left
             tb = f"(no traceback: formatting it raised {type(err).__name__})\n"
-        return cliperror_outcome(f"{head}\n\n{tb}")
+        return clip_error(f"{head}\n\n{tb}")
     except Exception:
         return f"{type(exc).__name__} (its message and traceback could not be formatted)"
 
@@ -99,7 +99,7 @@ def formaterror_outcome(exc: BaseException) -> str:
 _PART_CHARS = MAX_ERROR_CHARS // 4
 
 
-def cliperror_outcome(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+def clip_error(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     """`text` if it has at most `limit` characters, else its head and its tail (where the
     innermost frames of a traceback are) around a note saying how long it was."""
     if len(text) <= limit:
