@@ -141,10 +141,12 @@ def test_timeout_with_unfinished_tasks_is_exit_3_and_keeps_finished_results(spaw
                                                {"id": "slow", "task": "sleep", "args": [30]}])
     out = tmp_path / "results.jsonl"
     master = spawn("master", "--tasks", tasks, "--local-workers", "2", "--bind", "127.0.0.1:0",
-                   "--results", str(out), "--timeout", "2")
+                   "--results", str(out), "--timeout", "10")
+    # 10 s: long enough for two local workers to start and run "quick" on a loaded machine
+    # (2 s was not, once), far short of "slow"'s 30 s
     assert master.wait(60) == 3, master.stderr
     assert [(r["id"], r["result"]) for r in read_results(out)] == [("quick", 4)]
-    assert "--timeout 2 s passed with 1 of 2 tasks unfinished" in master.stderr
+    assert "--timeout 10 s passed with 1 of 2 tasks unfinished" in master.stderr
 
 
 @pytest.mark.chaos
