@@ -4,7 +4,6 @@ The master image installs `procfleet-master`, the worker image `procfleet-worker
 subcommand through the `procfleet.commands` entry-point group, so neither image carries the other.
 """
 
-import math
 import sys
 from importlib.metadata import entry_points
 from typing import NoReturn
@@ -14,22 +13,10 @@ import click
 from . import __version__
 from .errors import ProcfleetError
 from .manager import connect
-from .settings import format_address, load_authkey, parse_address
+from .settings import PING_OPTIONS, PingSettings, click_options, format_address, load_authkey
 
 ENTRY_POINT_GROUP = "procfleet.commands"
 KNOWN_PACKAGES = {"master": "procfleet-master", "worker": "procfleet-worker"}
-
-
-class Seconds(click.FloatRange):
-    """A FloatRange that also refuses nan and infinities (FloatRange lets nan through)."""
-
-    name = "seconds"
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
-        return number
 
 
 def fail(exc: ProcfleetError) -> NoReturn:
@@ -67,20 +54,19 @@ def main():
 
 
 @main.command()
-@click.option("--master", "master_address", envvar="PROCFLEET_MASTER", default="127.0.0.1:50000",
-              show_default=True, help="HOST:PORT of the master (env PROCFLEET_MASTER).")
-def ping(master_address):
+@click_options(PING_OPTIONS)
+def ping(**options):
     """Check that a master accepts authenticated connections (the images' health check).
 
     Exit 0 when it answers, 2 for a wrong or missing key, 3 when nobody answers.
     """
+    settings = PingSettings(**options)
     try:
-        address = parse_address(master_address, "--master")
-        proxy = connect(address, load_authkey())
+        proxy = connect(settings.master, load_authkey())
         info = proxy.ping()
     except ProcfleetError as exc:
         fail(exc)
-    click.echo(f"master {format_address(address)}: {info['state']}, "
+    click.echo(f"master {format_address(settings.master)}: {info['state']}, "
                f"{info['done']}/{info['total']} tasks done, {info['workers']} workers")
 
 
