@@ -1,4 +1,8 @@
-"""The option tables are the one source: --help and the settings objects say what they say."""
+"""The option tables are the one source: --help, the settings objects, the README's tables and
+docker-compose.yml all say what the tables say."""
+
+import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -10,6 +14,7 @@ from procfleet.shared.settings import PING_OPTIONS
 from procfleet.worker import cli as worker_cli
 from procfleet.worker.settings import WORKER_OPTIONS, WorkerSettings
 
+ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"master": MASTER_OPTIONS, "worker": WORKER_OPTIONS, "ping": PING_OPTIONS}
 
 
@@ -75,3 +80,68 @@ def test_every_option_reaches_the_settings_from_its_env_var(authkey_env, monkeyp
 def test_the_command_line_wins_over_the_environment(authkey_env, monkeypatch):
     got = settings_from_cli(monkeypatch, "master", ["--demo", "2"], {"PROCFLEET_DEMO": "7"})
     assert got.demo == 2
+
+
+# --- the README's option tables and docker-compose.yml ---------------------------------------
+
+def readme_rows(command: str) -> dict[str, tuple[str, str]]:
+    """{flag: (env, default)} from the README table under `### `procfleet <command>``."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split(f"### `procfleet {command}`", 1)[1].split("\n### ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`-"):
+            flag = cells[0].split(",")[-1].strip(" `").split()[0]
+            rows[flag] = (cells[1].strip("`"), cells[2].strip("`"))
+    return rows
+
+
+def shown_default(option) -> str:
+    if isinstance(option.show_default, str):
+        return option.show_default
+    if option.default is None or option.show_default is False:
+        return ""
+    if isinstance(option.default, float) and option.default.is_integer():
+        return str(int(option.default))
+    return str(option.default)
+
+
+@pytest.mark.parametrize("command", ["master", "worker"])
+def test_readme_option_table_matches_the_options(command):
+    rows = readme_rows(command)
+    expected = {o.flag: (o.envvar, shown_default(o)) for o in TABLES[command] if not o.hidden}
+    assert rows == expected
+
+
+def compose_environment(service: str) -> dict[str, str]:
+    """The PROCFLEET_* entries of one service's `environment:` in docker-compose.yml."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    block = text.split(f"\n  {service}:\n", 1)[1].split("\n  volumes:", 1)[0]
+    block = re.split(r"\n  \w+:\n", block, maxsplit=1)[0]       # up to the next service
+    return dict(re.findall(r"^\s+(PROCFLEET_\w+): (.*)$", block, re.M))
+
+
+@pytest.mark.parametrize("service", ["master", "worker"])
+def test_compose_sets_only_options_and_restates_no_default(service):
+    options = {o.envvar: o for o in TABLES[service]}
+    environment = compose_environment(service)
+    assert environment
+    for name, value in environment.items():
+        if name == "PROCFLEET_AUTHKEY":
+            continue
+        assert name in options, f"{service}: {name} is no option of procfleet {service}"
+        passed = re.fullmatch(r"\$\{(\w+):-(.*)\}", value)
+        if passed:
+            assert passed.group(1) == name
+            value = passed.group(2)
+        default = shown_default(options[name])
+        assert value == "" or not same_value(value, default), \
+            f"{service}: {name} restates the default {value!r}"
+
+
+def same_value(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a == b
