@@ -466,7 +466,9 @@ def test_number_options_refuse_bad_values_by_name(option, value):
         assert f"Invalid value for '{name}'" in result.output, result.output
     else:   # accepted: the bad address is what is refused, as click checks each value first
         assert f"Invalid value for '{name}'" not in result.output
-        assert "'nohost' is not HOST:PORT" in result.output, result.output
+        address = "--bind" if command == "master" else "--master"
+        assert f"procfleet: error: Invalid value for '{address}': 'nohost' is not HOST:PORT" \
+            in result.output, result.output
 
 
 # -- regressions: inputs the fuzzing above found, fixed, and kept as examples ----------------

@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from procfleet.shared.cli import fail
+from procfleet.shared.cli import Command, fail
 from procfleet.shared.errors import EXIT_UNFINISHED, ProcfleetError
 from procfleet.shared.logs import configure_logging
 from procfleet.shared.settings import click_options, load_authkey
@@ -14,7 +14,7 @@ from .settings import MASTER_OPTIONS, MasterSettings
 from .supervise import die_with_supervisor, supervise
 
 
-@click.command()
+@click.command(cls=Command)
 @click_options(MASTER_OPTIONS)
 def master(**options):
     """Serve a batch of tasks to workers and write one result line per task.

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from procfleet.shared.cli import fail
+from procfleet.shared.cli import Command, fail
 from procfleet.shared.errors import ConfigError, ProcfleetError
 from procfleet.shared.logs import configure_logging
 from procfleet.shared.settings import click_options, load_authkey, resolve_host
@@ -29,7 +29,7 @@ def import_task_modules(names: tuple[str, ...]) -> None:
                               "(check PROCFLEET_IMPORTS / --import and the module's path)") from None
 
 
-@click.command()
+@click.command(cls=Command)
 @click_options(WORKER_OPTIONS)
 def worker(**options):
     """Lease tasks from a master, run them and send back their results.
