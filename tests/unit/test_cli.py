@@ -23,10 +23,20 @@ def no_key(monkeypatch):
     monkeypatch.delenv("PROCFLEET_AUTHKEY_FILE", raising=False)
 
 
-def test_help_lists_both_subcommands():
-    result = run(["--help"])
-    assert result.exit_code == 0
-    assert "master" in result.output and "worker" in result.output
+def command_names(help_text: str) -> set[str]:
+    """The names in the "Commands:" section of a group's --help."""
+    section = help_text.split("Commands:", 1)[1] if "Commands:" in help_text else ""
+    return {line.split()[0] for line in section.splitlines() if line.strip()}
+
+
+def test_help_lists_and_dispatches_the_installed_subcommands():
+    """The subcommands come from the procfleet.commands entry points: listed and reachable."""
+    assert command_names(run(["--help"]).output) == {"master", "ping", "worker"}
+    for name, first_line in [("master", "Serve a batch of tasks to workers"),
+                             ("worker", "Lease tasks from a master")]:
+        result = run([name, "--help"])
+        assert result.exit_code == 0, result.output
+        assert first_line in result.output
 
 
 def test_a_subcommand_that_is_not_installed_says_which_package(monkeypatch):
