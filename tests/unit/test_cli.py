@@ -1,8 +1,13 @@
 """The command line: usage and configuration errors are exit 2 with a message, no traceback."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from click.testing import CliRunner
 
+from procfleet.shared import cli
 from procfleet.shared.cli import main
 
 
@@ -18,10 +23,29 @@ def no_key(monkeypatch):
     monkeypatch.delenv("PROCFLEET_AUTHKEY_FILE", raising=False)
 
 
-def test_help_lists_both_subcommands():
-    result = run(["--help"])
-    assert result.exit_code == 0
-    assert "master" in result.output and "worker" in result.output
+def command_names(help_text: str) -> set[str]:
+    """The names in the "Commands:" section of a group's --help."""
+    section = help_text.split("Commands:", 1)[1] if "Commands:" in help_text else ""
+    return {line.split()[0] for line in section.splitlines() if line.strip()}
+
+
+def test_help_lists_and_dispatches_the_installed_subcommands():
+    """The subcommands come from the procfleet.commands entry points: listed and reachable."""
+    assert command_names(run(["--help"]).output) == {"master", "ping", "worker"}
+    for name, first_line in [("master", "Serve a batch of tasks to workers"),
+                             ("worker", "Lease tasks from a master")]:
+        result = run([name, "--help"])
+        assert result.exit_code == 0, result.output
+        assert first_line in result.output
+
+
+def test_a_subcommand_that_is_not_installed_says_which_package(monkeypatch):
+    monkeypatch.setattr(cli, "entry_points", lambda **_: [])
+    result = run(["worker"])
+    assert result.exit_code == 2
+    assert result.stderr == ("procfleet: error: 'procfleet worker' is not installed here: "
+                             "install procfleet-worker (pip install ./worker) or use the "
+                             "worker image\n")
 
 
 @pytest.mark.parametrize("args", [["master"], ["master", "--demo", "3", "--tasks", "x.jsonl"]])
@@ -113,3 +137,52 @@ def test_worker_id_the_master_would_refuse_is_a_usage_error(authkey_env, worker_
                   "--connect-timeout", "0.1"])
     assert result.exit_code == 2, result.output
     assert "--id" in result.output and "printable text" in result.output
+
+
+# --- usage errors: one line, `procfleet: error: <what>: <what to do>`, exit 2 ----------------
+
+@pytest.mark.parametrize("args,env,what,to_do", [
+    (["master", "--demo", "1", "--bogus"], {}, "No such option '--bogus'",
+     "'procfleet master --help' for the options"),
+    (["master", "--demo", "-1"], {}, "Invalid value for '--demo'",
+     "see 'procfleet master --help'"),
+    (["master", "--demo"], {}, "Option '--demo' requires an argument",
+     "see 'procfleet master --help'"),
+    (["master", "--demo", "1"], {"PROCFLEET_LEASE_TIMEOUT": "soon"},
+     "Invalid value for '--lease-timeout'",
+     "(from PROCFLEET_LEASE_TIMEOUT): fix or unset PROCFLEET_LEASE_TIMEOUT"),
+    (["master", "--demo", "1", "--bind", "nohost"], {}, "Invalid value for '--bind'",
+     "is not HOST:PORT (e.g. 127.0.0.1:50000)"),
+    (["master", "--demo", "1", "--restart-on-crash", "2"], {},
+     "--restart-on-crash needs --journal PATH", "resumes from its journal"),
+    (["master"], {}, "give exactly one of --tasks PATH or --demo N", "come from one of them"),
+    (["worker", "--concurrency", "0"], {}, "Invalid value for '--concurrency'",
+     "see 'procfleet worker --help'"),
+    (["worker", "--id", "a\nb"], {}, "Invalid value for '--id'", "printable text"),
+    (["ping", "--master", "host:http"], {}, "Invalid value for '--master'", "not a number"),
+    (["mastr"], {}, "No such command 'mastr'", "see 'procfleet --help'"),
+])
+def test_a_usage_error_is_one_line_on_stderr_and_exit_2(authkey_env, args, env, what, to_do):
+    result = run(args, env=env)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.endswith("\n"), result.stderr
+    assert result.stderr.startswith(f"procfleet: error: {what}"), result.stderr
+    assert to_do in result.stderr
+
+
+def test_a_usage_error_from_the_installed_command_is_one_line(authkey_env, tmp_path):
+    """The real `procfleet` executable, as a user runs it (not CliRunner's stand-in)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "procfleet")
+    proc = subprocess.run([exe, "master", "--demo", "1", "--lease-timeout", "nan"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("procfleet: error: Invalid value for '--lease-timeout'")
+    assert proc.stderr.count("\n") == 1
+    assert proc.stderr.rstrip().endswith("see 'procfleet master --help' for the options")
+
+
+def test_procfleet_alone_still_shows_its_help():
+    result = run([])
+    assert "Commands:" in result.output and "procfleet: error" not in result.output

@@ -1,9 +1,15 @@
-"""Key loading and address parsing."""
+"""Key loading, address parsing, and the settings objects made from the option tables."""
+
+import dataclasses
+import os
+import re
 
 import pytest
 
+from procfleet.master.settings import MASTER_OPTIONS, MasterSettings
 from procfleet.shared.errors import ConfigError
 from procfleet.shared.settings import load_authkey, parse_address
+from procfleet.worker.settings import WORKER_OPTIONS, WorkerSettings
 
 
 def test_key_from_env():
@@ -66,3 +72,66 @@ def test_parse_address_errors_name_the_option(text, message):
     with pytest.raises(ConfigError, match=message) as err:
         parse_address(text, "--master")
     assert str(err.value).startswith("--master")
+
+
+# --- the settings objects: made from the option tables; validate() -------------------------
+
+KEY = b"k" * 16
+
+
+@pytest.mark.parametrize("cls,table", [(MasterSettings, MASTER_OPTIONS),
+                                       (WorkerSettings, WORKER_OPTIONS)])
+def test_settings_fields_are_the_table_and_the_key(cls, table):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert set(fields) == {o.field for o in table} | {"authkey"}
+    for option in table:
+        assert fields[option.field].default == option.value_default()
+    assert fields["authkey"].default is dataclasses.MISSING      # never a default key
+    assert "authkey" not in repr(cls(authkey=KEY, worker_id="w")
+                                 if cls is WorkerSettings else cls(authkey=KEY))
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        MasterSettings(authkey=KEY, demo=1).demo = 2
+
+
+def master(**options):
+    return MasterSettings(authkey=KEY, **options)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({}, "exactly one of --tasks PATH or --demo N"),
+    ({"demo": 1, "tasks_path": "t.jsonl"}, "exactly one of --tasks PATH or --demo N"),
+    ({"demo": 1, "restart_on_crash": 2}, "--restart-on-crash needs --journal PATH"),
+    ({"tasks_path": "-", "journal_path": "j.db", "results_path": "r.jsonl"},
+     "--journal needs a task file or --demo"),
+    ({"demo": 1, "journal_path": "j.db"}, "--journal needs --results PATH"),
+    ({"tasks_path": "same.jsonl", "results_path": "same.jsonl"},
+     "--tasks and --results name the same file"),
+    ({"demo": 1, "results_path": "r.jsonl", "journal_path": "r.jsonl"},
+     "--results and --journal name the same file"),
+])
+def test_validate_refuses_options_that_do_not_go_together(tmp_path, monkeypatch, options,
+                                                          message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        master(**options).validate()
+
+
+@pytest.mark.parametrize("options", [
+    {"demo": 1}, {"tasks_path": "-"}, {"demo": 0, "restart_on_crash": 1,
+                                        "journal_path": "j.db", "results_path": "r.jsonl"},
+    {"tasks_path": "t.jsonl", "results_path": "r.jsonl", "journal_path": "j.db"},
+])
+def test_validate_accepts_options_that_go_together(tmp_path, monkeypatch, options):
+    monkeypatch.chdir(tmp_path)
+    master(**options).validate()
+
+
+def test_a_hard_link_is_the_same_file(tmp_path):
+    (tmp_path / "r.jsonl").write_text("")
+    os.link(tmp_path / "r.jsonl", tmp_path / "t.jsonl")
+    with pytest.raises(ConfigError, match="name the same file"):
+        master(tasks_path=str(tmp_path / "t.jsonl"),
+               results_path=str(tmp_path / "r.jsonl")).validate()

@@ -54,7 +54,6 @@ def run_master(settings: MasterSettings) -> int:
     """Run one batch; return the exit code. ConfigError propagates before anything is served;
     a task file changed during the batch (exit 2) or a failed write (exit 3) propagates as a
     ProcfleetError once the workers were told to stop."""
-    settings.validate()
     if settings.local_workers:
         check_worker_installed()
     with ExitStack() as cleanup:

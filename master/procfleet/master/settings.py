@@ -1,33 +1,77 @@
-"""The master's settings: one frozen object, built once from the CLI options and environment."""
+"""The master's options, once: the table click's options and the frozen settings object are made
+from, and validate(), the one place for every check that involves two options."""
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
+
+import click
 
 from procfleet.shared.errors import ConfigError
+from procfleet.shared.settings import (VERBOSE_OPTION, Address, Option, Seconds,
+                                       settings_class)
 
-DEFAULT_BIND = "0.0.0.0:50000"
-DEFAULT_LEASE_TIMEOUT = 5.0
-DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_RETRY_BACKOFF = 1.0
+from .supervise import ENV_SUPERVISOR_PID
+
+POSITIVE_SECONDS = Seconds(min=0, min_open=True)
+
+MASTER_OPTIONS = (
+    Option("tasks_path", ("--tasks",), "PROCFLEET_TASKS", metavar="PATH",
+           help="JSON Lines task file, '-' for stdin. Exactly one of --tasks or --demo."),
+    Option("demo", ("--demo",), "PROCFLEET_DEMO", type=click.IntRange(min=0), metavar="N",
+           help="Run N demo tasks square(i), i = 0..N-1, instead of --tasks."),
+    Option("demo_sleep", ("--demo-sleep",), "PROCFLEET_DEMO_SLEEP", type=Seconds(min=0),
+           default=0.0, metavar="SECONDS",
+           help="Make each demo task sleep(SECONDS, i*i) instead, to watch a slower batch."),
+    Option("results_path", ("--results",), "PROCFLEET_RESULTS", default="-", metavar="PATH",
+           help="Where result lines go, '-' for stdout."),
+    Option("bind", ("--bind",), "PROCFLEET_BIND", type=Address(), default="0.0.0.0:50000",
+           metavar="HOST:PORT",
+           help="Address to serve workers on (port 0: any free port); IPv6 in brackets."),
+    Option("local_workers", ("--local-workers",), "PROCFLEET_LOCAL_WORKERS",
+           type=click.IntRange(min=0), default=0, metavar="N",
+           help="Also start N worker processes on this machine."),
+    Option("timeout", ("--timeout",), "PROCFLEET_TIMEOUT", type=POSITIVE_SECONDS,
+           metavar="SECONDS", show_default="no limit",
+           help="Give up on the batch after SECONDS: exit 3, finished results still written."),
+    Option("lease_timeout", ("--lease-timeout",), "PROCFLEET_LEASE_TIMEOUT",
+           type=POSITIVE_SECONDS, default=5.0, metavar="SECONDS",
+           help="Requeue a worker's tasks when it is silent this long."),
+    Option("max_attempts", ("--max-attempts",), "PROCFLEET_MAX_ATTEMPTS",
+           type=click.IntRange(min=1), default=3, metavar="N",
+           help="A task whose worker was lost N times ends failed."),
+    Option("task_timeout", ("--task-timeout",), "PROCFLEET_TASK_TIMEOUT",
+           type=POSITIVE_SECONDS, metavar="SECONDS", show_default="no limit",
+           help="Kill a task running longer than SECONDS and fail it \"timed out\"; a task "
+                "line's own \"timeout\" overrides it."),
+    Option("retries", ("--retries",), "PROCFLEET_RETRIES", type=click.IntRange(min=0, max=100),
+           default=0, metavar="N",
+           help="Run a task that raised up to N more times, with exponential backoff."),
+    Option("retry_backoff", ("--retry-backoff",), "PROCFLEET_RETRY_BACKOFF",
+           type=Seconds(min=0), default=1.0, metavar="SECONDS",
+           help="First retry's delay; doubled for each further one, with jitter."),
+    Option("journal_path", ("--journal",), "PROCFLEET_JOURNAL", metavar="PATH",
+           show_default="none",
+           help="Keep the batch's progress in an SQLite journal at PATH; started again with "
+                "the same PATH, a master resumes the batch (needs --results PATH)."),
+    Option("restart_on_crash", ("--restart-on-crash",), "PROCFLEET_RESTART_ON_CRASH",
+           type=click.IntRange(min=0, max=1000), default=0, metavar="N",
+           help="Run the batch in a child process and restart it from the journal up to N "
+                "times if it is killed (SIGKILL, out of memory); needs --journal."),
+    Option("wait_workers", ("--wait-workers",), "PROCFLEET_WAIT_WORKERS",
+           type=click.IntRange(min=0, max=10_000), default=0, metavar="N",
+           help="Lease nothing until N workers have joined, so they all start together "
+                "(like Locust's --expect-workers)."),
+    Option("supervisor_pid", ("--supervisor-pid",), ENV_SUPERVISOR_PID, type=int,
+           hidden=True, help="Set by --restart-on-crash for its batch process."),
+    VERBOSE_OPTION,
+)
 
 
-@dataclass(frozen=True)
+@settings_class(MASTER_OPTIONS)
 class MasterSettings:
-    bind: tuple[str, int]
+    """Everything `procfleet master` was told; fields and defaults come from MASTER_OPTIONS."""
+
     authkey: bytes = field(repr=False)
-    tasks_path: str | None = None
-    demo: int | None = None
-    demo_sleep: float = 0.0
-    results_path: str = "-"
-    local_workers: int = 0
-    timeout: float | None = None
-    lease_timeout: float = DEFAULT_LEASE_TIMEOUT
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    task_timeout: float | None = None
-    retries: int = 0
-    retry_backoff: float = DEFAULT_RETRY_BACKOFF
-    journal_path: str | None = None
-    wait_workers: int = 0
 
     @property
     def heartbeat_interval(self) -> float:
@@ -36,6 +80,12 @@ class MasterSettings:
 
     def validate(self) -> None:
         """ConfigError for what involves two options (before any file is opened)."""
+        if (self.tasks_path is None) == (self.demo is None):
+            raise ConfigError("give exactly one of --tasks PATH or --demo N: the batch's "
+                              "tasks come from one of them")
+        if self.restart_on_crash and not self.journal_path:
+            raise ConfigError("--restart-on-crash needs --journal PATH: a restarted batch "
+                              "resumes from its journal")
         if self.journal_path:
             if self.tasks_path == "-":
                 raise ConfigError("--journal needs a task file or --demo: tasks read from stdin "

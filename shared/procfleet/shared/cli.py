@@ -4,41 +4,108 @@ The master image installs `procfleet-master`, the worker image `procfleet-worker
 subcommand through the `procfleet.commands` entry-point group, so neither image carries the other.
 """
 
-import math
 import sys
 from importlib.metadata import entry_points
 from typing import NoReturn
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
-from .errors import ProcfleetError
+from .errors import EXIT_USAGE, ProcfleetError
 from .manager import connect
-from .settings import format_address, load_authkey, parse_address
+from .settings import PING_OPTIONS, PingSettings, click_options, format_address, load_authkey
 
 ENTRY_POINT_GROUP = "procfleet.commands"
 KNOWN_PACKAGES = {"master": "procfleet-master", "worker": "procfleet-worker"}
+PREFIX = "procfleet: error: "
 
 
-class Seconds(click.FloatRange):
-    """A FloatRange that also refuses nan and infinities (FloatRange lets nan through)."""
-
-    name = "seconds"
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
-        return number
+def one_line(text: str) -> str:
+    """`text` with its control characters (a newline in a value, say) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def fail(exc: ProcfleetError) -> NoReturn:
     """Print a user-facing error (no traceback) and exit with its code."""
-    click.echo(f"procfleet: error: {exc}", err=True)
+    click.echo(PREFIX + one_line(str(exc)), err=True)
     sys.exit(exc.exit_code)
 
 
-class PluginGroup(click.Group):
+class UsageProblem(click.UsageError):
+    """A usage error shown as the README promises: `procfleet: error: <what>: <what to do>`,
+    one line on stderr, exit 2 (click's own form is three lines: Usage, Try, Error)."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, ctx: click.Context | None = None) -> None:
+        super().__init__(one_line(message), ctx)
+
+    @classmethod
+    def from_click(cls, exc: click.UsageError) -> "UsageProblem":
+        """Click's message (unknown option, bad or missing value) and where to look next."""
+        if isinstance(exc, UsageProblem):
+            return exc
+        what = exc.format_message().rstrip(".")
+        if exc.ctx is None:
+            return cls(what)
+        param = exc.param if type(exc) is click.BadParameter else None
+        if param is not None and param.opts:
+            # Said the same way whichever click: the option, and where the value came from.
+            value_source = exc.ctx.get_parameter_source(param.name)
+            what = f"Invalid value for '{param.opts[-1]}': {exc.message.rstrip('.')}"
+            if value_source is ParameterSource.ENVIRONMENT and param.envvar:
+                return cls(f"{what} (from {param.envvar}): fix or unset {param.envvar}", exc.ctx)
+        names, ctx = [], exc.ctx
+        while ctx.parent is not None:      # the root's name may be `python -m procfleet.shared`
+            names.append(ctx.info_name)
+            ctx = ctx.parent
+        path = " ".join(["procfleet", *reversed(names)])
+        what, _, guess = what.partition(". Did you mean ")     # click's spelling suggestion
+        to_do = f"see '{path} --help' for the options"
+        if guess:
+            to_do = f"did you mean {guess} {to_do[0].upper()}{to_do[1:]}"
+        return cls(f"{what}: {to_do}", exc.ctx)
+
+    def show(self, file=None) -> None:
+        click.echo(PREFIX + self.message, err=True, file=file)
+
+
+def _one_line_usage_errors(call, *args, **kwargs):
+    try:
+        return call(*args, **kwargs)
+    except click.UsageError as exc:
+        if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+            raise               # `procfleet` alone: the help, as click shows it
+        raise UsageProblem.from_click(exc) from None
+
+
+class KnowsItsContext:
+    """Some of click's parse errors (a missing value) carry no context: give them this one,
+    so the one-line message can name the command's --help."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.ctx = exc.ctx or ctx
+            raise
+
+
+class Command(KnowsItsContext, click.Command):
+    """A procfleet subcommand (master, worker, ping)."""
+
+
+class PluginGroup(KnowsItsContext, click.Group):
+    """Subcommands from entry points; every usage error (the group's or a subcommand's) as
+    one line."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        return _one_line_usage_errors(super().make_context, info_name, args, parent, **extra)
+
+    def invoke(self, ctx):
+        return _one_line_usage_errors(super().invoke, ctx)
+
     def _entry_points(self) -> dict:
         return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
@@ -53,34 +120,33 @@ class PluginGroup(click.Group):
         if ep is not None:
             return ep.load()
         if name in KNOWN_PACKAGES:
-            ctx.fail(
+            raise UsageProblem(
                 f"'procfleet {name}' is not installed here: install {KNOWN_PACKAGES[name]} "
-                f"(pip install ./{name}) or use the {name} image"
-            )
+                f"(pip install ./{name}) or use the {name} image", ctx)
         return None
 
 
-@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("procfleet", cls=PluginGroup,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="procfleet")
 def main():
     """procfleet: a small distributed task runner (master, workers, leases, exactly-once results)."""
 
 
-@main.command()
-@click.option("--master", "master_address", envvar="PROCFLEET_MASTER", default="127.0.0.1:50000",
-              show_default=True, help="HOST:PORT of the master (env PROCFLEET_MASTER).")
-def ping(master_address):
+@main.command(cls=Command)
+@click_options(PING_OPTIONS)
+def ping(**options):
     """Check that a master accepts authenticated connections (the images' health check).
 
     Exit 0 when it answers, 2 for a wrong or missing key, 3 when nobody answers.
     """
+    settings = PingSettings(**options)
     try:
-        address = parse_address(master_address, "--master")
-        proxy = connect(address, load_authkey())
+        proxy = connect(settings.master, load_authkey())
         info = proxy.ping()
     except ProcfleetError as exc:
         fail(exc)
-    click.echo(f"master {format_address(address)}: {info['state']}, "
+    click.echo(f"master {format_address(settings.master)}: {info['state']}, "
                f"{info['done']}/{info['total']} tasks done, {info['workers']} workers")
 
 

@@ -1,8 +1,19 @@
-"""Configuration helpers both sides need: the shared key and HOST:PORT addresses."""
+"""Configuration both sides need: the option tables' machinery, the shared key, HOST:PORT.
 
+Each command's options are one table of `Option`s (huey's `consumer_options.py`): click's
+options and the frozen settings dataclass are both made from it, so a default, an env var or a
+help text is written once.
+"""
+
+import dataclasses
+import inspect
+import math
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import click
 
 from .errors import ConfigError
 from .transport import resolve
@@ -53,21 +64,27 @@ def load_authkey(environ: Mapping[str, str] | None = None) -> bytes:
 
 def parse_address(text: str, option: str) -> tuple[str, int]:
     """Split HOST:PORT (IPv6 as [::1]:PORT) and check the port; `option` names the source."""
+    try:
+        return _split_address(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
+
+
+def _split_address(text: str) -> tuple[str, int]:
     text = text.strip()
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
-        raise ConfigError(f"{option}: {text!r} is not HOST:PORT (e.g. 127.0.0.1:50000)")
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:50000)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         if not host:
-            raise ConfigError(f"{option}: {text!r} has no address between the brackets "
-                              "(e.g. [::1]:50000)")
+            raise ValueError(f"{text!r} has no address between the brackets (e.g. [::1]:50000)")
     try:
         port = int(port_text)
     except ValueError:
-        raise ConfigError(f"{option}: port {port_text!r} in {text!r} is not a number") from None
+        raise ValueError(f"port {port_text!r} in {text!r} is not a number") from None
     if not 0 <= port <= 65535:
-        raise ConfigError(f"{option}: port {port} in {text!r} is outside 0-65535")
+        raise ValueError(f"port {port} in {text!r} is outside 0-65535")
     return host, port
 
 
@@ -93,3 +110,111 @@ def format_address(address: tuple) -> str:
     """HOST:PORT, IPv6 as [::1]:PORT; an IPv6 socket address (4-tuple) gives its host and port."""
     host, port = address[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- option tables ---------------------------------------------------------------------------
+
+class Seconds(click.FloatRange):
+    """A FloatRange that also refuses nan and infinities (FloatRange lets nan through)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return number
+
+
+class Address(click.ParamType):
+    """HOST:PORT (IPv6 as [::1]:PORT) as a (host, port) tuple."""
+
+    name = "address"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return _split_address(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One option of one command: everything click and the settings object need to know."""
+
+    field: str                      # the settings attribute and click's parameter name
+    flags: tuple[str, ...]          # ("--lease-timeout",), ("-v", "--verbose")
+    envvar: str
+    help: str
+    type: Any = None                # a click type; None: text
+    default: Any = None             # as typed on the command line; None: not given
+    metavar: str | None = None
+    show_default: bool | str = True  # a string describes a default that is not a value
+    multiple: bool = False
+    count: bool = False
+    hidden: bool = False
+
+    @property
+    def flag(self) -> str:
+        return self.flags[-1]
+
+    def value_default(self) -> Any:
+        """The default as the settings object holds it: what click makes of `default`."""
+        if self.multiple:
+            return tuple(self.default or ())
+        if self.default is None or self.count or self.type is None:
+            return self.default
+        return click.types.convert_type(self.type).convert(self.default, None, None)
+
+    def annotation(self) -> Any:
+        kinds = {click.IntRange: int, Seconds: float, Address: tuple[str, int]}
+        kind = int if self.count or self.type is int else kinds.get(type(self.type), str)
+        if self.multiple:
+            return tuple[kind, ...]
+        return kind if self.count or self.default is not None else kind | None
+
+    def click_option(self):
+        return click.option(
+            *self.flags, self.field, type=self.type, default=self.default, envvar=self.envvar,
+            show_envvar=True, help=self.help, metavar=self.metavar, count=self.count,
+            multiple=self.multiple, hidden=self.hidden, show_default=self.show_default)
+
+
+def click_options(table: Sequence[Option]):
+    """Decorate a click command with every option of `table`, in the table's order."""
+    def decorate(command):
+        for option in reversed(table):
+            command = option.click_option()(command)
+        return command
+    return decorate
+
+
+def settings_class(table: Sequence[Option]):
+    """Make the decorated class a frozen, keyword-only dataclass with one field per option of
+    `table` (its default derived from the table) besides the fields the class declares."""
+    def decorate(cls):
+        own = inspect.get_annotations(cls)
+        cls.__annotations__ = {option.field: option.annotation() for option in table} | own
+        for option in table:
+            setattr(cls, option.field, option.value_default())
+        return dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+    return decorate
+
+
+#: the master's address: `procfleet worker --master` and `procfleet ping --master`
+MASTER_OPTION = Option(
+    "master", ("--master",), "PROCFLEET_MASTER", type=Address(), default="127.0.0.1:50000",
+    metavar="HOST:PORT", help="The master's address; IPv6 in brackets, [::1]:50000.")
+
+VERBOSE_OPTION = Option(
+    "verbose", ("-v", "--verbose"), "PROCFLEET_VERBOSE", count=True, default=0,
+    show_default=False, help="Log more (debug).")
+
+PING_OPTIONS = (MASTER_OPTION,)
+
+
+@settings_class(PING_OPTIONS)
+class PingSettings:
+    """`procfleet ping`'s settings."""
