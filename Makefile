@@ -46,7 +46,7 @@ base-image: ## Build the local Debian base image procfleet-base:bookworm (mmdebs
 wheels: ## Download the images' wheels into build/wheels/ (offline image builds)
 	scripts/wheels.sh
 
-images: ## Build procfleet-master and procfleet-worker (local base if no registry)
+images: ## Build procfleet-master and -worker (Dockerfile targets; local base if no registry)
 	scripts/images.sh
 
 .env: ## Write .env with a random PROCFLEET_AUTHKEY unless it has one

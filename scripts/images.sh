@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Builds procfleet-master:latest and procfleet-worker:latest through docker-compose.yml, with no
-# network needed inside the builds: the wheels come from the host (scripts/wheels.sh), and the base
-# image is $PROCFLEET_BASE_IMAGE or the Dockerfiles' pinned default, pulled if absent; when it
-# cannot be pulled, the local Debian base (scripts/build-base-image.sh) stands in.
+# Builds procfleet-master:latest and procfleet-worker:latest (the Dockerfile's `master` and
+# `worker` targets) through docker-compose.yml, with no network needed inside the builds: the
+# wheels come from the host (scripts/wheels.sh), and the base image is $PROCFLEET_BASE_IMAGE or
+# the Dockerfile's pinned default, pulled if absent; when it cannot be pulled, the local Debian
+# base (scripts/build-base-image.sh) stands in.
 #
 # Usage: scripts/images.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-default=$(sed -n 's/^ARG BASE_IMAGE=//p' master/Dockerfile)
+default=$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
 base=${PROCFLEET_BASE_IMAGE:-$default}
 local_base=${PROCFLEET_LOCAL_BASE:-procfleet-base:bookworm}
 

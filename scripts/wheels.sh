@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Downloads, on the host, the wheels the images need (our pyprojects' third-party build requirements
-# and dependencies) into build/wheels/. The Dockerfiles install offline from there when it holds
-# wheels, so an image build needs no network (and no CA certificates) inside the build.
+# and dependencies) into build/wheels/. The image builds (Dockerfile) install offline from there
+# when it holds wheels, so an image build needs no network (and no CA certificates) inside it.
 #
 # Usage: scripts/wheels.sh
 # Env: PYTHON (host interpreter with pip, default python3), WHEELS_DIR (default build/wheels),

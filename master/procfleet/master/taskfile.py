@@ -1,11 +1,12 @@
 """Reading a batch: JSON Lines task files (or stdin) and the `--demo` batch, as task sources.
 
-A task file is read twice and never held in memory: one pass checks every line (reporting each
-problem with its file name and line number) before anything is dispatched, the second streams
-tasks to the dispatcher as workers lease them. Both read the same open file, so a file replaced
-under its name is not what the batch runs; a file changed during the batch is noticed (its
-name's stat, its streamed lines, its digest) and recorded in `changed`, never raised: the
-stream runs inside a worker's lease.
+A task file is never held in memory. It is checked whole before anything is dispatched (every
+line, each problem reported with its file name and line number; a second pass only when two ids
+may be the same), then streamed to the lease state machine (leases.py) as workers lease tasks.
+Every pass reads the same open file, so a file replaced under its name is not what the batch
+runs; a file changed during the batch is noticed (its name's stat, its streamed lines, its
+digest) and recorded in `changed`, never raised: the stream runs inside a worker's lease.
+Stdin cannot be read twice: its tasks are checked and then held in memory (ListSource).
 """
 
 import array
@@ -47,7 +48,6 @@ class DemoSource:
         self.timeout = timeout
         self.name = f"--demo {count}"
         self.fingerprint = f"demo:{count}:{sleep!r}"
-        self.rereadable = True
 
     def __iter__(self) -> Iterator[Task]:
         # A Task without its __new__, and one shared empty kwargs (the master never changes it).
@@ -99,7 +99,6 @@ class FileSource:
         self.path = path
         self.name = path
         self.timeout = timeout
-        self.rereadable = True
         self.changed: str | None = None
         self._fd = os.open(path, os.O_RDONLY)
         try:
@@ -194,7 +193,6 @@ class ListSource:
         self.total = len(tasks)
         self.name = name
         self.fingerprint = None
-        self.rereadable = False
         self.sizes = sizes
 
     def __iter__(self) -> Iterator[Task]:

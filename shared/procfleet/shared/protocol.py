@@ -13,9 +13,6 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
-
 #: how one attempt at a task ended, as the worker reports it
 OK = "ok"            # returned a JSON value
 ERROR = "error"      # raised; the master may retry it (--retries)
@@ -91,12 +88,6 @@ def task_from_wire(item) -> Task:
 
 def outcome_to_wire(outcome: Outcome) -> tuple:
     return tuple(outcome[:4])
-
-
-def outcome_checked(item) -> bool:
-    """Whether `item` is a well-formed outcome tuple (the fast check, for every result)."""
-    return (type(item) is tuple and len(item) == 4 and type(item[0]) is int
-            and item[1] in OUTCOME_KINDS and (item[3] is None or type(item[3]) is str))
 
 
 def outcome_from_wire(item) -> Outcome:
@@ -367,17 +358,6 @@ _split_json = msgspec.json.Decoder(list[msgspec.Raw]).decode
 #: Python's limit on the digits of an int read from text (sys.get_int_max_str_digits)
 MAX_DIGITS = 4300
 _LONG_NUMBER = re.compile(f"[0-9]{{{MAX_DIGITS + 1}}}")
-
-
-def result_text_ok(text: str) -> bool:
-    """check_result_text(text) is None, with a fast path for a short number or plain string."""
-    if len(text) < 20 and (_SHORT_NUMBER.fullmatch(text) or _SHORT_STRING.fullmatch(text)):
-        return True
-    return check_result_text(text) is None
-
-
-_SHORT_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)")
-_SHORT_STRING = re.compile(r'"[^"\\\x00-\x1f]*"')
 
 
 class ResultTooLarge(ValueError):

@@ -1,6 +1,8 @@
 """The task registry: names a master may send and the functions a worker runs for them.
 
 User modules add tasks with the `task` decorator and are loaded by `procfleet worker --import`.
+Built in: `square`, `sleep` and `fail` for demos (`--demo`) and trials, and the fault-injection
+tasks `crash` and `hang`, which misbehave on purpose.
 """
 
 import os
@@ -65,15 +67,23 @@ def fail(message):
 
 @task
 def crash(code=1):
-    """Exit the process running this task at once with `code` (os._exit: no cleanup, no result).
+    """Fault injection: exit the process running this task at once with `code` (os._exit: no
+    cleanup, no result).
 
-    For tests of crash handling: the attempt fails as a crash and the worker carries on.
+    For trying out crash handling, in the test suite or by hand against a deployment (a task
+    line `{"task": "crash"}`): the attempt counts as a lost one (`--max-attempts`), the worker
+    starts a new task process and carries on. Not for real batches.
     """
     os._exit(code)
 
 
 @task
 def hang():
-    """Never return (sleep forever, HANG_STEP at a time). For tests of timeouts and shutdown."""
+    """Fault injection: never return (sleep forever, HANG_STEP at a time).
+
+    For trying out task timeouts (`--task-timeout`, a task line's `timeout`) and the worker's
+    drain on SIGTERM, in the test suite or by hand. Not for real batches: without a timeout it
+    holds a task slot until the worker stops.
+    """
     while True:
         time.sleep(HANG_STEP)
