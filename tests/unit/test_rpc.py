@@ -13,7 +13,7 @@ from procfleet.master.batch import Batch
 from procfleet.master.rpc import DispatcherService
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
 from procfleet.shared.protocol import CRASH, ERROR, MAX_ERROR_CHARS, MAX_OUTCOMES, OK
-from test_dispatcher import FakeClock, tasks
+from test_leases import FakeClock, tasks
 
 B = "batch-1"
 
