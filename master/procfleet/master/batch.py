@@ -193,7 +193,7 @@ class Batch:
             if failed is not None:
                 raise failed
             self.journal.record(leased, results)   # committed before the file sees them
-        self.writer.write_lines([line for _seq, line in results])
+        self.writer.write_lines([line for _seq, line, _ok in results])
         for event in events:
             log.warning("%s", event)
 
