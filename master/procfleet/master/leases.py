@@ -188,13 +188,6 @@ class Dispatcher:
     def alive_workers(self) -> list[str]:
         return [w.id for w in self.workers.values() if w.alive]
 
-    def task_state(self, seq: int) -> TaskState | None:
-        """The state of in-flight task `seq` (a copy for one on its first lease), else None."""
-        entry = self.active.get(seq)
-        if entry is None or type(entry) is TaskState:
-            return entry
-        return _fresh_state(entry, self._holder_of(seq))
-
     def take_leased(self) -> list[tuple[int, int, int, int]]:
         """(seq, attempts, lost, errors) of the tasks leased since the last call that are still
         in flight (the leased_log must be on), for the journal."""
