@@ -84,6 +84,10 @@ class Counters:
     stale: int = 0           # results for tasks this master does not have in flight: ignored
     unacked: int = 0         # leases whose reply never reached the worker: requeued at once
 
+    def as_dict(self) -> dict[str, int]:
+        """Every counter by name (for the service's snapshot and the summary)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
 
 class Dispatcher:
     """Leases tasks to workers, takes the first result per task, requeues what was lost."""
