@@ -15,8 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from procfleet.master.batch import parse_summary
+
 from .procfleet import RunFailed, batch_timeout
-from .stats import parse_summary
 
 IMAGES = ("procfleet-master:latest", "procfleet-worker:latest")
 #: where the compose master keeps its results (docker-compose.yml: the `state` volume)

@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from procfleet.master.batch import parse_summary
+
 from .procs import Child, ChildTimeout
-from .stats import parse_summary
 
 SERVING = r"serving \d+ tasks on [^\s:]+:(\d+)"
 #: extra seconds the harness waits beyond the master's own --timeout before killing it

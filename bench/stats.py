@@ -1,33 +1,9 @@
-"""The pure parts of the suite: measured series, the master's summary line, goals and ratios."""
+"""The pure parts of the suite: measured series, goals and ratios."""
 
-import re
 import statistics
 from dataclasses import dataclass, field
 
-# `HH:MM:SS master: summary: tasks=200000 ok=200000 ... seconds=3.71 tasks_per_s=53908`
-_SUMMARY = re.compile(r"\bsummary: ((?:\w+=[-+.\w]+\s*)+)$")
-
 PASS, FAIL, SKIP, INFO = "PASS", "FAIL", "SKIP", "INFO"
-
-
-def parse_summary(text: str) -> dict[str, float] | None:
-    """The key=value pairs of the last `summary:` line in `text`, as numbers; None if there is none.
-
-    Values that are not numbers are left out, so a field added later does not break the parse.
-    """
-    for line in reversed(text.splitlines()):
-        m = _SUMMARY.search(line.rstrip())
-        if not m:
-            continue
-        fields = {}
-        for pair in m.group(1).split():
-            key, _, value = pair.partition("=")
-            try:
-                fields[key] = float(value)
-            except ValueError:
-                pass
-        return fields
-    return None
 
 
 @dataclass

@@ -11,13 +11,14 @@ installation to measure (another checkout's venv, to compare two versions of the
 
 import argparse
 import os
-import re
 import secrets
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from procfleet.master.batch import parse_summary
 
 
 def free_port() -> int:
@@ -58,10 +59,10 @@ def one_run(python: str, tasks: int, workers: int) -> tuple[float, float]:
                     proc.kill()
         master.returncode = os.waitstatus_to_exitcode(status)
         text = open(log_path).read()
-    summary = re.search(r"summary: tasks=(\d+) ok=(\d+).*tasks_per_s=(\d+)", text)
-    if master.returncode != 0 or not summary or summary[1] != summary[2]:
+    summary = parse_summary(text)
+    if master.returncode != 0 or not summary or summary["ok"] != summary["tasks"]:
         raise SystemExit(f"the batch failed (exit {master.returncode}):\n{text[-2000:]}")
-    return (usage.ru_utime + usage.ru_stime) / tasks * 1e6, float(summary[3])
+    return (usage.ru_utime + usage.ru_stime) / tasks * 1e6, float(summary["tasks_per_s"])
 
 
 def main() -> None:

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from procfleet.master.batch import parse_summary
+
 POLL = 0.05
 
 
@@ -126,9 +128,13 @@ def wait_until(predicate, timeout: float, what: str):
         time.sleep(POLL)
 
 
-def summary(master: Proc) -> dict[str, float]:
-    _, m = master.wait_for(r"summary: (.*)")
-    return {k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+def summary(master: Proc, timeout: float = 20) -> dict:
+    """The master's summary object, once its closing line is logged (read by the master's own
+    parse_summary: the line is `HH:MM:SS master: summary: {...JSON...}`)."""
+    _, m = master.wait_for(r"^\S+ master: summary: \{", timeout)
+    found = parse_summary(m.string)
+    assert found is not None, f"not a summary line: {m.string}"
+    return found
 
 
 def assert_exactly_once(results: list[dict], expected: dict[str, object]) -> None:

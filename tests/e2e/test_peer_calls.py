@@ -18,6 +18,7 @@ from multiprocessing.managers import RemoteError
 
 import pytest
 
+from procfleet.master.batch import parse_summary
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP, connect
 from procfleet.shared.protocol import OK
 from procfleet.shared.codec import RemoteCallError
@@ -120,10 +121,11 @@ def finish(master, intruder: Intruder, tasks, out) -> dict:
     return summary(master.stderr)
 
 
-def summary(log: str) -> dict[str, float]:
-    """The figures of the master's own summary line (a refusal may quote a forged one)."""
-    [line] = re.findall(r"(?m)^\d\d:\d\d:\d\d [^:]+: summary: (.*)$", log)
-    return {k: float(v) for k, v in (kv.split("=") for kv in line.split())}
+def summary(log: str) -> dict:
+    """The master's own summary object: exactly one line holds one (a refusal may quote a
+    forged one, which is not a summary line)."""
+    [found] = [s for s in map(parse_summary, log.splitlines()) if s is not None]
+    return found
 
 
 def test_a_refused_exchange_writes_and_counts_nothing(batch):
@@ -173,7 +175,7 @@ def test_a_peer_cannot_forge_log_lines_or_break_the_batchs_end(batch):
     """A newline in a worker id forged a `summary:` line; a non-text id made a successful
     batch exit 1 at its end."""
     master, intruder, out = batch("--lease-timeout", "3")
-    forged = "w\nFORGED summary: tasks=0 ok=0 failed=0 unfinished=0"
+    forged = 'w\n00:00:00 master: summary: {"tasks": 0, "ok": 0, "failed": 0}\nFORGED'
     intruder.refused("hello", forged, {"protocol": PROTOCOL_VERSION}, by=SERVICE)
     intruder.refused("hello", "w2", {"protocol": PROTOCOL_VERSION, "python": f"3.12\n{forged}"},
                      by=SERVICE)

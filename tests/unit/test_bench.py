@@ -1,4 +1,5 @@
-"""The benchmark suite's pure parts: summary parsing, series statistics, goals, the report."""
+"""The benchmark suite's pure parts: series statistics, goals, the report (the summary line's
+parser is the master's own: test_summary.py)."""
 
 import pytest
 
@@ -8,42 +9,10 @@ from bench.procfleet import Procfleet, RunFailed, check_results
 from bench.run import parse_args
 from bench.suite import QUICK, Case, Suite, evaluate_goals
 from bench.stats import (FAIL, PASS, SKIP, Missing, Series, at_least, below, memory_goal,
-                         missing_from, parse_summary, ratio)
-
-SUMMARY = ("17:01:59 master: summary: tasks=200000 ok=200000 failed=0 unfinished=0 "
-           "duplicates_dropped=0 requeued=0 handed_back=0 workers=4 workers_lost=0 seconds=3.71 "
-           "tasks_per_s=53908")
-
+                         missing_from, ratio)
 
 def series(key, *values, **kw):
     return Series(key, key, values=list(values), **kw)
-
-
-# -- the master's summary line ---------------------------------------------------------------
-def test_parse_summary_reads_every_field_as_a_number():
-    fields = parse_summary("17:01:58 master: serving 200000 tasks on 127.0.0.1:41000\n" + SUMMARY)
-    assert fields["tasks"] == 200000
-    assert fields["tasks_per_s"] == 53908
-    assert fields["seconds"] == pytest.approx(3.71)
-    assert fields["workers"] == 4
-    assert len(fields) == 11
-
-
-def test_parse_summary_takes_the_last_summary_and_skips_other_lines():
-    text = "\n".join([SUMMARY.replace("tasks_per_s=53908", "tasks_per_s=1"),
-                      SUMMARY,
-                      "17:02:00 worker local-1: the batch is over after 10 tasks here; exiting"])
-    assert parse_summary(text)["tasks_per_s"] == 53908
-
-
-def test_parse_summary_none_without_a_summary_line():
-    assert parse_summary("Traceback (most recent call last):\nTypeError: boom") is None
-    assert parse_summary("") is None
-
-
-def test_parse_summary_ignores_a_field_that_is_not_a_number():
-    fields = parse_summary(SUMMARY + " mode=journal")
-    assert "mode" not in fields and fields["ok"] == 200000
 
 
 # -- series ------------------------------------------------------------------------------------

@@ -103,8 +103,8 @@ def run_batch(tmp, specs, network: random.Random) -> list[bytes]:
             result = _attempt(registry, task.seq, task.name, task.args, task.kwargs)
             result = pickle.loads(pickle.dumps(result, pickle.HIGHEST_PROTOCOL))  # child pipe
             held.append(tuple(result[:4]))
-        writer.write_lines([line for _seq, line in dispatcher.take_results()])
-    writer.write_lines([line for _seq, line in dispatcher.take_results()])
+        writer.write_lines([line for _seq, line, _ok in dispatcher.take_results()])
+    writer.write_lines([line for _seq, line, _ok in dispatcher.take_results()])
     writer.close()
     assert dispatcher.done, "the batch did not end"
     return out.read_bytes().splitlines()

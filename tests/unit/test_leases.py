@@ -2,7 +2,7 @@
 
 import json
 
-from procfleet.master.leases import ASKED_RECENTLY, Dispatcher, TaskState
+from procfleet.master.leases import ASKED_RECENTLY, MAX_RETRY_DELAY, Dispatcher, TaskState
 from procfleet.shared.protocol import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
 
 
@@ -32,7 +32,7 @@ def ok(task: Task) -> Outcome:
 
 
 def records(d):
-    return [json.loads(line) for _seq, line in d.take_results()]
+    return [json.loads(line) for _seq, line, _ok in d.take_results()]
 
 
 def test_lease_hands_out_each_task_once_in_order():
@@ -72,12 +72,13 @@ def test_fair_share_ignores_workers_that_only_said_hello():
 def test_fair_share_counts_holders_and_recent_askers_only():
     d, clock = make(12, lease_timeout=60)
     assert len(d.lease("a", 2)) == 2        # a holds 2
-    assert d.lease("b", 1, call=None)       # b holds 1
+    b = d.lease("b", 1, call=None)          # b holds 1
+    assert b
     d.wants("c")                            # c asked, got nothing yet
     assert d.sharers() == 3
     clock.advance(ASKED_RECENTLY + 0.5)
     assert d.sharers() == 2                 # c has not asked again: it no longer shares
-    d.complete("b", [ok(t) for t in [d.task_state(2).task]])
+    d.complete("b", [ok(t) for t in b])
     assert d.sharers() == 1                 # b holds nothing and asked long ago
     assert len(d.lease("c", 100)) == 5      # 9 pending over a and c: ceil(9 / 2)
     d.expire()
@@ -115,8 +116,10 @@ def test_silent_worker_is_expired_and_its_tasks_requeued_first():
     clock.advance(0.01)
     assert d.expire() == ["a"]
     assert d.counters.requeued == 1
-    assert d.lease("b", 1)[0].id == held[0].id  # requeued to the front
-    assert d.task_state(held[0].seq).attempts == 2
+    [again] = d.lease("b", 1)
+    assert again.id == held[0].id               # requeued to the front
+    d.complete("b", [ok(again)])
+    assert [r["attempts"] for r in records(d)] == [2]
 
 
 def test_late_duplicate_is_dropped_and_counted():
@@ -174,8 +177,10 @@ def test_leave_hands_tasks_back_without_counting_them_lost():
     d.complete("a", [ok(leased[0])])
     d.leave("a")
     assert d.counters.released == 2
-    assert d.task_state(leased[1].seq).lost == 0
+    d.leased_log = []
     assert [t.id for t in d.lease("b", 5)] == [leased[1].id, leased[2].id]
+    # (seq, attempts, lost, errors), as the journal keeps them: handed back is not lost
+    assert d.take_leased() == [(leased[1].seq, 2, 0, 0), (leased[2].seq, 2, 0, 0)]
 
 
 def test_result_for_a_seq_outside_the_batch_is_ignored():
@@ -275,10 +280,10 @@ def test_resume_skips_finished_tasks_and_requeues_in_flight_ones_first():
     assert d.finished == 2 and d.pending() == 3
     leased = d.lease("a", 10)
     assert [t.seq for t in leased] == [3, 2, 4]
-    assert d.task_state(3).attempts == 2
     d.complete("a", [ok(t) for t in leased] + [ok(tasks(5)[0])])
     assert d.done and d.counters.duplicates == 1
-    assert sorted(seq for seq, _ in d.take_results()) == [2, 3, 4]
+    attempts = {seq: json.loads(line)["attempts"] for seq, line, _ok in d.take_results()}
+    assert attempts == {2: 1, 3: 2, 4: 1}                  # 3 was leased before the restart
 
 
 def test_leases_are_logged_for_the_journal_when_asked():
@@ -306,17 +311,21 @@ def test_a_result_from_a_worker_that_does_not_hold_the_task_is_taken_once():
     a = d.lease("a", 1)
     d.complete("b", [ok(a[0])])                      # e.g. b had it before a restart
     assert [r["worker"] for r in records(d)] == ["b"]
-    assert not d.workers["a"].held and d.task_state(a[0].seq) is None
+    assert not d.workers["a"].held and d.running() == 0
     d.complete("a", [ok(a[0])])
     assert d.counters.duplicates == 1
+    assert [t.seq for t in d.lease("c", 5)] == [1]           # it is not leased again
 
 
 def test_an_error_on_a_first_lease_keeps_its_attempt_count():
-    d, _ = make(2, retries=1, rng=lambda: 0.0)
+    d, clock = make(2, retries=1, rng=lambda: 0.0)
     a = d.lease("a", 1)
     d.complete("a", [Outcome(a[0].seq, ERROR, None, "RuntimeError: x")])
-    state = d.task_state(a[0].seq)
-    assert (state.attempts, state.errors, state.holder) == (1, 1, None)
+    assert d.running() == 0                              # a holds it no more
+    clock.advance(MAX_RETRY_DELAY)
+    d.leased_log = []
+    assert d.lease("b", 1) == a                          # its retry
+    assert d.take_leased() == [(a[0].seq, 2, 0, 1)]      # the 2nd attempt, after 1 error
 
 
 # -- reconciliation: what a worker holds is what reached it ---------------------------------
@@ -432,7 +441,7 @@ def test_a_result_json_cannot_carry_fails_that_task_alone_and_the_counts_match_t
     lines = d.take_results()
     assert len(lines) == 3 and d.finished == 3 and d.done
     assert (d.counters.ok, d.counters.failed) == (2, 1)
-    bad = json.loads(dict(lines)[held[1].seq])
+    bad = json.loads({seq: line for seq, line, _ok in lines}[held[1].seq])
     assert bad["status"] == "failed" and bad["error"].startswith("ResultNotJSON:")
 
 
@@ -443,7 +452,7 @@ def test_lone_surrogates_in_ids_and_results_make_valid_utf8_lines():
     held = d.lease("w\ud800", 2)
     d.complete("w\ud800", [Outcome(held[0].seq, OK, ["\ud800", "é"], None),
                            Outcome(held[1].seq, ERROR, None, "boom \udfff")])
-    for _seq, line in d.take_results():
+    for _seq, line, _ok in d.take_results():
         line.encode("utf-8")                        # raises on a lone surrogate
         record = json.loads(line)
         assert record["worker"] == "w\ud800"

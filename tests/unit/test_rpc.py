@@ -64,7 +64,7 @@ def test_batch_over_answers_stop_and_counts_who_heard_it():
     assert service.exchange("b", B, [], 1, 0) == ([], STOP)
     assert service.wait_workers_told(0) == []
     _leased, results, _events = service.tick()
-    assert [seq for seq, _record in results] == [task[0]]
+    assert [seq for seq, _record, _ok in results] == [task[0]]
 
 
 def test_worker_joining_after_the_batch_is_told_to_stop_in_hello():
@@ -223,7 +223,7 @@ def test_a_bad_outcome_refuses_the_whole_call_and_changes_nothing(bad):
     assert service.exchange("a", B, good, 0, 0) == ([], STOP)     # a good call ends it
     _leased, results, _events = service.tick()
     assert len(results) == d.counters.ok == 3 and d.counters.duplicates == 0
-    assert sorted(json.loads(line)["result"] for _seq, line in results) == \
+    assert sorted(json.loads(line)["result"] for _seq, line, _ok in results) == \
         sorted(t[0] ** 2 for t in held)
 
 
@@ -243,7 +243,7 @@ def test_a_well_formed_result_text_is_written_as_it_is():
     texts = [nested_text(100), '"\\ud800 \u00e9"', '{"a":[1,2.5e300,null,true]}', '-0']
     service.exchange("a", B, [(seq, OK, text, None) for seq, text in zip(seqs, texts)], 0, 0)
     _leased, results, _events = service.tick()
-    lines = dict(results)
+    lines = {seq: line for seq, line, _ok in results}
     for seq, text in zip(seqs, texts):
         assert f'"result":{text},' in lines[seq]
         record = json.loads(lines[seq].encode("utf-8"))

@@ -1,5 +1,6 @@
 """One batch, start to end: load, serve, watch leases, write results, tell workers to stop."""
 
+import json
 import logging
 import signal
 import sys
@@ -34,6 +35,47 @@ PROGRESS_INTERVAL = 5.0
 #: worker waits for the GIL after every socket read and write, so under load a shorter interval
 #: keeps a round trip from queueing behind another thread's 5 ms slice
 SWITCH_INTERVAL = 0.001
+
+
+#: what opens the master's closing log line; a JSON object follows it on the same line
+SUMMARY = "summary: "
+
+
+def summarize(snapshot: dict, *, ok: int, failed: int, seconds: float, work_seconds: float,
+              tasks_per_s: float) -> dict:
+    """The batch's summary object, from a service snapshot (README, "The summary line"):
+    `ok` and `failed` cover the whole batch (a resumed one's too), the rest this run."""
+    s = snapshot
+    return {"tasks": s["total"], "ok": ok, "failed": failed,
+            "unfinished": s["total"] - s["finished"], "duplicates_dropped": s["duplicates"],
+            "requeued": s["requeued"], "unacked": s["unacked"], "handed_back": s["released"],
+            "retried": s["retried"], "crashed": s["crashed"], "stale": s["stale"],
+            "workers": s["workers"], "workers_lost": s["workers_lost"],
+            "refused_calls": s["refused_calls"], "seconds": round(seconds, 2),
+            "work_seconds": round(work_seconds, 2), "tasks_per_s": round(tasks_per_s)}
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as the master logs it: `summary: ` and the object as JSON, on one line."""
+    return SUMMARY + json.dumps(summary)
+
+
+def parse_summary(text: str) -> dict | None:
+    """The summary object of the last summary line in `text` (a master's stderr, or its
+    container's logs), or None if there is none. A summary line is `HH:MM:SS master: summary: `
+    and a JSON object; a line that only quotes one (a refused worker id, say) is not."""
+    for line in reversed(text.splitlines()):
+        prefix, found, body = line.partition(": " + SUMMARY)
+        _stamp, _, actor = prefix.partition(" ")
+        if not found or actor != "master" or not body.startswith("{"):
+            continue
+        try:
+            summary = json.loads(body)
+        except ValueError:
+            continue
+        if type(summary) is dict:
+            return summary
+    return None
 
 
 class Interrupt:
@@ -192,7 +234,7 @@ class Batch:
             if failed is not None:
                 raise failed
             self.journal.record(leased, results)   # committed before the file sees them
-        self.writer.write_lines([line for _seq, line in results])
+        self.writer.write_lines([line for _seq, line, _ok in results])
         for event in events:
             log.warning("%s", event)
 
@@ -225,13 +267,8 @@ class Batch:
         first = s["first_lease_at"]
         work = time.monotonic() - first if first is not None else 0.0
         rate = (s["finished"] - self.done_at_start) / work if work > 0 else 0.0
-        log.info("summary: tasks=%d ok=%d failed=%d unfinished=%d duplicates_dropped=%d "
-                 "requeued=%d unacked=%d handed_back=%d retried=%d crashed=%d workers=%d "
-                 "workers_lost=%d refused_calls=%d seconds=%.2f work_seconds=%.2f "
-                 "tasks_per_s=%.0f",
-                 total, ok, failed, unfinished, s["duplicates"], s["requeued"], s["unacked"],
-                 s["released"], s["retried"], s["crashed"], s["workers"], s["workers_lost"],
-                 s["refused_calls"], elapsed, work, rate)
+        log.info("%s", format_summary(summarize(s, ok=ok, failed=failed, seconds=elapsed,
+                                                work_seconds=work, tasks_per_s=rate)))
         if unfinished:
             return EXIT_UNFINISHED
         return EXIT_TASKS_FAILED if failed else EXIT_OK

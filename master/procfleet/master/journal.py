@@ -1,8 +1,9 @@
 """`--journal PATH`: the batch's progress in SQLite (WAL), so a restarted master resumes it.
 
 What is kept: which batch this is (its source's fingerprint and the batch id workers know),
-every task that was leased with its attempt counts, and every result. Writes are grouped: the
-master's loop commits everything since its last tick in one transaction, never one per task.
+every task that was leased with its attempt counts, and every result (its line, and whether it
+is ok). Writes are grouped: the master's loop commits everything since its last tick in one
+transaction, never one per task.
 A result is written to the results file only after its transaction committed, and a resumed
 master rebuilds the results file from the journal, so the file holds each task exactly once.
 A master killed between a worker's report and the next commit loses that report; the task is
@@ -39,9 +40,17 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (
     seq INTEGER PRIMARY KEY,
     attempts INTEGER NOT NULL, lost INTEGER NOT NULL, errors INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS results (seq INTEGER PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    seq INTEGER PRIMARY KEY, record TEXT NOT NULL, ok INTEGER NOT NULL);
 """
-FORMAT = "2"
+#: 3: results have an `ok` column (set as each is recorded)
+FORMAT = "3"
+#: format 2 (results without `ok`) is upgraded in place when a master opens it
+UPGRADE_FROM_2 = [
+    "ALTER TABLE results ADD COLUMN ok INTEGER NOT NULL DEFAULT 0",
+    "UPDATE results SET ok = (json_extract(record, '$.status') = 'ok')",
+    "UPDATE meta SET value = '3' WHERE key = 'format'",
+]
 
 
 class JournalledDispatcher(Dispatcher):
@@ -106,7 +115,7 @@ class Journal:
                     ("format", FORMAT), ("batch", batch), ("source", source_name),
                     ("fingerprint", fingerprint), ("total", str(total))])
             return batch, False
-        if meta.get("format") != FORMAT:
+        if meta.get("format") not in (FORMAT, "2"):
             raise ConfigError(f"--journal {self.path}: written by another procfleet version "
                               f"(format {meta.get('format')}); give a new path")
         if meta["fingerprint"] != fingerprint or int(meta["total"]) != total:
@@ -114,6 +123,10 @@ class Journal:
                 f"--journal {self.path} belongs to another batch ({meta['source']}, "
                 f"{meta['total']} tasks), not {source_name} ({total} tasks): pass the same "
                 "tasks to resume it, or give a new journal path to start a new batch")
+        if meta["format"] == "2":
+            with self._transaction():
+                for statement in UPGRADE_FROM_2:
+                    self.db.execute(statement)
         return meta["batch"], True
 
     def done(self) -> list[int]:
@@ -136,8 +149,7 @@ class Journal:
             yield from (record for _seq, record in rows)
 
     def count_ok(self) -> int:
-        [(count,)] = self._read(
-            "SELECT count(*) FROM results WHERE json_extract(record, '$.status') = 'ok'")
+        [(count,)] = self._read("SELECT count(*) FROM results WHERE ok")
         return count
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
@@ -145,7 +157,8 @@ class Journal:
             return self.db.execute(sql, params).fetchall()
 
     def record(self, leased: list[tuple], results: list[tuple[int, str]]) -> None:
-        """One transaction: leases as (seq, attempts, lost, errors), results as (seq, line).
+        """One transaction: leases as (seq, attempts, lost, errors), results as (seq, line,
+        ok?).
 
         Only numbers are kept for a lease: the task itself is read again from its source (the
         fingerprint guarantees it is the same) when a resumed batch needs it. A failed write
@@ -158,7 +171,8 @@ class Journal:
                     self.db.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
                                         leased)
                 if results:
-                    self.db.executemany("INSERT OR IGNORE INTO results VALUES (?, ?)", results)
+                    self.db.executemany("INSERT OR IGNORE INTO results (seq, record, ok) "
+                                        "VALUES (?, ?, ?)", results)
         except sqlite3.Error as exc:
             raise JournalWriteError(
                 f"--journal {self.path}: cannot write to it: {exc}; the batch stops here "

@@ -10,7 +10,7 @@ one leaves a single byte behind (its `done` flag), so late duplicates are still 
 The common case is kept cheap, since it runs for every task: a task leased for the first time is
 held as the task itself, and gets a TaskState only once something else happens to it (an error,
 a crash, a requeue, a result from another worker). `lease` takes fresh tasks from the source in
-slices, and `complete` writes the result line of a first-time `ok` inline.
+slices, and `complete` takes a first-time `ok` inline, building the lines of a whole call at once.
 """
 
 import heapq
@@ -19,13 +19,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import islice
-from json.encoder import encode_basestring
+from itertools import islice, repeat
 
 from procfleet.shared.backoff import backoff_delay
 from procfleet.shared.protocol import (CRASH, ERROR, LEASE_BYTES, OK, SMALL_TASK_BYTES,
-                                      Outcome, Task, encode_id, encode_value, result_line,
-                                      utf8_safe)
+                                      Outcome, ResultLines, Task, encode_value)
 
 #: the longest a retry waits, however many times the task failed
 MAX_RETRY_DELAY = 300.0
@@ -86,6 +84,10 @@ class Counters:
     stale: int = 0           # results for tasks this master does not have in flight: ignored
     unacked: int = 0         # leases whose reply never reached the worker: requeued at once
 
+    def as_dict(self) -> dict[str, int]:
+        """Every counter by name (for the service's snapshot and the summary)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
 
 class Dispatcher:
     """Leases tasks to workers, takes the first result per task, requeues what was lost."""
@@ -135,9 +137,9 @@ class Dispatcher:
         # subset of `workers`, pruned as it is counted (ids that only said hello never enter)
         self._sharing: dict[str, WorkerState] = {}
         self.counters = Counters()
-        self._ready: list[tuple[int, str]] = []
+        self._ready: list[tuple[int, str, bool]] = []   # (seq, result line, ok?)
         self.leased_log: list[int] | None = None   # set to a list to record leased seqs
-        self._line_parts: dict[str, str] = {}      # task name -> its part of a result line
+        self.lines = ResultLines()                  # every result line is built by it
         self.first_lease_at: float | None = None   # when work started: the clock of throughput
         # (kind, human-readable note) for the log, drained by the owner (who throttles by kind)
         self.events: list[tuple[str, str]] = []
@@ -190,13 +192,6 @@ class Dispatcher:
     def alive_workers(self) -> list[str]:
         return [w.id for w in self.workers.values() if w.alive]
 
-    def task_state(self, seq: int) -> TaskState | None:
-        """The state of in-flight task `seq` (a copy for one on its first lease), else None."""
-        entry = self.active.get(seq)
-        if entry is None or type(entry) is TaskState:
-            return entry
-        return _fresh_state(entry, self._holder_of(seq))
-
     def take_leased(self) -> list[tuple[int, int, int, int]]:
         """(seq, attempts, lost, errors) of the tasks leased since the last call that are still
         in flight (the leased_log must be on), for the journal."""
@@ -215,8 +210,8 @@ class Dispatcher:
                 counts.append((seq, 1, 0, 0))
         return counts
 
-    def take_results(self) -> list[tuple[int, str]]:
-        """(seq, JSON result line) finished since the last call, each task exactly once."""
+    def take_results(self) -> list[tuple[int, str, bool]]:
+        """(seq, JSON result line, ok?) finished since the last call, each task exactly once."""
         ready, self._ready = self._ready, []
         return ready
 
@@ -422,13 +417,12 @@ class Dispatcher:
         task wins, later ones are dropped and counted. `encoded`: ok values are checked JSON
         text (as they come off the wire), written as they are.
 
-        An `ok` for a task on its first lease, from the worker holding it, is handled inline:
-        that is nearly every result. Everything else goes through _complete_one."""
+        An `ok` for a task on its first lease, from the worker holding it, is handled inline
+        and its line built with the others of the call, in one ok_lines: that is nearly every
+        result. Everything else goes through _complete_one."""
         worker = self.touch(worker_id)
-        held, active, flags, ready = worker.held, self.active, self.done_flags, self._ready
-        parts = self._line_parts
-        tail = f',"error":null,"attempts":1,"worker":{encode_basestring(worker_id)}}}'
-        done = 0
+        held, active, flags = worker.held, self.active, self.done_flags
+        seqs, tasks, texts = [], [], []
         try:
             for outcome in outcomes:
                 seq = outcome[0]
@@ -444,25 +438,22 @@ class Dispatcher:
                         except (TypeError, ValueError, RecursionError):
                             self._complete_one(worker, outcome)    # ResultNotJSON
                             continue
-                    name = parts.get(task[2])
-                    if name is None:
-                        name = parts[task[2]] = (f',"task":{encode_basestring(task[2])}'
-                                                 f',"status":"ok"')
-                    task_id = task[1]
-                    task_id = (encode_basestring(task_id) if type(task_id) is str
-                               else encode_id(task_id))
-                    line = f'{{"id":{task_id}{name},"result":{text}{tail}'
                     del held[seq]
                     del active[seq]
                     flags[seq] = 1
-                    done += 1
-                    ready.append((seq, line if line.isascii() else utf8_safe(line)))
+                    seqs.append(seq)
+                    tasks.append(task)
+                    texts.append(text)
                 else:
                     self._complete_one(worker, outcome, encoded)
         finally:
-            # Counted even if something above raised: the counters always match the lines.
-            self.finished += done
-            self.counters.ok += done
+            # Even if something above raised: every task marked done has its line, and the
+            # counters always match the lines.
+            if seqs:
+                lines = self.lines.ok_lines(tasks, texts, self.lines.tail(1, worker_id))
+                self._ready += zip(seqs, lines, repeat(True))
+                self.finished += len(seqs)
+                self.counters.ok += len(seqs)
 
     def _complete_one(self, worker: WorkerState, outcome: tuple, encoded: bool = False) -> None:
         seq, worker_id = outcome[0], worker.id
@@ -484,8 +475,8 @@ class Dispatcher:
                 holder.held.pop(seq, None)
         state.holder = None
         if outcome[1] == OK:
-            self._finish(state, *result_line(state.task, outcome, attempts=state.attempts,
-                                             worker=worker_id, encoded=encoded))
+            self._finish(state, *self.lines.line(state.task, outcome, attempts=state.attempts,
+                                                 worker=worker_id, encoded=encoded))
         else:
             self._settle(state, Outcome(*outcome), worker_id)
 
@@ -532,8 +523,8 @@ class Dispatcher:
             outcome = outcome._replace(error=f"{outcome.error}\n\n(failed on each of "
                                              f"{state.errors + 1} tries; --retries "
                                              f"{self.retries})")
-        self._finish(state, *result_line(state.task, outcome, attempts=state.attempts,
-                                         worker=worker_id))
+        self._finish(state, *self.lines.line(state.task, outcome, attempts=state.attempts,
+                                             worker=worker_id))
 
     def release(self, worker_id: str, seqs: Iterable[int]) -> int:
         """A worker hands tasks back on purpose; they do not count as lost."""
@@ -583,7 +574,7 @@ class Dispatcher:
             state.holder = None
             state.lost += 1
             if state.lost >= self.max_attempts:
-                self._finish(state, *result_line(
+                self._finish(state, *self.lines.line(
                     state.task, None, attempts=state.attempts, worker=worker.id,
                     error=f"WorkerLost: worker lost {state.lost} times "
                           f"(last holder {worker.id}, lease timeout {self.lease_timeout:g} s)"))
@@ -610,4 +601,4 @@ class Dispatcher:
             self.counters.ok += 1
         else:
             self.counters.failed += 1
-        self._ready.append((seq, line))
+        self._ready.append((seq, line, ok))

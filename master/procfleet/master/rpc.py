@@ -168,17 +168,13 @@ class DispatcherService:
         them all the time): for the progress and summary lines."""
         with self.cond:
             d = self.dispatcher
-            c = d.counters
-            return {"total": d.total, "finished": d.finished, "ok": c.ok, "failed": c.failed,
+            return {"total": d.total, "finished": d.finished, **d.counters.as_dict(),
                     "running": d.running(), "alive_workers": len(d.alive_workers()),
-                    "workers": d.seen_workers(), "duplicates": c.duplicates,
-                    "requeued": c.requeued, "unacked": c.unacked, "released": c.released,
-                    "retried": c.retried, "crashed": c.crashed,
-                    "workers_lost": c.workers_lost, "first_lease_at": d.first_lease_at,
+                    "workers": d.seen_workers(), "first_lease_at": d.first_lease_at,
                     "refused_calls": self.notes["refused"].total}
 
     def tick(self) -> tuple[list, list, list[str]]:
-        """Expire silent workers; return (leased since the last tick, (seq, result) pairs to
+        """Expire silent workers; return (leased since the last tick, (seq, result, ok?) to
         journal and write, events to log). Leases are recorded only with a journal. Events
         are throttled per kind, with a line for those left out; so are this service's own
         log lines."""

@@ -214,26 +214,78 @@ def describe(value) -> str:
     return f"a {kind.__name__}"
 
 
+#: task names whose part of a result line a ResultLines keeps (a batch has a handful; a task
+#: file naming each task differently gets its lines built without the cache past this many)
+MAX_CACHED_NAMES = 1024
+
+
+class ResultLines:
+    """The one builder of result lines: a JSON Lines record per task id, built without a dict.
+
+    Field order: id, task, status, result, error, attempts, worker. This runs once per task in
+    the master, so it is a template around the parts that vary; each task name's part is built
+    once and kept (up to MAX_CACHED_NAMES names). `tail(attempts, worker)` is the line's end,
+    which the master builds once for all the results of one call from a worker.
+    """
+
+    __slots__ = ("_names",)
+
+    def __init__(self) -> None:
+        self._names: dict[str, str] = {}
+
+    def _name(self, name: str) -> str:
+        part = self._names.get(name)
+        if part is None:
+            part = f',"task":{encode_basestring(name)},'
+            if len(self._names) < MAX_CACHED_NAMES:
+                self._names[name] = part
+        return part
+
+    @staticmethod
+    def tail(attempts: int, worker: str | None) -> str:
+        return f',"attempts":{attempts:d},"worker":{_str(worker)}}}'
+
+    def ok_lines(self, tasks: list, texts: list[str], tail: str) -> list[str]:
+        """The lines of ok results: `texts[i]` is checked JSON text (check_result_text) of the
+        value `tasks[i]` returned. One call for a whole exchange: the per-task work is inline."""
+        names, name_of = self._names, self._name
+        lines = []
+        for task, text in zip(tasks, texts):
+            name = names.get(task[2]) or name_of(task[2])
+            task_id = task[1]
+            task_id = encode_basestring(task_id) if type(task_id) is str else _int_repr(task_id)
+            line = f'{{"id":{task_id}{name}"status":"ok","result":{text},"error":null{tail}'
+            lines.append(line if line.isascii() else utf8_safe(line))
+        return lines
+
+    def failed_line(self, task: Task, error: str | None, tail: str) -> str:
+        return utf8_safe(f'{{"id":{encode_id(task[1])}{self._name(task[2])}"status":"failed",'
+                         f'"result":null,"error":{_str(error)}{tail}')
+
+    def line(self, task: Task, outcome: tuple | None, *, attempts: int, worker: str | None,
+             error: str | None = None, encoded: bool = False) -> tuple[bool, str]:
+        """(ok?, the line) for one attempt's `outcome`: an Outcome or a (seq, kind, value,
+        error) tuple; None for a task that failed without one (then `error` says why).
+        `encoded`: an ok value is checked JSON text, written as it is. A value JSON cannot
+        carry makes the line a failed one, ResultNotJSON."""
+        tail = self.tail(attempts, worker)
+        if outcome is not None and outcome[1] == OK:
+            try:
+                text = outcome[2] if encoded else encode_value(outcome[2])
+            except (TypeError, ValueError, RecursionError) as exc:  # what JSON cannot carry
+                return False, self.failed_line(task, f"ResultNotJSON: {_reason(exc)}", tail)
+            return True, self.ok_lines([task], [text], tail)[0]
+        return False, self.failed_line(task, outcome[3] if outcome is not None else error, tail)
+
+
+_LINES = ResultLines()
+
+
 def result_line(task: Task, outcome: tuple | None, *, attempts: int, worker: str | None,
                 error: str | None = None, encoded: bool = False) -> tuple[bool, str]:
-    """(ok?, the JSON Lines result record), one per task id, built without a dict.
-
-    `outcome` is an Outcome or a (seq, kind, value, error) tuple; `encoded`: its value is
-    checked JSON text (check_result_text), written as it is. Field order: id, task,
-    status, result, error, attempts, worker. This runs once per task in the master, so it is a
-    template around the parts that vary, not json.dumps of a dict.
-    """
-    head = f'{{"id":{encode_id(task.id)},"task":{encode_basestring(task.name)},'
-    tail = f',"attempts":{attempts:d},"worker":{_str(worker)}}}'
-    if outcome is not None and outcome[1] == OK:
-        try:
-            value = outcome[2] if encoded else encode_value(outcome[2])
-        except (TypeError, ValueError, RecursionError) as exc:  # what JSON cannot carry
-            outcome, error = None, f"ResultNotJSON: {_reason(exc)}"
-        else:
-            return True, utf8_safe(f'{head}"status":"ok","result":{value},"error":null{tail}')
-    text = outcome[3] if outcome is not None else error
-    return False, utf8_safe(f'{head}"status":"failed","result":null,"error":{_str(text)}{tail}')
+    """ResultLines.line, for a caller that keeps no builder of its own."""
+    return _LINES.line(task, outcome, attempts=attempts, worker=worker, error=error,
+                       encoded=encoded)
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -253,6 +305,9 @@ def encode_value(value) -> str:
 def encode_id(task_id: str | int) -> str:
     """A task id as JSON, keeping its type: 1 stays 1, "1" stays "1"."""
     return encode_basestring(task_id) if type(task_id) is str else int.__repr__(task_id)
+
+
+_int_repr = int.__repr__
 
 
 def utf8_safe(line: str) -> str:
