@@ -22,6 +22,7 @@ from procfleet.worker import taskproc
 from procfleet.worker.executor import (AHEAD, CHUNK_MAX, CHUNK_SECONDS, CLOSE_TIMEOUT, Executor,
                                        pace)
 from procfleet.worker.taskproc import run_task
+from bench.procs import alive as process_running
 from procs import wait_until
 
 #: the test tasks' module (tests/tasks_for_tests.py); only task processes import it
@@ -76,15 +77,6 @@ def gather(executor: Executor, n: int, timeout: float = WAIT) -> dict[int, Outco
             assert outcome.seq not in got, f"second outcome for seq {outcome.seq}: {outcome}"
             got[outcome.seq] = outcome
     return got
-
-
-def process_running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie (one its parent has not reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def read_pid(path: Path) -> int:

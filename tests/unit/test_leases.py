@@ -2,23 +2,10 @@
 
 import json
 
+from fakes import FakeClock, tasks
+
 from procfleet.master.leases import ASKED_RECENTLY, Dispatcher, TaskState
 from procfleet.shared.protocol import CRASH, ERROR, OK, TIMEOUT, Outcome, Task
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def tasks(n):
-    return [Task(i, str(i), "square", [i], {}) for i in range(n)]
 
 
 def make(n=6, lease_timeout=5.0, max_attempts=3, **kwargs):
