@@ -237,8 +237,8 @@ def test_a_wrong_key_is_refused_fast_logged_and_counted(server, logs):
     refused_in = time.monotonic() - started
     wait_for_log(logs, r"refused connection from 127\.0\.0\.1:\d+: wrong key "
                        r"\(authentication failure #1\)")
-    assert server.auth_failures == 1
-    assert refused_in < 0.5
+    # Refused for its key, not closed at the handshake deadline.
+    assert server.auth_failures == 1 and server.handshake_timeouts == 0
     print(f"\nwrong key refused in {refused_in * 1000:.1f} ms")
 
 
@@ -247,7 +247,7 @@ def test_an_idle_connection_is_closed_at_the_handshake_deadline(server, logs):
         started = time.monotonic()
         assert read_until_closed(idle) > 0            # the challenge, then EOF
         closed_after = time.monotonic() - started
-    assert SHORT_HANDSHAKE - 0.1 <= closed_after <= SHORT_HANDSHAKE + 1.0
+    assert SHORT_HANDSHAKE - 0.1 <= closed_after < SHORT_HANDSHAKE + PROMPT
     wait_for_log(logs, r"closed connection from 127\.0\.0\.1:\d+: not authenticated within")
     assert server.handshake_timeouts == 1
 
@@ -280,26 +280,32 @@ def test_a_trickling_peer_is_cut_off_at_the_deadline(server):
                     closed_after = time.monotonic() - started
         sel.close()
     assert closed_after is not None, "the server never closed the trickling connection"
-    assert sent >= 3
-    assert SHORT_HANDSHAKE - 0.1 <= closed_after <= SHORT_HANDSHAKE + 0.5
+    # Cut before the whole answer was in: sending it takes 8 s, past the limit of the loop.
+    assert 3 <= sent < len(response)
+    assert SHORT_HANDSHAKE - 0.1 <= closed_after < SHORT_HANDSHAKE + PROMPT
     wait_until(lambda: server.handshake_timeouts == 1, PROMPT, "the timeout to be counted")
     assert server.auth_failures == 0
 
 
 def test_over_the_limit_new_connections_are_closed_at_once(monkeypatch, logs):
     monkeypatch.setattr(connections_mod, "MAX_PENDING_HANDSHAKES", 5)
-    monkeypatch.setattr(connections_mod, "HANDSHAKE_TIMEOUT", SHORT_HANDSHAKE)
+    # Long enough that none of the five pending ones can time out (and make room) before the
+    # extra ones are turned away, on however busy a machine.
+    monkeypatch.setattr(connections_mod, "HANDSHAKE_TIMEOUT", PROMPT)
     srv = start_server(FakeService(), ("127.0.0.1", 0), KEY)
-    idle = [socket.create_connection(srv.address, timeout=PROMPT) for _ in range(5)]
+    idle = [socket.create_connection(srv.address, timeout=2 * PROMPT) for _ in range(5)]
     try:
         for s in idle:          # each got its challenge: all five are pending on the server
             assert s.recv(4096)
         extra = [socket.create_connection(srv.address, timeout=PROMPT) for _ in range(3)]
-        started = time.monotonic()
         for s in extra:
             assert read_until_closed(s) == 0         # closed before any challenge
             s.close()
-        assert time.monotonic() - started < SHORT_HANDSHAKE / 2
+        # At once: while all five were still pending (none closed yet), not once one had left.
+        with selectors.DefaultSelector() as sel:
+            for s in idle:
+                sel.register(s, selectors.EVENT_READ)
+            assert sel.select(timeout=0) == [], "a pending connection ended before the extras"
         m = wait_for_log(logs, r"closed connection from 127\.0\.0\.1:\d+ at once: (\d+) "
                                r"connections are already authenticating")
         assert m.group(1) == "5"
