@@ -31,7 +31,7 @@ def old_path(tmp_path_factory) -> str:
     if path is None:
         pytest.skip(f"the old release is not available: {extract_release.why}")
     probe = subprocess.run(
-        [sys.executable, "-c", "import procfleet.shared.manager as m, procfleet.master.connections, "
+        [sys.executable, "-c", "import procfleet.shared.manager as m, procfleet.master.server, "
          "procfleet.worker.worker; print(m.PROTOCOL_VERSION, m.__file__)"],
         env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True, timeout=60)
     version, where = probe.stdout.split()
