@@ -1,5 +1,9 @@
-"""Child processes for the suite: stderr lines with arrival times, bounded waits, peak RSS, and
-no leftovers (each child leads its own process group, killed whole on exit)."""
+"""Child processes for the benchmarks and the tests (tests/procs.py builds on it): stderr lines
+with arrival times, bounded waits, peak RSS, and no leftovers (each child leads its own process
+group, killed whole on exit).
+
+It lives in bench/, a package that runs from a checkout (`python -m bench`) and that the tests
+already import from the repo root; tests/ is no package, so bench could not import from it."""
 
 import atexit
 import os
@@ -8,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 #: how often the master's VmHWM is read while it runs
 RSS_POLL = 0.02
@@ -24,11 +29,13 @@ class Child:
     """One command in its own session; its stderr is collected line by line with arrival times."""
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None, *,
-                 sample_rss: bool = False, stdout=subprocess.DEVNULL) -> None:
+                 sample_rss: bool = False, stdout=subprocess.DEVNULL, stdin=None, cwd=None,
+                 name: str | None = None) -> None:
         self.argv = argv
-        self.popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
-                                      stderr=subprocess.PIPE, text=True, errors="replace",
-                                      start_new_session=True)
+        self._name = name
+        self.popen = subprocess.Popen(argv, env=env, stdin=stdin or subprocess.DEVNULL,
+                                      stdout=stdout, stderr=subprocess.PIPE, text=True,
+                                      errors="replace", cwd=cwd, start_new_session=True)
         with _live_lock:
             _live.add(self)
         self.lines: list[tuple[float, str]] = []
@@ -76,6 +83,8 @@ class Child:
     @property
     def name(self) -> str:
         """`procfleet master`, `procfleet worker`: how messages name this child."""
+        if self._name:
+            return self._name
         return " ".join([os.path.basename(self.argv[0]), *self.argv[1:2]])
 
     def last_line(self) -> str:
@@ -86,16 +95,17 @@ class Child:
         with self._cond:
             return "\n".join(line for _, line in self.lines[-n:])
 
-    def wait_for(self, pattern: str, timeout: float) -> tuple[float, re.Match]:
-        """Block until a stderr line matches; return (arrival time, match). ChildTimeout if the
-        child exits or `timeout` passes first."""
+    def wait_for(self, pattern: str, timeout: float,
+                 after: float | None = None) -> tuple[float, re.Match]:
+        """Block until a stderr line (that arrived after `after`, if given) matches; return
+        (arrival time, match). ChildTimeout if the child exits or `timeout` passes first."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         seen = 0
         with self._cond:
             while True:
                 for t, line in self.lines[seen:]:
-                    m = regex.search(line)
+                    m = None if after is not None and t <= after else regex.search(line)
                     if m:
                         return t, m
                 seen = len(self.lines)
@@ -159,6 +169,24 @@ class Child:
             self._sampler.join(1)
         with _live_lock:
             _live.discard(self)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for its reaper counts as gone); Linux /proc."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def children(pid: int) -> list[int]:
+    """The pids of `pid`'s child processes (of its main thread); Linux /proc."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(child) for child in path.read_text().split()]
+    except FileNotFoundError:
+        return []
 
 
 def kill_all() -> None:

@@ -3,8 +3,7 @@
 import pytest
 
 import chaos
-
-TEST_KEY = "procfleet-test-key-0123456789"
+from fakes import TEST_KEY
 
 
 @pytest.fixture

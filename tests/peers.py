@@ -130,6 +130,24 @@ def read_until_closed(sock: socket.socket) -> int:
         total += len(data)
 
 
+#: a flood: connections that never authenticate, then connections that send random bytes
+FLOOD_IDLE = 500
+FLOOD_GARBAGE = 50
+
+
+def open_flood(address, opened: dict, timeout: float) -> None:
+    """Open FLOOD_IDLE connections to `address` that say nothing, then FLOOD_GARBAGE that send
+    random bytes (more than any length header under 256 asks for); each goes into `opened`
+    (socket -> when it was opened) as it opens, for the caller to close even after an error."""
+    for _ in range(FLOOD_IDLE):
+        s = socket.create_connection(address, timeout=timeout)
+        opened[s] = time.monotonic()
+    for i in range(FLOOD_GARBAGE):
+        s = socket.create_connection(address, timeout=timeout)
+        opened[s] = time.monotonic()
+        s.sendall(os.urandom(300 + i))
+
+
 def wait_all_closed(socks, timeout: float) -> dict:
     """Read every socket to EOF (or reset); return socket -> when (monotonic) it came.
 

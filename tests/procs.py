@@ -1,86 +1,40 @@
-"""Real procfleet processes for end-to-end tests: start, watch stderr, wait, clean up."""
+"""Real procfleet processes for end-to-end tests (started through bench.procs, the one process
+wrapper of the tests and the benchmarks), and what the tests check them with: ports, task files,
+results files read back, exactly-once."""
 
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
+from bench.procs import Child
 from procfleet.master.batch import parse_summary
 
 POLL = 0.05
+#: default limits of Proc's waits: a line, and the exit
+LINE_TIMEOUT = 20.0
+EXIT_TIMEOUT = 60.0
 
 
-class Proc:
-    """A `procfleet ...` child process whose stderr lines are collected with arrival times."""
+class Proc(Child):
+    """`python -m procfleet.shared ARGS` (the procfleet CLI), this venv's Python unless `python`
+    says otherwise; the environment is this one's, updated with `env`."""
 
     def __init__(self, args, env=None, python=sys.executable, cwd=None, stdin=None):
-        self.args = args
-        self.popen = subprocess.Popen(
-            [python, "-m", "procfleet.shared", *args], cwd=cwd,
-            env={**os.environ, **(env or {})}, stdin=stdin or subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: list[tuple[float, str]] = []
-        self.cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        args = [str(arg) for arg in args]
+        super().__init__([python, "-m", "procfleet.shared", *args],
+                         {**os.environ, **(env or {})}, cwd=cwd, stdin=stdin,
+                         name=f"procfleet {args[0] if args else ''}".strip())
 
-    def _read(self):
-        for line in self.popen.stderr:
-            with self.cond:
-                self.lines.append((time.monotonic(), line.rstrip("\n")))
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
+    def wait_for(self, pattern: str, timeout: float = LINE_TIMEOUT, after: float | None = None):
+        return super().wait_for(pattern, timeout, after=after)
 
-    @property
-    def stderr(self) -> str:
-        with self.cond:
-            return "\n".join(line for _, line in self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 20,
-                 after: float | None = None) -> tuple[float, re.Match]:
-        """Block until a stderr line (arrived after `after`, if given) matches `pattern`;
-        return (arrival time, match)."""
-        regex = re.compile(pattern)
-        seen = 0
-
-        def found():
-            nonlocal seen
-            for t, line in self.lines[seen:]:
-                seen += 1
-                if after is not None and t <= after:
-                    continue
-                m = regex.search(line)
-                if m:
-                    return t, m
-            return None
-
-        with self.cond:
-            hit = self.cond.wait_for(lambda: found() or (self.popen.poll() is not None
-                                                          and not self._reader.is_alive()),
-                                     timeout)
-            if isinstance(hit, tuple):
-                return hit
-            hit = found()
-        if hit:
-            return hit
-        raise AssertionError(f"no stderr line matched {pattern!r} within {timeout} s; "
-                             f"stderr so far:\n{self.stderr}")
-
-    def wait(self, timeout: float = 60) -> int:
-        code = self.popen.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def kill(self, sig=signal.SIGKILL) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
+    def wait(self, timeout: float = EXIT_TIMEOUT) -> int:
+        return super().wait(timeout)
 
 
 #: a user task module whose task records each run (one line per execution), so a test can
@@ -97,6 +51,12 @@ def counted(runs, seconds, value):
     time.sleep(seconds)
     return value * value
 """
+
+
+def write_tasks(path: Path, tasks: list[dict]) -> Path:
+    """A task file at `path`: one JSON line per task."""
+    path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    return path
 
 
 def free_port() -> int:
@@ -134,6 +94,13 @@ def summary(master: Proc, timeout: float = 20) -> dict:
     _, m = master.wait_for(r"^\S+ master: summary: \{", timeout)
     found = parse_summary(m.string)
     assert found is not None, f"not a summary line: {m.string}"
+    return found
+
+
+def summary_of(log: str) -> dict:
+    """The summary object in a master's whole log (a container's, say), by parse_summary."""
+    found = parse_summary(log)
+    assert found is not None, f"no summary line in: {log[-3000:]}"
     return found
 
 

@@ -15,5 +15,4 @@ def spawn(authkey_env):
 
     yield start
     for proc in started:
-        proc.kill()
-        proc.wait(10)
+        proc.kill()             # its whole process group, reaped

@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from fakes import TEST_KEY
 from peers import (answered, ensure_fd_limit, local_port, msgpack_body, raw_session,
                    rejected_with_reason)
 from procs import wait_until
@@ -24,7 +25,7 @@ from procfleet.master.connections import start_server
 from procfleet.shared import transport
 from procfleet.shared.manager import DISPATCHER, RUN, connect
 
-KEY = b"procfleet-test-key-0123456789"
+KEY = TEST_KEY.encode()
 #: longest a test waits for anything the server should do at once
 PROMPT = 5.0
 #: the idle timeout in these tests (MIN_IDLE_TIMEOUT patched down from 60 s)

@@ -14,26 +14,24 @@ import socket
 import threading
 import time
 import pytest
-from peers import (SystemPayload, answered, ensure_fd_limit, local_port, msgpack_body,
-                   msgpack_ext, old_wire_reply, raw_session, read_until_closed,
-                   rejected_with_reason, wait_all_closed)
+from fakes import TEST_KEY
+from peers import (FLOOD_GARBAGE as GARBAGE, FLOOD_IDLE as IDLE, SystemPayload, answered,
+                   ensure_fd_limit, local_port, msgpack_body, msgpack_ext, old_wire_reply,
+                   open_flood, raw_session, read_until_closed, rejected_with_reason,
+                   wait_all_closed)
 from procs import wait_until
 
 from procfleet.master import connections as connections_mod
 from procfleet.master.connections import start_server
 from procfleet.shared.errors import AuthenticationFailed, UnknownTask
 from procfleet.shared.manager import DISPATCHER_METHODS, RUN, connect
-from procfleet.shared.codec import RemoteCallError
+from procfleet.shared.codec import MAX_MESSAGE, RemoteCallError
 
-KEY = b"procfleet-test-key-0123456789"
+KEY = TEST_KEY.encode()
 #: the handshake deadline in these tests (the real one is 3 s)
 SHORT_HANDSHAKE = 1.0
 #: longest a test waits for anything the server should do at once
 PROMPT = 5.0
-IDLE = 500
-GARBAGE = 50
-#: how far accept() may trail connect() in a flood on a busy machine
-ACCEPT_LAG = 3.0
 
 
 class FakeService:
@@ -227,8 +225,8 @@ def test_an_oversized_request_is_rejected_without_reading_it(server, logs):
     os.write(attacker.fileno(), b"\xff\xff\xff\xff" + (100 * 2 ** 20).to_bytes(8, "big"))
     assert answered(attacker) is None       # no reply (no '#TRACEBACK'): the server hung up
     attacker.close()
-    wait_for_log(logs, r"rejected a message from 127\.0\.0\.1:\d+ .*104,857,600 bytes, over the "
-                       r"limit of 67,108,864 \(MAX_MESSAGE\)")
+    wait_for_log(logs, rf"rejected a message from 127\.0\.0\.1:\d+ .*104,857,600 bytes, over "
+                       rf"the limit of {MAX_MESSAGE:,} \(MAX_MESSAGE\)")
     assert server.rejected_messages == 1
 
 
@@ -239,8 +237,8 @@ def test_a_wrong_key_is_refused_fast_logged_and_counted(server, logs):
     refused_in = time.monotonic() - started
     wait_for_log(logs, r"refused connection from 127\.0\.0\.1:\d+: wrong key "
                        r"\(authentication failure #1\)")
-    assert server.auth_failures == 1
-    assert refused_in < 0.5
+    # Refused for its key, not closed at the handshake deadline.
+    assert server.auth_failures == 1 and server.handshake_timeouts == 0
     print(f"\nwrong key refused in {refused_in * 1000:.1f} ms")
 
 
@@ -249,7 +247,7 @@ def test_an_idle_connection_is_closed_at_the_handshake_deadline(server, logs):
         started = time.monotonic()
         assert read_until_closed(idle) > 0            # the challenge, then EOF
         closed_after = time.monotonic() - started
-    assert SHORT_HANDSHAKE - 0.1 <= closed_after <= SHORT_HANDSHAKE + 1.0
+    assert SHORT_HANDSHAKE - 0.1 <= closed_after < SHORT_HANDSHAKE + PROMPT
     wait_for_log(logs, r"closed connection from 127\.0\.0\.1:\d+: not authenticated within")
     assert server.handshake_timeouts == 1
 
@@ -282,26 +280,32 @@ def test_a_trickling_peer_is_cut_off_at_the_deadline(server):
                     closed_after = time.monotonic() - started
         sel.close()
     assert closed_after is not None, "the server never closed the trickling connection"
-    assert sent >= 3
-    assert SHORT_HANDSHAKE - 0.1 <= closed_after <= SHORT_HANDSHAKE + 0.5
+    # Cut before the whole answer was in: sending it takes 8 s, past the limit of the loop.
+    assert 3 <= sent < len(response)
+    assert SHORT_HANDSHAKE - 0.1 <= closed_after < SHORT_HANDSHAKE + PROMPT
     wait_until(lambda: server.handshake_timeouts == 1, PROMPT, "the timeout to be counted")
     assert server.auth_failures == 0
 
 
 def test_over_the_limit_new_connections_are_closed_at_once(monkeypatch, logs):
     monkeypatch.setattr(connections_mod, "MAX_PENDING_HANDSHAKES", 5)
-    monkeypatch.setattr(connections_mod, "HANDSHAKE_TIMEOUT", SHORT_HANDSHAKE)
+    # Long enough that none of the five pending ones can time out (and make room) before the
+    # extra ones are turned away, on however busy a machine.
+    monkeypatch.setattr(connections_mod, "HANDSHAKE_TIMEOUT", PROMPT)
     srv = start_server(FakeService(), ("127.0.0.1", 0), KEY)
-    idle = [socket.create_connection(srv.address, timeout=PROMPT) for _ in range(5)]
+    idle = [socket.create_connection(srv.address, timeout=2 * PROMPT) for _ in range(5)]
     try:
         for s in idle:          # each got its challenge: all five are pending on the server
             assert s.recv(4096)
         extra = [socket.create_connection(srv.address, timeout=PROMPT) for _ in range(3)]
-        started = time.monotonic()
         for s in extra:
             assert read_until_closed(s) == 0         # closed before any challenge
             s.close()
-        assert time.monotonic() - started < SHORT_HANDSHAKE / 2
+        # At once: while all five were still pending (none closed yet), not once one had left.
+        with selectors.DefaultSelector() as sel:
+            for s in idle:
+                sel.register(s, selectors.EVENT_READ)
+            assert sel.select(timeout=0) == [], "a pending connection ended before the extras"
         m = wait_for_log(logs, r"closed connection from 127\.0\.0\.1:\d+ at once: (\d+) "
                                r"connections are already authenticating")
         assert m.group(1) == "5"
@@ -339,13 +343,7 @@ def test_a_flood_of_idle_and_garbage_connections_does_not_stop_a_real_client(ser
     opened: dict[socket.socket, float] = {}
     try:
         started = time.monotonic()
-        for _ in range(IDLE):
-            s = socket.create_connection(server.address, timeout=PROMPT)
-            opened[s] = time.monotonic()
-        for i in range(GARBAGE):
-            s = socket.create_connection(server.address, timeout=PROMPT)
-            s.sendall(os.urandom(300 + i))    # more than any length header under 256 asks for
-            opened[s] = time.monotonic()
+        open_flood(server.address, opened, PROMPT)
         opened_in = time.monotonic() - started
         connect_started = time.monotonic()
         late = connect(server.address, KEY, timeout=PROMPT)          # in the middle of it
@@ -366,7 +364,7 @@ def test_a_flood_of_idle_and_garbage_connections_does_not_stop_a_real_client(ser
     # From the client's side a connection lives from connect() to EOF; the server's clock starts
     # at accept(), which lags behind connect() while the accepter works through the backlog.
     assert SHORT_HANDSHAKE - 0.1 <= min(idle_times)
-    assert max(idle_times) <= SHORT_HANDSHAKE + opened_in + ACCEPT_LAG
+    assert max(idle_times) <= SHORT_HANDSHAKE + opened_in + PROMPT
     wait_for_log(logs, r"\d+ more connections not authenticated in time .*\(\d+ in all\)")
     refusal_lines = [r for r in logs.records if r.levelno >= logging.WARNING]
     assert len(refusal_lines) <= 40, "the flood flooded the log"

@@ -1,12 +1,11 @@
 """Misbehaving tasks and crowds of workers, with real processes: the rest of the batch completes."""
 
-import json
 import time
 
 import pytest
 
 import chaos
-from procs import assert_exactly_once, master_port, read_results, summary
+from procs import assert_exactly_once, master_port, read_results, summary, write_tasks
 
 FLAKY_TASKS = """
 import os
@@ -31,11 +30,6 @@ def segfault():
     import ctypes
     ctypes.string_at(0)
 """
-
-
-def write_tasks(path, tasks):
-    path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
-    return str(path)
 
 
 def run_batch(spawn, tmp_path, tasks, *master_args, workers=2, concurrency=2, timeout=90):

@@ -3,7 +3,6 @@ runs (a task file edited, a full disk, a second master, a killed supervisor), an
 error, never a traceback."""
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -12,12 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.procs import alive, children
 from procs import (COUNTING_TASKS, assert_exactly_once, free_port, read_results, summary,
-                   wait_until)
-
-def write_tasks(path: Path, tasks: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
-    return path
+                   wait_until, write_tasks)
 
 
 def sleepers(path: Path, n: int, seconds: float) -> Path:
@@ -33,15 +29,6 @@ def assert_one_line_error(proc, code: int, *needles: str) -> str:
     assert all(n in errors[0] for n in needles), errors[0]
     assert "Traceback" not in proc.stderr and "RemoteError" not in proc.stderr, proc.stderr
     return errors[0]
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 class Disk:
@@ -120,7 +107,7 @@ def test_a_read_only_journal_is_exit_2_before_anything_is_dispatched(spawn, tmp_
             "--timeout", "30"]
     first = spawn(*args)
     wait_until(lambda: read_results(out), 30, "a first result")
-    first.kill(signal.SIGKILL)
+    first.signal(signal.SIGKILL)
     first.wait(10)
     small_disk.remount("ro")
     again = spawn(*args)
@@ -228,7 +215,7 @@ def test_a_second_master_on_the_same_journal_or_results_is_refused(spawn, tmp_pa
     same_results = spawn("master", "--tasks", str(tasks), "--results", str(out), "--journal",
                          str(tmp_path / "other.db"), "--bind", "127.0.0.1:0", "--timeout", "5")
     assert_one_line_error(same_results, 2, f"--results {out}: another master is writing")
-    first.kill(signal.SIGTERM)
+    first.signal(signal.SIGTERM)
     assert first.wait(30) == 3
 
 
@@ -238,9 +225,8 @@ def test_a_killed_supervisor_takes_its_batch_process_with_it(spawn, tmp_path):
                        str(tmp_path / "results.jsonl"), "--journal", str(tmp_path / "j.db"),
                        "--restart-on-crash", "3", "--bind", "127.0.0.1:0", "--timeout", "60")
     supervisor.wait_for("serving")
-    children = Path(f"/proc/{supervisor.popen.pid}/task/{supervisor.popen.pid}/children")
-    [batch] = [int(pid) for pid in children.read_text().split()]
-    supervisor.kill(signal.SIGKILL)
+    [batch] = children(supervisor.pid)
+    supervisor.signal(signal.SIGKILL)
     killed_at = time.monotonic()
     try:
         wait_until(lambda: not alive(batch), 15, "the batch process to exit")
@@ -290,7 +276,7 @@ def test_attempts_count_the_leases_of_a_master_killed_before_it_journalled_them(
                          env={"PROCFLEET_IMPORTS": "counting"}) for _ in range(2)]
         # ~45 result lines fill the pipe; then tasks go on being leased and run
         wait_until(lambda: started() >= 150, 60, "150 tasks started")
-        first.kill(signal.SIGKILL)
+        first.signal(signal.SIGKILL)
         assert first.wait(10) == -signal.SIGKILL
     finally:
         os.close(reader)

@@ -18,25 +18,22 @@ import time
 import pytest
 
 import chaos
-from peers import (OpenPayload, SystemPayload, answered, ensure_fd_limit, local_port,
-                   msgpack_body, msgpack_ext, raw_session, wait_all_closed)
+from peers import (FLOOD_GARBAGE as GARBAGE, FLOOD_IDLE as IDLE, OpenPayload, SystemPayload,
+                   answered, ensure_fd_limit, local_port, msgpack_body, msgpack_ext, open_flood,
+                   raw_session, wait_all_closed)
 from procfleet.master import connections as connections_mod
+from procfleet.master.connections import HANDSHAKE_TIMEOUT
+from procfleet.shared.codec import MAX_MESSAGE
 from procfleet.shared.manager import DISPATCHER, PROTOCOL_VERSION
 from procs import assert_exactly_once, master_port, read_results
 
-#: the master's handshake deadline (procfleet.master.connections.HANDSHAKE_TIMEOUT)
-HANDSHAKE_TIMEOUT = 3.0
 #: longest the test waits for something the master should do at once
 PROMPT = 10.0
-IDLE = 500
-GARBAGE = 50
 #: decref requests an attacker sends: two used to be enough to unregister the dispatcher
 DECREFS = 4
-#: how far accept() may trail connect() in a flood on a busy machine
-ACCEPT_LAG = 3.0
-#: large messages sent at once, and the size of each (MAX_MESSAGE is 64 MiB)
+#: large messages sent at once, and the size of each: under MAX_MESSAGE, so each is read
 LARGE = 16
-LARGE_BYTES = 48 * 2 ** 20
+LARGE_BYTES = MAX_MESSAGE * 3 // 4
 
 
 def demo_batch_under_way(spawn, out, n: int, workers: int = 2):
@@ -210,13 +207,7 @@ def test_idle_and_garbage_floods_are_closed_and_the_batch_completes(spawn, tmp_p
     opened: dict[socket.socket, float] = {}
     try:
         flood_started = time.monotonic()
-        for _ in range(IDLE):
-            s = socket.create_connection(("127.0.0.1", port), timeout=PROMPT)
-            opened[s] = time.monotonic()
-        for i in range(GARBAGE):
-            s = socket.create_connection(("127.0.0.1", port), timeout=PROMPT)
-            s.sendall(os.urandom(300 + i))    # more than any length header under 256 asks for
-            opened[s] = time.monotonic()
+        open_flood(("127.0.0.1", port), opened, PROMPT)
         opened_in = time.monotonic() - flood_started
         closed_at = wait_all_closed(list(opened), HANDSHAKE_TIMEOUT + opened_in + PROMPT)
         assert master.popen.poll() is None, "the master exited before closing the flood"
@@ -228,7 +219,7 @@ def test_idle_and_garbage_floods_are_closed_and_the_batch_completes(spawn, tmp_p
     # The master's clock starts at accept(), which trails connect() while it works through
     # the backlog.
     assert HANDSHAKE_TIMEOUT - 0.2 <= min(idle_times)
-    assert max(idle_times) <= HANDSHAKE_TIMEOUT + opened_in + ACCEPT_LAG
+    assert max(idle_times) <= HANDSHAKE_TIMEOUT + opened_in + PROMPT
 
     assert master.wait(60) == 0, master.stderr
     elapsed = time.monotonic() - started

@@ -8,12 +8,9 @@ from pathlib import Path
 import pytest
 
 import chaos
+from bench.procs import children
 from procs import (COUNTING_TASKS, assert_exactly_once, free_port, read_results, summary,
                    wait_until)
-
-def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
 def runs_per_value(path: Path) -> dict[int, int]:
@@ -45,7 +42,7 @@ def test_master_killed_and_started_again_resumes_the_batch(spawn, tmp_path):
     workers = [spawn("worker", "--master", f"127.0.0.1:{port}", "--concurrency", "2",
                      "--connect-timeout", "60", cwd=tmp_path, env=env) for _ in range(2)]
     wait_until(lambda: len(read_results(out)) >= 60, 60, "60 results before the kill")
-    first.kill(signal.SIGKILL)
+    first.signal(signal.SIGKILL)
     first.wait(10)
     killed_at = time.monotonic()
     before = {r["id"] for r in read_results(out)[:-1]}   # the last line may be cut short

@@ -43,13 +43,6 @@ def python_path(release: str, old_path: str) -> dict:
     return {"PYTHONPATH": old_path} if release == "old" else {}
 
 
-def exit_code(proc, timeout: float) -> int:
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"still running after {timeout} s; stderr:\n{proc.stderr}") from None
-
-
 def one_line(proc, text: str) -> str:
     """The one stderr line of `proc` that contains `text`; no traceback anywhere."""
     lines = [line for line in proc.stderr.splitlines() if text in line]
@@ -67,7 +60,7 @@ def new_master_and_worker(spawn, tmp_path, old_path, worker_release):
     started = time.monotonic()
     worker = spawn("worker", "--master", address, "--connect-timeout", str(CONNECT_TIMEOUT),
                    env=python_path(worker_release, old_path))
-    code = exit_code(worker, CONNECT_TIMEOUT + STARTUP + 30)
+    code = worker.wait(CONNECT_TIMEOUT + STARTUP + 30)
     return master, worker, code, address, out, time.monotonic() - started
 
 
@@ -129,7 +122,7 @@ def test_a_new_worker_says_in_one_line_that_an_old_master_speaks_another_wire(
     started = time.monotonic()
     worker = spawn("worker", "--master", address, "--connect-timeout", str(CONNECT_TIMEOUT),
                    env=python_path(worker_release, old_path))
-    code = exit_code(worker, CONNECT_TIMEOUT + STARTUP + 30)
+    code = worker.wait(CONNECT_TIMEOUT + STARTUP + 30)
     took = time.monotonic() - started
     assert code == 2, worker.stderr
     line = one_line(worker, "wire")

@@ -20,7 +20,7 @@ import pytest
 
 from procfleet.master.batch import parse_summary
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP, connect
-from procfleet.shared.protocol import OK
+from procfleet.shared.protocol import MAX_DEPTH, OK
 from procfleet.shared.codec import RemoteCallError
 from peers import msgpack_ext
 from procs import assert_exactly_once, master_port, read_results
@@ -152,7 +152,7 @@ def test_a_refused_exchange_writes_and_counts_nothing(batch):
         exchange(good[:100] + [(0, OK, "1\n", None)], SERVICE),
     ]
     assert all("\n" not in r and len(r) < 400 for r in reasons), reasons
-    assert "nested more than 100 deep" in reasons[1], reasons[1]
+    assert f"nested more than {MAX_DEPTH} deep" in reasons[1], reasons[1]
     assert re.search(r"rejected a message from 127\.0\.0\.1:\d+ and closed its connection: "
                      r"malformed message: nested too deeply \(rejected message #1\)",
                      master.stderr), master.stderr[-3000:]

@@ -7,25 +7,9 @@ from datetime import datetime, timezone
 import pytest
 
 import chaos
-from procfleet.master.batch import parse_summary
-from procs import wait_until
+from procs import assert_exactly_once, summary_of as summary, wait_until
 
 WRONG_KEY = "not-the-cluster-key-0123"
-
-
-def assert_exactly_once(records: list[dict], n: int) -> None:
-    ids = [r["id"] for r in records]
-    assert len(ids) == len(set(ids)), "a task id has two results"
-    assert set(ids) == {str(i) for i in range(n)}
-    bad = [r for r in records if r["status"] != "ok" or r["result"] != int(r["id"]) ** 2]
-    assert not bad, bad[:3]
-
-
-def summary(stderr: str) -> dict:
-    """The summary object of the master container's closing line."""
-    found = parse_summary(stderr)
-    assert found is not None, stderr[-3000:]
-    return found
 
 
 @pytest.mark.docker
@@ -35,7 +19,7 @@ def test_scaled_cluster_delivers_every_result_exactly_once(cluster, workers):
     c = cluster(workers=workers, PROCFLEET_DEMO=n, PROCFLEET_DEMO_SLEEP=0.02)
     assert c.master.wait(timeout=180)["StatusCode"] == 0, c.master_stderr()
     records = c.results()
-    assert_exactly_once(records, n)
+    assert_exactly_once(records, {str(i): i * i for i in range(n)})
     delivered = {r["worker"] for r in records}
     hostnames = {w.attrs["Config"]["Hostname"] for w in c.containers("worker")}
     assert {d.rsplit("-", 1)[0] for d in delivered} <= hostnames
@@ -60,7 +44,7 @@ def test_killed_worker_container_loses_nothing(cluster):
     killed_at = datetime.now(timezone.utc)
     assert c.master.wait(timeout=180)["StatusCode"] == 0, c.master_stderr()
     records = c.results()
-    assert_exactly_once(records, n)
+    assert_exactly_once(records, {str(i): i * i for i in range(n)})
     stderr = c.master.logs(stdout=False, stderr=True, timestamps=True).decode()
     m = re.search(rf"^(\S+) .*worker {re.escape(victim_id)} silent for .* requeued (\d+) tasks",
                   stderr, re.M)
@@ -98,7 +82,7 @@ def test_worker_container_with_wrong_key_is_refused_and_batch_unaffected(cluster
     assert "authentication failed connecting to master master:50000" in logs
     assert "Traceback" not in logs
     assert c.master.wait(timeout=120)["StatusCode"] == 0, c.master_stderr()
-    assert_exactly_once(c.results(), n)
+    assert_exactly_once(c.results(), {str(i): i * i for i in range(n)})
     assert re.search(r"refused connection from [\d.]+:\d+: wrong key", c.master_stderr())
     chaos.record("worker container with a wrong key", range(n), c.results(),
                  dropped=summary(c.master_stderr())["duplicates_dropped"], recover_s=refused_in,

@@ -7,8 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 import chaos
-from procs import wait_until
-from test_compose import assert_exactly_once, summary
+from procs import assert_exactly_once, summary_of as summary, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.chaos]
 
@@ -46,7 +45,7 @@ def test_worker_cut_off_from_the_network_is_requeued_and_its_late_results_droppe
                "the worker to come back")
     assert c.master.wait(timeout=180)["StatusCode"] == 0, c.master_stderr()
     records = c.results()
-    assert_exactly_once(records, n)
+    assert_exactly_once(records, {str(i): i * i for i in range(n)})
     stats = summary(c.master_stderr())
     assert stats["requeued"] >= 1 and stats["duplicates_dropped"] >= 1
     chaos.record(f"docker network disconnect of a worker > lease ({lease_timeout} s)", range(n),
@@ -65,7 +64,7 @@ def test_scaling_8_workers_down_to_2_mid_batch_loses_nothing(cluster):
     assert len(c.workers()) == 2
     assert c.master.wait(timeout=180)["StatusCode"] == 0, c.master_stderr()
     records = c.results()
-    assert_exactly_once(records, n)
+    assert_exactly_once(records, {str(i): i * i for i in range(n)})
     stderr = c.master_stderr()
     drained = re.findall(r"worker \S+ left, handing back \d+ tasks", stderr)
     assert len(drained) >= 6, stderr
@@ -91,7 +90,7 @@ def test_master_batch_process_killed_in_its_container_resumes_from_the_journal(c
     c.master.reload()
     assert c.master.attrs["RestartCount"] == 0   # the image restarted it, not Docker
     records = c.results()
-    assert_exactly_once(records, n)
+    assert_exactly_once(records, {str(i): i * i for i in range(n)})
     chaos.record("master batch process SIGKILL in its container", range(n), records,
                  dropped=summary(c.master_stderr())["duplicates_dropped"],
                  recover_s=(resumed - killed_at).total_seconds(), recovery="kill to resumed")

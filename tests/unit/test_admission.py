@@ -3,19 +3,13 @@ budget of large messages, log throttle."""
 
 import threading
 
+from fakes import FakeClock, ParkingCondition
+
 from procfleet.master.admission import ByteBudget, PendingHandshakes, ThrottledCounter
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_pending_handshakes_are_capped():
-    pending = PendingHandshakes(limit=2, timeout=3.0, clock=Clock())
+    pending = PendingHandshakes(limit=2, timeout=3.0, clock=FakeClock())
     assert pending.admit(10) and pending.admit(11)
     assert not pending.admit(12)
     assert len(pending) == 2
@@ -24,7 +18,7 @@ def test_pending_handshakes_are_capped():
 
 
 def test_overdue_handshakes_are_cut_once_and_reported_as_overdue():
-    clock = Clock()
+    clock = FakeClock()
     pending = PendingHandshakes(limit=10, timeout=3.0, clock=clock)
     pending.admit(10)
     clock.now += 1
@@ -42,7 +36,7 @@ def test_overdue_handshakes_are_cut_once_and_reported_as_overdue():
 
 
 def test_cut_everything_on_close():
-    pending = PendingHandshakes(limit=10, timeout=3.0, clock=Clock())
+    pending = PendingHandshakes(limit=10, timeout=3.0, clock=FakeClock())
     pending.admit(1)
     pending.admit(2)
     cut = []
@@ -50,7 +44,7 @@ def test_cut_everything_on_close():
 
 
 def test_a_finished_handshake_is_never_cut():
-    clock = Clock()
+    clock = FakeClock()
     pending = PendingHandshakes(limit=10, timeout=3.0, clock=clock)
     pending.admit(7)
     pending.finish(7)
@@ -60,7 +54,7 @@ def test_a_finished_handshake_is_never_cut():
 
 
 def test_throttle_logs_a_burst_then_summaries_and_counts_everything():
-    clock = Clock()
+    clock = FakeClock()
     counter = ThrottledCounter(burst=10, refill=6.0, interval=1.0, clock=clock)
     logged = [counter.record()[1] for _ in range(1000)]
     assert logged[:10] == [True] * 10 and not any(logged[10:])
@@ -77,7 +71,7 @@ def test_throttle_logs_a_burst_then_summaries_and_counts_everything():
 
 
 def test_throttle_allowance_refills_over_time():
-    clock = Clock()
+    clock = FakeClock()
     counter = ThrottledCounter(burst=3, refill=6.0, interval=1.0, clock=clock)
     assert [counter.record()[1] for _ in range(4)] == [True, True, True, False]
     clock.now += 6.0
@@ -89,16 +83,18 @@ def test_throttle_allowance_refills_over_time():
 
 def test_the_byte_budget_lets_in_what_fits_and_the_next_waits_for_a_release():
     budget = ByteBudget(100)
+    budget._cond = ParkingCondition()                     # the test sees the waiter park
     assert not budget.acquire(101, timeout=0)             # never fits: refused at once
     assert budget.acquire(60, timeout=0) and budget.acquire(40, timeout=0)
     assert not budget.acquire(1, timeout=0) and budget.used == 100
     got = []
-    waiter = threading.Thread(target=lambda: got.append(budget.acquire(50, timeout=30)))
+    parked = budget._cond.parked + 1
+    waiter = threading.Thread(target=lambda: got.append(budget.acquire(50, timeout=60)),
+                              daemon=True)
     waiter.start()
-    with budget._cond:                                    # the waiter is parked on the budget
-        assert budget._cond.wait_for(lambda: budget._cond._waiters, timeout=5)
+    budget._cond.wait_parked(parked)                      # the waiter is parked on the budget
     budget.release(60)
-    waiter.join(5)
+    waiter.join(10)                                       # woken, long before its 60 s
     assert got == [True] and budget.used == 90 and budget.peak == 100
     budget.release(0)
     assert budget.used == 90

@@ -26,9 +26,8 @@ from procfleet.shared.errors import ConfigError, TaskFileError
 from procfleet.shared.protocol import Task
 from procfleet.shared.settings import (ENV_AUTHKEY, ENV_AUTHKEY_FILE, MIN_AUTHKEY_LENGTH,
                                        load_authkey, parse_address)
-from strategies import ANY_CHAR, BIG_INT, json_values
-
-TEST_KEY = "procfleet-test-key-0123456789"
+from fakes import TEST_KEY
+from strategies import ANY_CHAR, BIG_INT, json_trees, json_values
 
 # No example database: it would be a .hypothesis/ folder in the work tree. Edge cases worth
 # running every time are spelled out as @example instead.
@@ -195,12 +194,9 @@ def test_tasks_from_stdin(data):
 
 
 # Valid by construction: the oracle for what a line means.
-plain_json = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20),
-              st.floats(allow_nan=False), st.text(ANY_CHAR, max_size=8)),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(ANY_CHAR, max_size=5),
-                                                                inner, max_size=3),
-    max_leaves=6)
+plain_json = json_trees(st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20),
+                                  st.floats(allow_nan=False), st.text(ANY_CHAR, max_size=8)),
+                        max_leaves=6)
 valid_specs = st.fixed_dictionaries(
     {"task": st.text(ANY_CHAR, min_size=1, max_size=8)},
     optional={"id": st.one_of(st.integers(), st.text(ANY_CHAR, min_size=1, max_size=8)),

@@ -9,7 +9,7 @@ from procfleet.master.leases import Dispatcher
 from procfleet.master.journal import Journal, JournalledDispatcher, restore
 from procfleet.shared.errors import ConfigError, ProcfleetError
 from procfleet.shared.protocol import ERROR, OK, Outcome
-from test_leases import FakeClock, tasks
+from fakes import FakeClock, tasks
 
 
 def run_some(journal: Journal, n: int, finish: int):

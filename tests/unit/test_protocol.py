@@ -7,16 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pytest
+from strategies import strict_json
 
 from procfleet.shared.protocol import (ERROR, MAX_DEPTH, OK, Outcome, Task, check_result_text,
                                       deeper_than, outcome_from_wire, result_line,
                                       result_text)
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=12)
+JSON = strict_json
 
 
 @settings(max_examples=300, deadline=None)

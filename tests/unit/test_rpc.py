@@ -8,44 +8,76 @@ import types
 
 import pytest
 
+from fakes import FakeClock, ParkingCondition, tasks
+
+from procfleet.master import rpc as rpc_module
 from procfleet.master.leases import Dispatcher
 from procfleet.master.batch import Batch
 from procfleet.master.rpc import DispatcherService
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
-from procfleet.shared.protocol import CRASH, ERROR, MAX_ERROR_CHARS, MAX_OUTCOMES, OK
-from test_leases import FakeClock, tasks
+from procfleet.shared.protocol import (CRASH, ERROR, MAX_DEPTH, MAX_ERROR_CHARS, MAX_OUTCOMES,
+                                      MAX_WORKER_ID, OK)
 
 B = "batch-1"
+#: in the wake-up tests, how long a parked long poll waits when nothing wakes it (MAX_LONG_POLL,
+#: the heartbeat and the call's own wait): far longer than WOKEN, so only a wake-up passes
+FALLBACK = 120.0
+#: a woken long poll returns within this, generous on a busy machine
+WOKEN = 10.0
 
 
-def make(n=2, lease_timeout=5.0):
+def make(n=2, lease_timeout=5.0, heartbeat_interval=10.0, **kwargs):
     clock = FakeClock()
     d = Dispatcher(tasks(n), lease_timeout=lease_timeout, max_attempts=3, clock=clock)
-    return DispatcherService(d, heartbeat_interval=10.0, batch=B), clock
+    service = DispatcherService(d, heartbeat_interval=heartbeat_interval, batch=B, **kwargs)
+    service.cond = ParkingCondition()       # the tests see when a long poll is parked
+    return service, clock
+
+
+@pytest.fixture
+def no_fallback(monkeypatch):
+    """A long poll that nothing wakes stays parked for FALLBACK s, not MAX_LONG_POLL's 1 s
+    (which returned the tasks anyway, and hid a missing notify)."""
+    monkeypatch.setattr(rpc_module, "MAX_LONG_POLL", FALLBACK)
 
 
 def hello(service, worker):
     return service.hello(worker, {"protocol": PROTOCOL_VERSION})
 
 
-def test_idle_worker_long_poll_is_woken_by_a_requeue():
-    service, clock = make(n=1)
+def parked_exchange(service, *args):
+    """Call service.exchange(*args) in a thread; return once it is parked in its long poll."""
+    got = {}
+    parked = service.cond.parked + 1
+    waiter = threading.Thread(target=lambda: got.update(r=service.exchange(*args)), daemon=True)
+    waiter.start()
+    service.cond.wait_parked(parked)
+    return waiter, got
+
+
+def woken_reply(service, waiter, got):
+    """The parked exchange's reply, which must come well before the fallback."""
+    waiter.join(WOKEN)
+    if waiter.is_alive():
+        service.stop()                          # let the thread go before failing
+        waiter.join(WOKEN)
+        raise AssertionError(f"the parked long poll was not woken within {WOKEN:g} s "
+                             f"(it would have waited {FALLBACK:g} s)")
+    return got["r"]
+
+
+def test_idle_worker_long_poll_is_woken_by_a_requeue(no_fallback):
+    service, clock = make(n=1, heartbeat_interval=FALLBACK)
     hello(service, "a")
     hello(service, "b")
     tasks, state = service.exchange("a", B, [], 1, 0)
     assert state == RUN and len(tasks) == 1
-    got = {}
-    waiter = threading.Thread(target=lambda: got.update(r=service.exchange("b", B, [], 1, 30)))
-    waiter.start()
+    waiter, got = parked_exchange(service, "b", B, [], 1, FALLBACK)
     # b is parked in the long poll; a goes silent past its lease, and the master's tick requeues.
-    with service.cond:
-        service.cond.wait_for(lambda: len(service.cond._waiters) > 0, timeout=5)
     clock.advance(6)
     service.dispatcher.touch("b")
     service.tick()
-    waiter.join(5)
-    assert not waiter.is_alive()
-    assert got["r"] == ([tasks[0]], RUN)
+    assert woken_reply(service, waiter, got) == ([tasks[0]], RUN)
 
 
 def test_long_poll_returns_empty_after_its_wait_when_nothing_comes():
@@ -117,42 +149,29 @@ def test_release_hands_back_unstarted_tasks_for_others():
     assert service.dispatcher.counters.released == 2
 
 
-def test_wait_workers_leases_nothing_until_that_many_joined():
-    clock = FakeClock()
-    d = Dispatcher(tasks(4), lease_timeout=5, max_attempts=3, clock=clock)
-    service = DispatcherService(d, heartbeat_interval=10.0, batch=B, wait_workers=2)
+def test_wait_workers_leases_nothing_until_that_many_joined(no_fallback):
+    service, _ = make(n=4, heartbeat_interval=FALLBACK, wait_workers=2)
     hello(service, "a")
     assert service.exchange("a", B, [], 4, 0) == ([], RUN)
     assert service.exchange("a", B, [], 4, 0.05) == ([], RUN)      # a long poll stays empty
     assert service.exchange("b", B, [], 4, 0) == ([], RUN)          # b asks before it joins
-    got = {}
-    waiter = threading.Thread(target=lambda: got.update(r=service.exchange("a", B, [], 4, 30)))
-    waiter.start()
-    with service.cond:
-        service.cond.wait_for(lambda: len(service.cond._waiters) > 0, timeout=5)
+    waiter, got = parked_exchange(service, "a", B, [], 4, FALLBACK)
     hello(service, "b")                                             # the second one joins
-    waiter.join(5)
-    assert not waiter.is_alive() and len(got["r"][0]) == 2          # fair share of 4 over 2
+    leased, state = woken_reply(service, waiter, got)
+    assert state == RUN and len(leased) == 2                        # fair share of 4 over 2
 
 
-def test_a_lost_reply_is_taken_back_at_the_next_call_and_wakes_a_parked_worker():
+def test_a_lost_reply_is_taken_back_at_the_next_call_and_wakes_a_parked_worker(no_fallback):
     """The separate-hosts hang: a's request reached the master, its reply did not; a calls
     again (new connection) saying the last reply it got. The master must not keep those tasks
     with a, whose heartbeats would keep the lease alive for ever."""
-    service, _ = make(n=1)
+    service, _ = make(n=1, heartbeat_interval=FALLBACK)
     service.hello("a", {"protocol": PROTOCOL_VERSION, "session": "sa"})
     service.hello("b", {"protocol": PROTOCOL_VERSION, "session": "sb"})
     [task], _ = service.exchange("a", B, [], 1, 0, ("sa", 1, 0))      # reply lost
-    got = {}
-    waiter = threading.Thread(
-        target=lambda: got.update(r=service.exchange("b", B, [], 1, 30, ("sb", 1, 0))))
-    waiter.start()
-    with service.cond:                               # b is parked in its long poll
-        service.cond.wait_for(lambda: len(service.cond._waiters) > 0, timeout=5)
+    waiter, got = parked_exchange(service, "b", B, [], 1, FALLBACK, ("sb", 1, 0))
     assert service.exchange("a", B, [], 0, 0, ("sa", 2, 0)) == ([], RUN)
-    waiter.join(5)
-    assert not waiter.is_alive()
-    assert got["r"] == ([task], RUN)
+    assert woken_reply(service, waiter, got) == ([task], RUN)
     assert service.dispatcher.counters.unacked == 1
 
 
@@ -181,8 +200,9 @@ def nested_text(depth: int) -> str:
 
 BAD_OUTCOMES = {
     "a value nested 1,500 deep": (1, OK, nested_text(1500), None),
-    "a value nested 101 deep": (1, OK, nested_text(101), None),
-    "a value nested 101 deep in objects": (1, OK, '{"a":' * 101 + "0" + "}" * 101, None),
+    "a value nested MAX_DEPTH + 1 deep": (1, OK, nested_text(MAX_DEPTH + 1), None),
+    "a value nested MAX_DEPTH + 1 deep in objects":
+        (1, OK, '{"a":' * (MAX_DEPTH + 1) + "0" + "}" * (MAX_DEPTH + 1), None),
     "a value that is not text": (1, OK, 0, None),
     "a value that is a nested list": (1, OK, nested(3), None),
     "a value that is not JSON": (1, OK, "{1, 2}", None),
@@ -240,7 +260,7 @@ def test_a_well_formed_result_text_is_written_as_it_is():
     service, _ = make(n=4)
     held, _ = service.exchange("a", B, [], 4, 0)
     seqs = [t[0] for t in held]
-    texts = [nested_text(100), '"\\ud800 \u00e9"', '{"a":[1,2.5e300,null,true]}', '-0']
+    texts = [nested_text(MAX_DEPTH), '"\\ud800 \u00e9"', '{"a":[1,2.5e300,null,true]}', '-0']
     service.exchange("a", B, [(seq, OK, text, None) for seq, text in zip(seqs, texts)], 0, 0)
     _leased, results, _events = service.tick()
     lines = {seq: line for seq, line, _ok in results}
@@ -250,8 +270,8 @@ def test_a_well_formed_result_text_is_written_as_it_is():
         assert record["status"] == "ok" and record["result"] == json.loads(text)
 
 
-BAD_IDS = ["", "w\nsummary: tasks=0 ok=0", "w\rx", "\x1b[2Jw", "x" * 129, 5, None, b"w",
-           ("w",)]
+BAD_IDS = ["", "w\nsummary: tasks=0 ok=0", "w\rx", "\x1b[2Jw", "x" * (MAX_WORKER_ID + 1), 5, None,
+           b"w", ("w",)]
 
 
 @pytest.mark.parametrize("worker_id", BAD_IDS, ids=repr)
@@ -267,8 +287,8 @@ def test_a_worker_id_is_printable_text_in_every_call(worker_id):
         with pytest.raises((TypeError, ValueError)):
             call()
     assert service.dispatcher.workers == {}
-    hello(service, "x" * 128)                   # the longest id that is allowed
-    assert list(service.dispatcher.workers) == ["x" * 128]
+    hello(service, "x" * MAX_WORKER_ID)         # the longest id that is allowed
+    assert list(service.dispatcher.workers) == ["x" * MAX_WORKER_ID]
 
 
 @pytest.mark.parametrize("info", [

@@ -8,6 +8,7 @@ import pickle
 import msgspec
 import pytest
 from hypothesis import example, given, settings, strategies as st
+from strategies import ANY_CHAR
 
 from procfleet.master import schemas
 from procfleet.shared import codec, protocol
@@ -102,9 +103,8 @@ def utf8_safe(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-any_char = st.characters(exclude_categories=())          # lone surrogates included
 surrogate = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, exclude_categories=())
-texts = st.text(any_char, max_size=20) | st.text(surrogate, min_size=1, max_size=3)
+texts = st.text(ANY_CHAR, max_size=20) | st.text(surrogate, min_size=1, max_size=3)
 json_scalars = (st.none() | st.booleans() | st.integers()
                 | st.floats(allow_nan=False, allow_infinity=False) | texts)
 awkward_scalars = (
@@ -115,7 +115,7 @@ awkward_scalars = (
     | st.binary(max_size=8)
     | st.sets(st.integers(), max_size=3) | st.frozensets(st.integers(), max_size=3)
 )
-keys = st.text(any_char, max_size=8) | st.integers() | st.booleans() | st.none() | st.floats() \
+keys = st.text(ANY_CHAR, max_size=8) | st.integers() | st.booleans() | st.none() | st.floats() \
     | st.tuples(st.integers())                                # JSON cannot have this key
 values = st.recursive(
     json_scalars | awkward_scalars,

@@ -6,6 +6,7 @@ import socket
 import time
 
 import pytest
+from fakes import TEST_KEY
 from ipv6 import require_ipv6_loopback
 
 from procfleet.master.connections import listen, start_server
@@ -14,7 +15,7 @@ from procfleet.shared.manager import connect
 from procfleet.shared.settings import format_address, parse_address
 from procfleet.shared.transport import connect_first, resolve
 
-KEY = b"procfleet-test-key-0123456789"
+KEY = TEST_KEY.encode()
 #: longest a test waits for anything that should happen at once
 PROMPT = 5.0
 #: a name the fake resolver answers with both ::1 and 127.0.0.1

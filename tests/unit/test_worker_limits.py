@@ -1,24 +1,15 @@
 """What worker ids that only say hello may cost the master: Dispatcher.admit, with a fake clock."""
 
 import pytest
+from fakes import FakeClock, tasks
 
 from procfleet.master import leases as leases_module
 from procfleet.master.leases import Dispatcher
-from procfleet.shared.protocol import Task
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make(n: int = 10):
     clock = FakeClock()
-    tasks = [Task(i, str(i), "square", [i], {}) for i in range(n)]
-    return Dispatcher(tasks, lease_timeout=5.0, max_attempts=3, clock=clock), clock
+    return Dispatcher(tasks(n), lease_timeout=5.0, max_attempts=3, clock=clock), clock
 
 
 def join(d: Dispatcher, worker_id: str) -> str | None:

@@ -1,6 +1,6 @@
 """Micro-benchmark, not a test: the master's CPU time per task in its lease/complete loop.
 
-    python tests/bench_leases.py [--tasks 400000] [--lease 2000] [--runs 5]
+    python -m bench.micro_leases [--tasks 400000] [--lease 2000] [--runs 5]
 
 One fake worker leases `--lease` demo tasks per call and hands back their ok results, as a real
 worker's exchange does, with no sockets: what is left is the Dispatcher's own cost per task

@@ -1,6 +1,6 @@
 """Micro-benchmark, not a test: a real master's CPU time per task, over real connections.
 
-    python tests/bench_master_cpu.py [--python PY] [--tasks 200000] [--workers 4] [--runs 3]
+    python -m bench.micro_master_cpu [--python PY] [--tasks 200000] [--workers 4] [--runs 3]
 
 Starts `PY -m procfleet.shared master --demo TASKS` and WORKERS separate worker processes (not
 --local-workers, so that the master has no children), waits for the master with os.wait4 and
@@ -12,57 +12,55 @@ installation to measure (another checkout's venv, to compare two versions of the
 import argparse
 import os
 import secrets
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 
+from .procfleet import SERVING
+from .procs import Child
+
 from procfleet.master.batch import parse_summary
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+#: longest one batch may take
+BATCH_LIMIT = 600.0
+#: how often the master is checked for having exited (os.wait4 has no timeout)
+EXIT_POLL = 0.05
 
 
 def one_run(python: str, tasks: int, workers: int) -> tuple[float, float]:
     """(master CPU microseconds per task, tasks/s) of one batch."""
     env = {**os.environ, "PROCFLEET_AUTHKEY": secrets.token_hex(16)}
-    port = free_port()
+    cli = [python, "-m", "procfleet.shared"]
     with tempfile.TemporaryDirectory() as tmp:
-        log_path = os.path.join(tmp, "master.log")
-        with open(log_path, "w") as log:
-            master = subprocess.Popen(
-                [python, "-m", "procfleet.shared", "master", "--demo", str(tasks), "--bind",
-                 f"127.0.0.1:{port}", "--wait-workers", str(workers), "--results",
-                 os.path.join(tmp, "results.jsonl")], env=env, stdout=log, stderr=log)
-        fleet = [subprocess.Popen([python, "-m", "procfleet.shared", "worker", "--master",
-                                   f"127.0.0.1:{port}", "--id", f"w{i}"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for i in range(workers)]
-        deadline = time.monotonic() + 600
+        master = Child([*cli, "master", "--demo", str(tasks), "--bind", "127.0.0.1:0",
+                        "--wait-workers", str(workers), "--results",
+                        os.path.join(tmp, "results.jsonl")], env)
+        fleet = []
         try:
+            # --wait-workers holds the batch, so the master cannot exit before this line.
+            _, serving = master.wait_for(SERVING, 60)
+            fleet = [Child([*cli, "worker", "--master", f"127.0.0.1:{serving[1]}",
+                            "--id", f"w{i}"], env) for i in range(workers)]
+            # os.wait4, not Child.wait: the master's own rusage is the measurement. Nothing
+            # else may reap it meanwhile (Child.wait_for would, through Popen.poll).
+            deadline = time.monotonic() + BATCH_LIMIT
             while True:
                 pid, status, usage = os.wait4(master.pid, os.WNOHANG)
                 if pid:
                     break
                 if time.monotonic() > deadline:
-                    raise SystemExit("the master did not finish within 600 s")
-                time.sleep(0.05)
+                    raise SystemExit(f"the master did not finish within {BATCH_LIMIT:g} s")
+                time.sleep(EXIT_POLL)
+            for worker in fleet:
+                worker.wait(30)
         finally:
-            for proc in fleet:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        master.returncode = os.waitstatus_to_exitcode(status)
-        text = open(log_path).read()
-    summary = parse_summary(text)
-    if master.returncode != 0 or not summary or summary["ok"] != summary["tasks"]:
-        raise SystemExit(f"the batch failed (exit {master.returncode}):\n{text[-2000:]}")
-    return (usage.ru_utime + usage.ru_stime) / tasks * 1e6, float(summary["tasks_per_s"])
+            for child in (master, *fleet):
+                child.kill()
+    code = os.waitstatus_to_exitcode(status)
+    summary = parse_summary(master.stderr)
+    if code != 0 or not summary or summary.get("ok") != tasks:
+        raise SystemExit(f"the batch failed (exit {code}):\n{master.tail(20)}")
+    return (usage.ru_utime + usage.ru_stime) / tasks * 1e6, summary["tasks_per_s"]
 
 
 def main() -> None:

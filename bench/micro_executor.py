@@ -1,6 +1,6 @@
 """Micro-benchmark, not a test: tiny `square` tasks per second through one Executor.
 
-    python tests/bench_executor.py [--tasks 200000] [--concurrency 1 4] [--timeout 60]
+    python -m bench.micro_executor [--tasks 200000] [--concurrency 1 4] [--timeout 60]
 
 Times from submit() to the last outcome collected, the way the worker loop uses the executor
 (one submit per lease, collect() on each wakeup); child start-up is done before the clock starts.
