@@ -4,7 +4,6 @@ results files read back, exactly-once."""
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys

@@ -374,8 +374,11 @@ def check_result_text(text: str) -> str | None:
     never decoded."""
     if "\n" in text or "\r" in text:
         return "it holds a line break"
+    # A lone surrogate (only an in-process caller's text can hold one: the wire's is UTF-8) is
+    # checked as the escape the result line will hold.
+    body = text if text.isascii() else utf8_safe(text)
     try:        # first: the regular expressions below are linear only over valid JSON
-        _check_json(_SURROGATE_ESCAPE.sub(r"\\u0000", text) if "\\u" in text else text)
+        _check_json(_SURROGATE_ESCAPE.sub(r"\\u0000", body) if "\\u" in body else body)
     except RecursionError:
         return f"it is nested more than {MAX_DEPTH} deep"
     except msgspec.DecodeError as exc:
