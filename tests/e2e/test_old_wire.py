@@ -85,11 +85,16 @@ def test_a_new_master_logs_an_old_worker_in_one_line_and_finishes_its_batch(
     assert "Traceback" not in master.stderr
 
 
-@pytest.mark.parametrize("worker_release", [
-    "old",
-    pytest.param("new", marks=pytest.mark.xfail(strict=True, reason=(
-        "control: a worker of the master's own release joins and finishes the batch"))),
-])
+def releases(mismatched: str, control: str, joins: str):
+    """Parametrize `worker_release`: the mismatched release, and as a strict xfail the control
+    (a worker of the master's own release), which shows the assertions fail when the wires
+    match."""
+    return pytest.mark.parametrize("worker_release", [mismatched, pytest.param(
+        control, marks=pytest.mark.xfail(strict=True, reason=f"control: a worker of {joins}"))])
+
+
+@releases(mismatched="old", control="new", joins="the master's own release joins and "
+          "finishes the batch")
 def test_an_old_worker_says_in_one_line_that_the_master_speaks_another_wire(
         spawn, tmp_path, old_path, worker_release):
     """The old worker takes the refusal for "master not reachable: <why>": it retries until its
@@ -108,11 +113,7 @@ def test_an_old_worker_says_in_one_line_that_the_master_speaks_another_wire(
     assert took < CONNECT_TIMEOUT + STARTUP, f"the old worker took {took:.1f} s to give up"
 
 
-@pytest.mark.parametrize("worker_release", [
-    "new",
-    pytest.param("old", marks=pytest.mark.xfail(strict=True, reason=(
-        "control: a worker of the old master's own release joins it"))),
-])
+@releases(mismatched="new", control="old", joins="the old master's own release joins it")
 def test_a_new_worker_says_in_one_line_that_an_old_master_speaks_another_wire(
         spawn, tmp_path, old_path, worker_release):
     out = tmp_path / "results.jsonl"
