@@ -19,11 +19,11 @@ into a RemoteCallError on the caller's side. Ints beyond 64 bits and text with l
 """
 
 import re
-from multiprocessing import connection
 from typing import Any
 
 import msgspec
 
+from .compat import Connection
 from .errors import ProcfleetError
 
 #: the largest message either side accepts; a whole exchange batch is far smaller
@@ -184,7 +184,7 @@ def reply_from_wire(msg):
     return kind, value
 
 
-class SafeConnection(connection.Connection):
+class SafeConnection(Connection):
     """A manager connection that sends and receives this wire's messages, each at most
     MAX_MESSAGE bytes.
 
@@ -194,15 +194,11 @@ class SafeConnection(connection.Connection):
     """
 
     def send(self, obj) -> None:
-        self._check_closed()
-        self._check_writable()
-        self._send_bytes(encode(obj))
+        self.send_bytes(encode(obj))
 
     def recv_message(self, decoder: msgspec.msgpack.Decoder = _any_decoder):
         """The next message, decoded by `decoder`."""
-        self._check_closed()
-        self._check_readable()
-        buf = self._recv_bytes(MAX_MESSAGE)
+        buf = self.recv_frame(MAX_MESSAGE)
         try:
             if buf is None:
                 raise ProtocolViolation(
