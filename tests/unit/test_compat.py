@@ -457,3 +457,14 @@ def test_the_running_python_is_judged_by_its_own_version(monkeypatch):
     assert f"Python {sys.version_info[0]}.{sys.version_info[1]} " in \
         compat.untested_python_warning()
 
+
+@pytest.mark.parametrize("reply", [["#PROXY", [["get"], ["thing", ["127.0.0.1", 9], "t1"]]],
+                                   ["#TRACEBACK", ["not", "text"]], ["#UNSERIALIZABLE", 5],
+                                   ["#NEW", None]], ids=repr)
+def test_only_reply_kinds_callmethod_handles_as_data_reach_it(reply):
+    """_callmethod builds a proxy from a '#PROXY' reply's token, and dispatch asserts a
+    traceback is text: procfleet's wire refuses both before they get there."""
+    codec = pytest.importorskip("procfleet.shared.codec")   # needs msgspec
+    with pytest.raises(codec.ProtocolViolation, match="malformed reply"):
+        codec.reply_from_wire(reply)
+    assert codec.reply_from_wire(["#TRACEBACK", "text"]) == ("#TRACEBACK", "text")

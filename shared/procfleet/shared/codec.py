@@ -171,7 +171,11 @@ def clip_text(text: str, limit: int = 64 * 1024) -> str:
 
 
 def reply_from_wire(msg):
-    """A reply as BaseProxy and managers.dispatch expect it: '#ERROR' holds an exception."""
+    """A reply as BaseProxy and managers.dispatch expect it: '#ERROR' holds an exception.
+
+    Only the kinds a procfleet master sends pass: BaseProxy._callmethod would take a '#PROXY'
+    reply for a token of its manager's registry, and dispatch asserts that a traceback is text.
+    """
     if type(msg) is not list or len(msg) != 2 or type(msg[0]) is not str:
         raise ProtocolViolation(f"malformed reply: not (kind, value) but "
                                 f"{type(msg).__name__}")
@@ -181,6 +185,12 @@ def reply_from_wire(msg):
                 or not all(type(part) is str for part in value)):
             raise ProtocolViolation("malformed reply: an error is (type, message, traceback)")
         return kind, RemoteCallError(*value)
+    if kind in ("#TRACEBACK", "#UNSERIALIZABLE"):
+        if type(value) is not str:
+            raise ProtocolViolation(f"malformed reply: {kind} carries text, not "
+                                    f"{type(value).__name__}")
+    elif kind != "#RETURN":
+        raise ProtocolViolation(f"malformed reply: {clip(kind, 40)} is not a kind of reply")
     return kind, value
 
 
