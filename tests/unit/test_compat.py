@@ -468,3 +468,44 @@ def test_only_reply_kinds_callmethod_handles_as_data_reach_it(reply):
     with pytest.raises(codec.ProtocolViolation, match="malformed reply"):
         codec.reply_from_wire(reply)
     assert codec.reply_from_wire(["#TRACEBACK", "text"]) == ("#TRACEBACK", "text")
+
+
+def cli_run(args: list[str]):
+    """The procfleet command line, in this process (needs click and procfleet's master and
+    worker, which this file otherwise does without)."""
+    testing = pytest.importorskip("click.testing")
+    cli = pytest.importorskip("procfleet.shared.cli")
+    return testing.CliRunner().invoke(cli.main, args, catch_exceptions=False)
+
+
+def test_the_master_warns_at_start_on_an_untested_python(monkeypatch, authkey_env):
+    monkeypatch.setattr(compat, "TESTED_PYTHONS", ())
+    with socket.socket() as taken:              # the batch begins, then cannot listen
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli_run(["master", "--demo", "1", "--bind", f"127.0.0.1:{port}"])
+    assert result.exit_code == 2, result.output
+    assert "is not one procfleet was tested on" in result.output
+
+
+def test_the_worker_warns_at_start_on_an_untested_python(monkeypatch, authkey_env):
+    monkeypatch.setattr(compat, "TESTED_PYTHONS", ())
+    with socket.socket() as closed:             # a loopback port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        result = cli_run(["worker", "--master", f"127.0.0.1:{port}", "--connect-timeout", "0",
+                          "--concurrency", "1"])
+    assert result.exit_code == 3, result.output
+    assert "is not one procfleet was tested on" in result.output
+
+
+def test_no_start_up_warning_on_a_tested_python(monkeypatch, authkey_env):
+    monkeypatch.setattr(compat, "TESTED_PYTHONS", (tuple(sys.version_info[:2]),))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        result = cli_run(["worker", "--master", f"127.0.0.1:{port}", "--connect-timeout", "0",
+                          "--concurrency", "1"])
+    assert result.exit_code == 3, result.output
+    assert "tested on" not in result.output
