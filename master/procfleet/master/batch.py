@@ -8,6 +8,7 @@ import time
 import uuid
 from contextlib import ExitStack
 
+from procfleet.shared.compat import untested_python_warning
 from procfleet.shared.errors import (EXIT_OK, EXIT_TASKS_FAILED, EXIT_UNFINISHED, ProcfleetError,
                                      TaskFileError)
 from procfleet.shared.settings import format_address
@@ -154,6 +155,8 @@ class Batch:
 
     def run(self) -> int:
         s = self.settings
+        if (untested := untested_python_warning()) is not None:
+            log.warning("%s", untested)
         if self.writer is None:
             self.writer = ResultWriter(s.results_path, resumable=self.journal is not None)
         server = start_server(self.service, s.bind, s.authkey)

@@ -28,11 +28,11 @@ import logging
 import pickle
 import resource
 import socket
-import struct
 import threading
-from multiprocessing import AuthenticationError, connection, process
+from multiprocessing import AuthenticationError
 from traceback import format_exc
 
+from procfleet.shared import compat
 from procfleet.shared.errors import ConfigError
 from procfleet.shared.manager import DISPATCHER_METHODS
 from procfleet.shared.settings import format_address
@@ -82,9 +82,7 @@ class PeerConnection(SafeConnection):
         """The next message's bytes, and how much of `budget` they hold (the caller releases
         it). A message over SMALL_MESSAGE waits for its share of the budget before its body is
         read. ProtocolViolation (the connection closed) for one too large or never let in."""
-        size, = struct.unpack("!i", self._recv(4).getvalue())
-        if size == -1:
-            size, = struct.unpack("!Q", self._recv(8).getvalue())
+        size = self.read_frame_size()
         if not 0 <= size <= MAX_MESSAGE:
             self.close()
             raise ProtocolViolation(f"a message of {size:,} bytes, over the limit of "
@@ -98,7 +96,7 @@ class PeerConnection(SafeConnection):
                                         "messages are being decoded (DECODE_BUDGET)")
             held = size
         try:
-            return self._recv(size).getbuffer(), held
+            return self.read_exactly(size).getbuffer(), held
         except BaseException:
             budget.release(held)
             raise
@@ -111,7 +109,7 @@ class MasterServer:
                  idle_timeout: float = MIN_IDLE_TIMEOUT):
         self.service = service
         self.dispatcher_id = "%x" % id(service)      # the stock Server's form of an ident
-        self.authkey = process.AuthenticationString(authkey)
+        self.authkey = compat.secret_key(authkey)
         self.idle_timeout = idle_timeout
         self.listener = listen(address, LISTEN_BACKLOG)
         self.address = self.listener.getsockname()[:2]
@@ -245,8 +243,7 @@ class MasterServer:
         failure = None
         try:
             set_recv_timeout(fd, HANDSHAKE_TIMEOUT)
-            connection.deliver_challenge(conn, self.authkey)
-            connection.answer_challenge(conn, self.authkey)
+            compat.authenticate_as_server(conn, self.authkey)
         except (AuthenticationError, EOFError, OSError) as exc:
             failure = exc
         finally:
@@ -259,8 +256,7 @@ class MasterServer:
             self._log_refusal(self.failed_auth, "refused connection from %s: wrong key",
                               current_peer())
             return False
-        if isinstance(failure, OSError) and failure.errno is None:
-            # multiprocessing's "bad message length": not the handshake at all
+        if compat.not_a_handshake(failure):
             self._log_refusal(self.failed_auth, "refused connection from %s: garbage instead "
                               "of the handshake (%s)", current_peer(), failure)
             return False
@@ -366,8 +362,8 @@ class MasterServer:
         try:
             # fix_imports=False: protocol 2 would name the class exceptions.OSError (Python 2's
             # name), which the old worker's allow-list refuses; it accepts builtins.* only.
-            conn._send_bytes(pickle.dumps(("#ERROR", ConnectionRefusedError(text)), protocol=2,
-                                          fix_imports=False))
+            conn.send_bytes(pickle.dumps(("#ERROR", ConnectionRefusedError(text)), protocol=2,
+                                         fix_imports=False))
         except OSError:
             pass
 

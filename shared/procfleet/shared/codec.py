@@ -19,11 +19,11 @@ into a RemoteCallError on the caller's side. Ints beyond 64 bits and text with l
 """
 
 import re
-from multiprocessing import connection
 from typing import Any
 
 import msgspec
 
+from .compat import Connection
 from .errors import ProcfleetError
 
 #: the largest message either side accepts; a whole exchange batch is far smaller
@@ -171,7 +171,11 @@ def clip_text(text: str, limit: int = 64 * 1024) -> str:
 
 
 def reply_from_wire(msg):
-    """A reply as BaseProxy and managers.dispatch expect it: '#ERROR' holds an exception."""
+    """A reply as BaseProxy and managers.dispatch expect it: '#ERROR' holds an exception.
+
+    Only the kinds a procfleet master sends pass: BaseProxy._callmethod would take a '#PROXY'
+    reply for a token of its manager's registry, and dispatch asserts that a traceback is text.
+    """
     if type(msg) is not list or len(msg) != 2 or type(msg[0]) is not str:
         raise ProtocolViolation(f"malformed reply: not (kind, value) but "
                                 f"{type(msg).__name__}")
@@ -181,10 +185,16 @@ def reply_from_wire(msg):
                 or not all(type(part) is str for part in value)):
             raise ProtocolViolation("malformed reply: an error is (type, message, traceback)")
         return kind, RemoteCallError(*value)
+    if kind in ("#TRACEBACK", "#UNSERIALIZABLE"):
+        if type(value) is not str:
+            raise ProtocolViolation(f"malformed reply: {kind} carries text, not "
+                                    f"{type(value).__name__}")
+    elif kind != "#RETURN":
+        raise ProtocolViolation(f"malformed reply: {clip(kind, 40)} is not a kind of reply")
     return kind, value
 
 
-class SafeConnection(connection.Connection):
+class SafeConnection(Connection):
     """A manager connection that sends and receives this wire's messages, each at most
     MAX_MESSAGE bytes.
 
@@ -194,15 +204,11 @@ class SafeConnection(connection.Connection):
     """
 
     def send(self, obj) -> None:
-        self._check_closed()
-        self._check_writable()
-        self._send_bytes(encode(obj))
+        self.send_bytes(encode(obj))
 
     def recv_message(self, decoder: msgspec.msgpack.Decoder = _any_decoder):
         """The next message, decoded by `decoder`."""
-        self._check_closed()
-        self._check_readable()
-        buf = self._recv_bytes(MAX_MESSAGE)
+        buf = self.recv_frame(MAX_MESSAGE)
         try:
             if buf is None:
                 raise ProtocolViolation(

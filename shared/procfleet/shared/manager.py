@@ -5,8 +5,9 @@ The master registers the dispatcher typeid with a callable (procfleet.master.con
 """
 
 from multiprocessing import AuthenticationError
-from multiprocessing.managers import BaseManager, BaseProxy, State, dispatch
+from multiprocessing.managers import BaseManager, BaseProxy
 
+from . import compat
 from .errors import AuthenticationFailed, MasterUnreachable, ProtocolMismatch
 from .settings import ENV_AUTHKEY, ENV_AUTHKEY_FILE, format_address
 from .transport import bounded_client, set_recv_timeout
@@ -55,7 +56,7 @@ class DispatcherProxy(BaseProxy):
 
     def set_call_timeout(self, seconds: float) -> None:
         """Fail a call whose reply takes longer than `seconds` (the connection is then dead)."""
-        conn = getattr(self._tls, "connection", None)
+        conn = compat.proxy_connection(self)
         if conn is not None:
             set_recv_timeout(conn.fileno(), seconds)
 
@@ -72,16 +73,11 @@ class FleetManager(BaseManager):
 
     def __init__(self, address, authkey, timeout: float = 10.0):
         super().__init__(address=address, authkey=authkey)
-        self._Client = bounded_client(timeout)
+        compat.use_client(self, bounded_client(timeout))
 
     def connect(self):
         """BaseManager.connect, through the bounded client (the stock one has no timeout)."""
-        conn = self._Client(self._address, authkey=self._authkey)
-        try:
-            dispatch(conn, None, "dummy")
-        finally:
-            conn.close()
-        self._state.value = State.STARTED
+        compat.connect_manager(self)
 
     def dispatcher(self) -> DispatcherProxy:
         """A proxy for the master's dispatcher.
@@ -90,11 +86,7 @@ class FleetManager(BaseManager):
         the proxy skips the incref/decref round trips, and no finalizer tries to reach a
         master that is already gone when the worker exits.
         """
-        token, exposed = self._create(DISPATCHER)
-        proxy = DispatcherProxy(token, self._serializer, manager=self, authkey=self._authkey,
-                                exposed=exposed, incref=False)
-        proxy._Client = self._Client
-        return proxy
+        return compat.unowned_proxy(self, DISPATCHER, DispatcherProxy)
 
 
 FleetManager.register(DISPATCHER, proxytype=DispatcherProxy, exposed=DISPATCHER_METHODS,
@@ -120,7 +112,7 @@ def connect(address: tuple[str, int], authkey: bytes,
     try:
         manager.connect()
         proxy = manager.dispatcher()
-        proxy._connect()
+        compat.open_proxy_connection(proxy)
     except AuthenticationError:
         raise AuthenticationFailed(auth_failure_message(address)) from None
     except OldWireFormat as exc:

@@ -13,9 +13,9 @@ import socket
 import struct
 import threading
 import time
-from multiprocessing import connection
 
 from .codec import SafeConnection
+from .compat import authenticate_as_client
 
 #: the longest one call may wait for the master's reply once connected (long polls are ~1 s)
 CALL_TIMEOUT = 30.0
@@ -132,8 +132,7 @@ def bounded_client(timeout: float):
         try:
             set_recv_timeout(conn.fileno(), timeout)
             if authkey is not None:
-                connection.answer_challenge(conn, authkey)
-                connection.deliver_challenge(conn, authkey)
+                authenticate_as_client(conn, authkey)
             set_recv_timeout(conn.fileno(), CALL_TIMEOUT)
         except BaseException:
             conn.close()

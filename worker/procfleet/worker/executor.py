@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 
+from procfleet.shared import compat
 from procfleet.shared import tasks as builtin_tasks
 from procfleet.shared.protocol import CRASH, TIMEOUT, Outcome, Task
 from procfleet.shared.tasks import TaskRegistry
@@ -75,16 +76,16 @@ def _context(imports: tuple[str, ...]):
 
     forkserver where there is one: the worker has threads, so forking it directly is unsafe,
     while a fork server is a single-threaded process that imported our modules once and forks a
-    new child in milliseconds. Each child still runs the worker's main script again (until
-    CPython gh-126631, preloading "__main__" does nothing), so the procfleet modules the worker
-    has loaded, which that script imports, are preloaded to make the rerun cheap. The preload
-    list is process-wide and fixed once the server runs; children import `imports` themselves
-    too, so a later Executor still gets its modules.
+    new child in milliseconds. Each child still runs the worker's main script again (before
+    3.14, preloading "__main__" does nothing: compat.set_forkserver_preload), so the procfleet
+    modules the worker has loaded, which that script imports, are preloaded to make the rerun
+    cheap. The preload list is process-wide and fixed once the server runs; children import
+    `imports` themselves too, so a later Executor still gets its modules.
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         loaded = sorted(name for name in sys.modules if name.startswith("procfleet."))
-        ctx.set_forkserver_preload(["__main__", __name__, *loaded, *imports])
+        compat.set_forkserver_preload(ctx, ["__main__", __name__, *loaded, *imports])
         return ctx
     return multiprocessing.get_context("spawn")
 

@@ -8,7 +8,6 @@ crash on it without a message per task.
 """
 
 import importlib
-import multiprocessing
 import os
 import pickle
 import signal
@@ -17,6 +16,7 @@ import threading
 import time
 import traceback
 
+from procfleet.shared import compat
 from procfleet.shared import tasks as builtin_tasks
 from procfleet.shared.errors import UnknownTask
 from procfleet.shared.protocol import (ERROR, MAX_ERROR_CHARS, OK, Outcome, ResultTooLarge, Task,
@@ -190,7 +190,7 @@ def _pickled_alone(busy: float, result: tuple) -> bytes:
 
 def _exit_with_parent() -> None:
     """Leave when the worker goes away, even in the middle of a task that never returns."""
-    multiprocessing.parent_process().join()
+    compat.wait_for_parent_exit()
     os._exit(0)                     # a task may be running: skip the cleanup, no one is listening
 
 

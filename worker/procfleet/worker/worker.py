@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 
+from procfleet.shared.compat import untested_python_warning
 from procfleet.shared.errors import EXIT_OK, ProtocolMismatch
 from procfleet.shared.manager import CONNECT_ERRORS, PROTOCOL_VERSION, STOP
 from procfleet.shared.protocol import RESULT_BATCH_BYTES, task_from_wire
@@ -83,6 +84,8 @@ class Worker:
 
         Raises AuthenticationFailed / ConfigError (exit 2) and MasterUnreachable (exit 3).
         """
+        if (untested := untested_python_warning()) is not None:
+            log.warning("%s", untested)
         # Task processes start first, so a worker that joins can run tasks at once (a master
         # with --wait-workers starts the batch when the last one joins).
         executor = Executor(self.registry, self.settings.concurrency, self.wakeup,
