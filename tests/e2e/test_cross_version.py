@@ -2,6 +2,7 @@
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +39,13 @@ def venv_with(tmp_path_factory):
                 pytest.skip(f"no Python {version} on this machine")
             root = tmp_path_factory.mktemp(f"py{version}-{side}")
             subprocess.run([python, "-m", "venv", str(root)], check=True)
+            # Installed from copies: pip builds a local project in place, and would leave
+            # build/ folders in the checkout.
+            sources = [shutil.copytree(REPO / name, root / "src" / name,
+                                       ignore=shutil.ignore_patterns("build", "*.egg-info"))
+                       for name in ("shared", side)]
             subprocess.run([str(root / "bin" / "python"), "-m", "pip", "install", "-q",
-                            str(REPO / "shared"), str(REPO / side)], check=True, timeout=600)
+                            *map(str, sources)], check=True, timeout=600)
             made[key] = str(root / "bin" / "python")
         return made[key]
 

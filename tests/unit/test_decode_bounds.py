@@ -383,6 +383,7 @@ HOSTILE_JSON = {
 @given(texts=st.lists(st.sampled_from(sorted(HOSTILE_JSON)), min_size=1, max_size=4),
        count=st.sampled_from([1, 2, 4096, MAX_OUTCOMES]), total=st.integers(1024, 2 ** 20),
        error=st.booleans())
+@example(texts=["100 deep, repeated", "\\n escapes"], count=2, total=15300, error=False)
 def test_exchange_with_hostile_result_texts(texts, count, total, error):
     """Up to 65,536 ok outcomes whose results are hostile JSON texts (also as error texts)."""
     made = [HOSTILE_JSON[text](max(1, total // count)) for text in texts]

@@ -193,23 +193,8 @@ class Batch:
                     outcome, failure = "write failed", exc
                     break
                 now = time.monotonic()
-                changed = self.source.check_unchanged()
-                if changed is not None:
-                    outcome = "changed"
-                    failure = TaskFileError(
-                        f"--tasks {self.source.name} changed while the batch ran: {changed}; "
-                        "nothing more is dispatched; run the batch again with the file as it "
-                        "was checked" + (" (or with a new --journal)" if self.journal else ""))
-                elif d.done:
-                    outcome = "done"
-                elif self.interrupt.signum:
-                    outcome = "interrupted"
-                elif deadline is not None and now >= deadline:
-                    outcome = "timeout"
-                elif (local is not None and not local.check()
-                      and not self.service.snapshot()["alive_workers"]):
-                    outcome = "workers gone"
-                else:
+                outcome, failure = self._ending(now, deadline, local)
+                if outcome is None:
                     if now >= next_progress:
                         next_progress = now + PROGRESS_INTERVAL
                         self._progress(now - started)
@@ -228,6 +213,25 @@ class Batch:
         if failure is not None:
             raise failure
         return code
+
+    def _ending(self, now: float, deadline: float | None, local) -> tuple:
+        """(why the batch ends now, the error to raise or None), or (None, None) to go on."""
+        changed = self.source.check_unchanged()
+        if changed is not None:
+            return "changed", TaskFileError(
+                f"--tasks {self.source.name} changed while the batch ran: {changed}; nothing "
+                "more is dispatched; run the batch again with the file as it was checked"
+                + (" (or with a new --journal)" if self.journal else ""))
+        if self.dispatcher.done:
+            return "done", None
+        if self.interrupt.signum:
+            return "interrupted", None
+        if deadline is not None and now >= deadline:
+            return "timeout", None
+        if (local is not None and not local.check()
+                and not self.service.snapshot()["alive_workers"]):
+            return "workers gone", None
+        return None, None
 
     def _tick(self) -> None:
         """Journal and write what finished; ProcfleetError (exit 3) if either write failed."""

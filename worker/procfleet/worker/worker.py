@@ -156,13 +156,8 @@ class Worker:
                 return self._shutdown(proxy, executor, unsent, leased)
             target = pacer.target()
             want = 0 if drain_until is not None else max(0, target - len(leased))
-            # Call in when tasks run low, results have waited long enough, or a heartbeat is due.
-            due = [last_call + self.heartbeat_interval]
-            if want and len(leased) <= target * LOW_WATER:
-                due.append(now)
-            if unsent:
-                due.append(now if not leased else unsent_since + RESULT_DELAY)
-            next_call = min(due)
+            next_call = call_due(now, last_call + self.heartbeat_interval, want, len(leased),
+                                 target, unsent_since if unsent else None)
             if next_call > now:
                 timeout = next_call - now
                 if drain_until is not None:
@@ -175,14 +170,9 @@ class Worker:
                 tasks, state = self._exchange(proxy, sending, want, wait)
             except CONNECT_ERRORS as exc:
                 log.warning("lost the master (%s); reconnecting", type(exc).__name__)
-                batch = self.batch
-                proxy = self._initialize()
+                proxy = self._reconnect(executor, leased, unsent)
                 if proxy is None:
                     return EXIT_OK
-                if self.batch != batch:
-                    unsent = []
-                    for task in executor.take_unstarted():
-                        leased.pop(task.seq, None)
                 continue
             last_call = time.monotonic()
             done += len(sending)
@@ -196,6 +186,17 @@ class Worker:
                 for item in tasks:
                     leased[item[0]] = self.batch
                 executor.submit([task_from_wire(t) for t in tasks])
+
+    def _reconnect(self, executor: Executor, leased: dict, unsent: list):
+        """Connect again (None if stopped meanwhile). A master of another batch (it restarted
+        without a journal) knows nothing of what this worker holds: drop it."""
+        batch = self.batch
+        proxy = self._initialize()
+        if proxy is not None and self.batch != batch:
+            unsent.clear()
+            for task in executor.take_unstarted():
+                leased.pop(task.seq, None)
+        return proxy
 
     def _exchange(self, proxy, outcomes: list, want: int, wait: float) -> tuple:
         """One numbered exchange call; (tasks, state)."""
@@ -241,6 +242,19 @@ class Worker:
                         "they are requeued when the lease expires", type(exc).__name__)
         log.info("exiting after the drain")
         return EXIT_OK
+
+
+def call_due(now: float, heartbeat_due: float, want: int, held: int, target: int,
+             unsent_since: float | None) -> float:
+    """When a worker should call in next: when a heartbeat is due, at once when it wants tasks
+    and holds few (LOW_WATER of its target), and for results waiting (`unsent_since`, None for
+    none) at once if it holds nothing else, else RESULT_DELAY after the first of them."""
+    due = heartbeat_due
+    if want and held <= target * LOW_WATER:
+        due = min(due, now)
+    if unsent_since is not None:
+        due = min(due, now if not held else unsent_since + RESULT_DELAY)
+    return due
 
 
 def first_batch(outcomes: list) -> int:
