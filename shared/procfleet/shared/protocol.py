@@ -75,30 +75,11 @@ class Outcome(NamedTuple):
         return self.kind == OK
 
 
-def task_to_wire(task: Task) -> tuple:
-    return tuple(task)
-
-
 def task_from_wire(item) -> Task:
-    """A leased task; six fields, as task_to_wire sends them (checked by length only)."""
+    """A leased task: the six fields of a Task, as the master sends them (checked by length only)."""
     if len(item) != len(Task._fields):
         raise ValueError(f"a task has {len(Task._fields)} fields, got {len(item)}")
     return tuple.__new__(Task, item)
-
-
-def outcome_to_wire(outcome: Outcome) -> tuple:
-    return tuple(outcome[:4])
-
-
-def outcome_from_wire(item) -> Outcome:
-    """Check the shape of a worker's outcome; ValueError if it is not one."""
-    if not isinstance(item, (tuple, list)) or len(item) != 4:
-        raise ValueError(f"an outcome is (seq, kind, value, error), got {type(item).__name__}")
-    seq, kind, value, error = item
-    if isinstance(seq, bool) or not isinstance(seq, int) or kind not in OUTCOME_KINDS \
-            or not (error is None or isinstance(error, str)):
-        raise ValueError(f"malformed outcome {item!r:.200}")
-    return Outcome(seq, kind, value, error)
 
 
 def check_worker_id(worker_id) -> None:

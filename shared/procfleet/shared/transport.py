@@ -44,17 +44,6 @@ def set_keepalive(sock: socket.socket) -> None:
                 pass
 
 
-def set_nodelay(fileno: int) -> None:
-    """Turn Nagle's algorithm off on the TCP socket behind `fileno` (no-op for other sockets)."""
-    sock = socket.socket(fileno=fileno)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
-    finally:
-        sock.detach()
-
-
 def set_recv_timeout(fileno: int, seconds: float) -> None:
     """A kernel receive timeout on a blocking socket: a read past it fails with EAGAIN."""
     sock = socket.socket(fileno=fileno)
