@@ -4,6 +4,7 @@ results files read back, exactly-once."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -96,9 +97,14 @@ def summary(master: Proc, timeout: float = 20) -> dict:
     return found
 
 
+#: what `docker logs --timestamps` puts before each line
+DOCKER_TIMESTAMP = re.compile(r"(?m)^\d{4}-\d\d-\d\dT[\d:.]+Z ")
+
+
 def summary_of(log: str) -> dict:
-    """The summary object in a master's whole log (a container's, say), by parse_summary."""
-    found = parse_summary(log)
+    """The summary object in a master's whole log (a container's, say, each line perhaps led
+    by Docker's timestamp), by parse_summary."""
+    found = parse_summary(DOCKER_TIMESTAMP.sub("", log))
     assert found is not None, f"no summary line in: {log[-3000:]}"
     return found
 
