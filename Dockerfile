@@ -1,6 +1,7 @@
 # procfleet's two images from one build definition: the `base` stage holds what both carry (Python
-# venv, user, shared third-party dependencies); the `master` and `worker` stages each add their own
-# side, so neither image holds the other's code. Build from the repo root:
+# venv, user, the third-party dependencies, the shared package's source); the `master` and
+# `worker` stages each install their own side, so neither image holds the other's code.
+# Build from the repo root:
 #     docker build --target master -t procfleet-master .
 #     docker build --target worker -t procfleet-worker .
 # (`make images` builds both through docker-compose.yml, offline). The key is never part of an
@@ -16,13 +17,19 @@ RUN python3 -m venv /opt/procfleet \
     && groupadd --gid 10001 procfleet \
     && useradd --uid 10001 --gid procfleet --no-create-home --no-log-init --home-dir /app --shell /usr/sbin/nologin procfleet
 
-# Third-party dependencies before our code, so that changing our code reuses these layers; those
-# of procfleet-shared are installed here, once for both images. build/wheels/ is filled by
-# `make wheels`: with wheels there the install is offline, else it uses the index.
+# Third-party dependencies before our code, so that changing our code reuses these layers: those
+# of all three pyprojects, installed here once for both images (only pyproject.toml files are
+# copied for that, no code of either side). build/wheels/ is filled by `make wheels`: with
+# wheels there the install is offline, else it uses the index.
 COPY scripts/requirements.py scripts/image-install.sh /tmp/procfleet/
 COPY build/wheels/ /tmp/procfleet/wheels/
 COPY shared/pyproject.toml /tmp/procfleet/shared/
-RUN sh /tmp/procfleet/image-install.sh deps shared/pyproject.toml
+COPY master/pyproject.toml /tmp/procfleet/master/
+COPY worker/pyproject.toml /tmp/procfleet/worker/
+RUN sh /tmp/procfleet/image-install.sh deps shared/pyproject.toml master/pyproject.toml \
+    worker/pyproject.toml
+# The shared package, which both sides install with their own (image-install.sh code).
+COPY shared/ /tmp/procfleet/shared/
 
 WORKDIR /app
 # Python is PID 1 (exec form) and gets SIGTERM directly.
@@ -34,9 +41,6 @@ FROM base AS master
 
 # /var/lib/procfleet: journal and results; a named volume mounted there starts with its owner.
 RUN install -d -o procfleet -g procfleet /var/lib/procfleet
-COPY master/pyproject.toml /tmp/procfleet/master/
-RUN sh /tmp/procfleet/image-install.sh deps shared/pyproject.toml master/pyproject.toml
-COPY shared/ /tmp/procfleet/shared/
 COPY master/ /tmp/procfleet/master/
 RUN sh /tmp/procfleet/image-install.sh code ./shared ./master
 
@@ -52,9 +56,6 @@ CMD ["master"]
 
 FROM base AS worker
 
-COPY worker/pyproject.toml /tmp/procfleet/worker/
-RUN sh /tmp/procfleet/image-install.sh deps shared/pyproject.toml worker/pyproject.toml
-COPY shared/ /tmp/procfleet/shared/
 COPY worker/ /tmp/procfleet/worker/
 RUN sh /tmp/procfleet/image-install.sh code ./shared ./worker
 

@@ -121,11 +121,8 @@ def run_master(settings: MasterSettings) -> int:
 class Batch:
     def __init__(self, settings: MasterSettings, source, interrupt: Interrupt,
                  journal: Journal | None = None, writer: ResultWriter | None = None) -> None:
-        self.settings = settings
-        self.source = source
-        self.writer = writer
-        self.interrupt = interrupt
-        self.journal = journal
+        self.settings, self.source, self.interrupt = settings, source, interrupt
+        self.writer, self.journal = writer, journal     # no writer: run() makes one
         self.resumed = False
         batch, done, restored = "", (), ()
         if journal is not None:
