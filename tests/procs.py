@@ -11,8 +11,24 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.procs import Child
 from procfleet.master.batch import parse_summary
+
+
+def in_ci() -> bool:
+    """Whether this is CI (CI set to anything but empty, 0, false or no)."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def unavailable(reason: str) -> None:
+    """What a test does when this machine lacks what it needs (Docker, root, IPv6, namespaces,
+    an old release): skip on a laptop; fail in CI, where it must run."""
+    if in_ci():
+        pytest.fail(f"{reason} (required in CI)", pytrace=False)
+    pytest.skip(reason)
+
 
 POLL = 0.05
 #: default limits of Proc's waits: a line, and the exit

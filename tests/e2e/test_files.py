@@ -13,7 +13,7 @@ import pytest
 
 from bench.procs import alive, children
 from procs import (COUNTING_TASKS, assert_exactly_once, free_port, read_results, summary,
-                   wait_until, write_tasks)
+                   unavailable, wait_until, write_tasks)
 
 
 def sleepers(path: Path, n: int, seconds: float) -> Path:
@@ -41,25 +41,18 @@ class Disk:
         run = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(self.path)],
                              capture_output=True, text=True, timeout=10)
         if run.returncode:
-            needs_root(f"mount -t tmpfs failed: {run.stderr.strip()}")
+            unavailable(f"mount -t tmpfs failed: {run.stderr.strip()}")
 
     def remount(self, options: str) -> None:
         subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], check=True,
                        timeout=10)
 
 
-def needs_root(reason: str) -> None:
-    """Skip on a laptop; fail in CI, where the test must run (the check_redis pattern)."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set: this test must run here)")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def small_disk(tmp_path):
     """A 256 KiB tmpfs at tmp_path/disk, unmounted afterwards."""
     if os.geteuid() != 0:
-        needs_root("mounting a small tmpfs needs root")
+        unavailable("mounting a small tmpfs needs root")
     disk = Disk(tmp_path / "disk")
     disk.path.mkdir()
     disk.mount("size=256k")

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from procs import (OLD_WIRE_RELEASE, assert_exactly_once, extract_release, master_port,
-                   read_results)
+                   read_results, unavailable)
 
 #: the worker's --connect-timeout in these tests
 CONNECT_TIMEOUT = 3.0
@@ -29,7 +29,7 @@ def old_path(tmp_path_factory) -> str:
     """PYTHONPATH of the old release, checked to be what the processes really import."""
     path = extract_release(OLD_WIRE_RELEASE, tmp_path_factory.mktemp("old-release"))
     if path is None:
-        pytest.skip(f"the old release is not available: {extract_release.why}")
+        unavailable(f"the old release is not available: {extract_release.why}")
     probe = subprocess.run(
         [sys.executable, "-c", "import procfleet.shared.manager as m, procfleet.master.server, "
          "procfleet.worker.worker; print(m.PROTOCOL_VERSION, m.__file__)"],

@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from procs import unavailable
 from pytest_docker.plugin import get_docker_services
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,14 +24,8 @@ IMAGES = ("procfleet-master:latest", "procfleet-worker:latest")
 _counter = itertools.count(1)
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
 def docker_unusable(reason: str):
-    if in_ci():
-        pytest.fail(f"Docker is required in CI: {reason}", pytrace=False)
-    pytest.skip(f"Docker is not usable here: {reason}")
+    unavailable(f"Docker is not usable here: {reason}")
 
 
 @pytest.fixture(scope="session")
