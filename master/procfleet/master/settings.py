@@ -16,7 +16,12 @@ POSITIVE_SECONDS = Seconds(min=0, min_open=True)
 
 MASTER_OPTIONS = (
     Option("tasks_path", ("--tasks",), "PROCFLEET_TASKS", metavar="PATH",
-           help="JSON Lines task file, '-' for stdin. Exactly one of --tasks or --demo."),
+           help="JSON Lines task file, '-' for stdin. Exactly one of --tasks, --demo or "
+                "--serve."),
+    Option("serve", ("--serve",), "PROCFLEET_SERVE", is_flag=True, default=False,
+           show_default=False,
+           help="Stay up and run the jobs clients submit (procfleet submit, FleetExecutor), "
+                "keeping workers connected between them; SIGTERM stops it."),
     Option("demo", ("--demo",), "PROCFLEET_DEMO", type=click.IntRange(min=0), metavar="N",
            help="Run N demo tasks square(i), i = 0..N-1, instead of --tasks."),
     Option("demo_sleep", ("--demo-sleep",), "PROCFLEET_DEMO_SLEEP", type=Seconds(min=0),
@@ -80,9 +85,13 @@ class MasterSettings:
 
     def validate(self) -> None:
         """ConfigError for what involves two options (before any file is opened)."""
+        if self.serve:
+            self._validate_serve()
+            return
         if (self.tasks_path is None) == (self.demo is None):
-            raise ConfigError("give exactly one of --tasks PATH or --demo N: the batch's "
-                              "tasks come from one of them")
+            raise ConfigError("give exactly one of --tasks PATH, --demo N or --serve: the "
+                              "batch's tasks come from a file or the demo, a service's from "
+                              "its clients")
         if self.restart_on_crash and not self.journal_path:
             raise ConfigError("--restart-on-crash needs --journal PATH: a restarted batch "
                               "resumes from its journal")
@@ -102,6 +111,23 @@ class MasterSettings:
                     named = a if a == b else f"{a} and {b}"
                     raise ConfigError(f"{first} and {second} name the same file ({named}): "
                                       f"{second} would overwrite it; give {second} another path")
+
+
+    def _validate_serve(self) -> None:
+        given = [flag for flag, value in (
+            ("--tasks", self.tasks_path), ("--demo", self.demo),
+            ("--results", None if self.results_path == "-" else self.results_path),
+            ("--timeout", self.timeout), ("--wait-workers", self.wait_workers or None),
+            ("--restart-on-crash", self.restart_on_crash or None)) if value is not None]
+        if self.journal_path:
+            raise ConfigError("--journal does not go with --serve: a service's jobs are not "
+                              "journalled, so a master restart loses its running jobs (their "
+                              "clients exit 3 and can submit again); use --journal with a "
+                              "batch (--tasks)")
+        if given:
+            raise ConfigError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not go "
+                              "with --serve: a service's tasks, results and limits come from "
+                              "each job (procfleet submit FILE --results PATH --timeout S)")
 
 
 def same_file(a: str, b: str) -> bool:
