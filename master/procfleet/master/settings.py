@@ -7,8 +7,8 @@ from dataclasses import field
 import click
 
 from procfleet.shared.errors import ConfigError
-from procfleet.shared.settings import (VERBOSE_OPTION, Address, Option, Seconds,
-                                       settings_class)
+from procfleet.shared.settings import (MASTER_OPTION, VERBOSE_OPTION, Address, Option,
+                                       Seconds, settings_class)
 
 from .supervise import ENV_SUPERVISOR_PID
 
@@ -128,6 +128,51 @@ class MasterSettings:
             raise ConfigError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not go "
                               "with --serve: a service's tasks, results and limits come from "
                               "each job (procfleet submit FILE --results PATH --timeout S)")
+
+
+def _job_option(name: str) -> Option:
+    """The master's option `name`, as `procfleet submit` takes it for one job."""
+    return next(option for option in MASTER_OPTIONS if option.field == name)
+
+
+SUBMIT_OPTIONS = (
+    MASTER_OPTION,
+    Option("results_path", ("--results",), "PROCFLEET_RESULTS", default="-", metavar="PATH",
+           help="Where the job's result lines go, '-' for stdout."),
+    Option("timeout", ("--timeout",), "PROCFLEET_TIMEOUT", type=POSITIVE_SECONDS,
+           metavar="SECONDS", show_default="no limit",
+           help="Give up on the job after SECONDS: exit 3, finished results still written."),
+    _job_option("task_timeout"),
+    _job_option("retries"),
+    _job_option("retry_backoff"),
+    _job_option("max_attempts"),
+    Option("connect_timeout", ("--connect-timeout",), "PROCFLEET_CONNECT_TIMEOUT",
+           type=POSITIVE_SECONDS, default=30.0, metavar="SECONDS",
+           help="Keep trying to reach the master this long before giving up (exit 3)."),
+    VERBOSE_OPTION,
+)
+
+
+@settings_class(SUBMIT_OPTIONS)
+class SubmitSettings:
+    """Everything `procfleet submit` was told."""
+
+    tasks_path: str
+    authkey: bytes = field(repr=False)
+
+    def job_options(self) -> dict:
+        options = {"label": self.tasks_path if self.tasks_path != "-" else "<stdin>",
+                   "retries": self.retries, "retry_backoff": self.retry_backoff,
+                   "max_attempts": self.max_attempts}
+        if self.task_timeout is not None:
+            options["task_timeout"] = self.task_timeout
+        return options
+
+    def validate(self) -> None:
+        if self.results_path != "-" and self.tasks_path != "-" \
+                and same_file(self.tasks_path, self.results_path):
+            raise ConfigError(f"--results names the task file ({self.tasks_path}): it would "
+                              "overwrite it; give --results another path")
 
 
 def same_file(a: str, b: str) -> bool:
