@@ -195,23 +195,33 @@ class JobBoard:
         self._turn += 1
         jobs = jobs[start:] + jobs[:start]
         leased: list[tuple] = []
-        remaining = want
         for index, job in enumerate(jobs):
-            share = -(-remaining // (len(jobs) - index))
-            d = job.dispatcher
-            if call is not None and worker_id not in d.workers:
-                d.begin_call(worker_id, worker.session, call, 0)    # its first call here
-            base = job.base
-            for task in d.lease(worker_id, share, call):
-                leased.append((base + task[0], task[1], task[2], task[3], task[4], task[5]))
-            remaining = want - len(leased)
-            if job.backlog() == 0:
-                job.backlog_bytes = 0
-            if remaining <= 0:
+            share = -(-(want - len(leased)) // (len(jobs) - index))
+            self._lease_from(job, worker, share, call, leased)
+            if len(leased) >= want:
                 break
+        if len(leased) < want and len(jobs) > 1:
+            for job in jobs:            # what a job could not use, in turn to the others
+                if job.leasable():
+                    self._lease_from(job, worker, want - len(leased), call, leased)
+                    if len(leased) >= want:
+                        break
         if leased and self.registry.first_lease_at is None:
             self.registry.first_lease_at = self.clock()
         return leased
+
+    def _lease_from(self, job: Job, worker, count: int, call: int | None,
+                    leased: list[tuple]) -> None:
+        """Lease up to `count` of `job`'s tasks to `worker`, appended to `leased` with their
+        global seqs."""
+        d = job.dispatcher
+        if call is not None and worker.id not in d.workers:
+            d.begin_call(worker.id, worker.session, call, 0)        # its first call here
+        base = job.base
+        for task in d.lease(worker.id, count, call):
+            leased.append((base + task[0], task[1], task[2], task[3], task[4], task[5]))
+        if job.backlog() == 0:
+            job.backlog_bytes = 0
 
     def complete(self, worker_id: str, outcomes: Iterable[tuple], encoded: bool = False) -> None:
         self.registry.touch(worker_id)
