@@ -284,24 +284,29 @@ class FleetExecutor(Executor):
 
     def _collect(self) -> None:
         """Resolve futures as their result lines arrive."""
-        client, futures = self._client, self._futures
+        client = self._client
         while True:
             try:
                 lines, figures = client.results()
             except (MasterGone, ProcfleetError) as exc:
+                self._resolve(getattr(exc, "lines", ()))
                 self._break(str(exc))
                 return
-            for line in lines:
-                record = _loads(line)
-                future = futures.pop(record["id"], None)
-                if future is None:
-                    continue
-                if record["status"] == "ok":
-                    _settle(future, record["result"], None)
-                else:
-                    _settle(future, None, exception_of(record))
+            self._resolve(lines)
             if figures["done"]:
                 return
+
+    def _resolve(self, lines) -> None:
+        futures = self._futures
+        for line in lines:
+            record = _loads(line)
+            future = futures.pop(record["id"], None)
+            if future is None:
+                continue
+            if record["status"] == "ok":
+                _settle(future, record["result"], None)
+            else:
+                _settle(future, None, exception_of(record))
 
     def _finish(self) -> None:
         """After shutdown(): every sent task resolved, then the job closed and the service

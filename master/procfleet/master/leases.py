@@ -163,10 +163,13 @@ class Dispatcher:
         # (kind, human-readable note) for the log, drained by the owner (who throttles by kind)
         self.events: list[tuple[str, str]] = []
 
+    #: more tasks may still come (extend): not done until the source says it ended
+    open_input = False
+
     # -- state ------------------------------------------------------------------------------
     @property
     def done(self) -> bool:
-        return self.finished == self.total
+        return self.finished == self.total and not self.open_input
 
     def pending(self) -> int:
         """Tasks waiting for a worker now (not counting retries still backing off)."""
