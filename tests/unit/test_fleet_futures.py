@@ -12,6 +12,13 @@ from procfleet.shared.protocol import MAX_DEPTH
 from procfleet.shared.tasks import square
 
 
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 def record(error: str) -> dict:
     return {"id": 1, "task": "t", "status": "failed", "result": None, "error": error,
             "attempts": 2, "worker": "w1"}
@@ -78,13 +85,6 @@ def test_a_task_line_is_a_task_file_line():
     ((nested(MAX_DEPTH + 1),),
      f"nest more than {MAX_DEPTH} deep"),
 ])
-def nested(depth: int) -> list:
-    value: list = []
-    for _ in range(depth - 1):
-        value = [value]
-    return value
-
-
 def test_arguments_that_cannot_travel_are_a_type_error(args, says):
     with pytest.raises(TypeError, match=says):
         task_line(0, "t", args, {})
