@@ -181,9 +181,9 @@ def test_whatever_a_task_raises_ends_as_one_error_within_max_error_chars(exc_typ
     text = utf8_safe("<exception str() failed>" if exc_type is StrRaises else str(exc))
     assert error.encode("utf-8")
     if len(text) > MAX_ERROR_CHARS // 4:
-        assert "clipped: " in error and error.startswith(f"{exc_type.__name__}: {text[:100]}")
+        assert "clipped: " in error and error.startswith(f"{shown}: {text[:100]}")
     else:
-        assert error.startswith(f"{exc_type.__name__}: {text}\n\nTraceback")
+        assert error.startswith(f"{shown}: {text}\n\nTraceback")
     assert round_trips(outcome) and master_accepts(outcome)
 
 
