@@ -25,6 +25,8 @@ from procfleet.shared.errors import TaskFileError
 from procfleet.shared.protocol import (MAX_DEPTH, MAX_TASK_BYTES, SMALL_TASK_BYTES, Task,
                                       deeper_than)
 
+from .leases import BigLineSizes
+
 FIELDS = ("id", "task", "args", "kwargs", "timeout")
 _FIELD_SET = frozenset(FIELDS)
 #: report at most this many bad lines, then stop reading
@@ -196,7 +198,7 @@ class StdinStream:
 
     def __init__(self, timeout: float | None = None) -> None:
         self.timeout = timeout
-        self.sizes = array.array("I")
+        self.sizes = BigLineSizes()     # the batch's dispatcher fills it as tasks arrive
         self.error: TaskFileError | None = None
 
     def records(self) -> Iterator[tuple[Task, int]]:
