@@ -218,3 +218,20 @@ def test_a_batch_master_refuses_a_client_in_one_line(spawn, tmp_path):
           "--results", tmp_path / "r.jsonl").wait_for(r"serving 5 tasks")
     with pytest.raises(RemoteCallError, match="this master runs one batch"):
         FleetExecutor(master=f"127.0.0.1:{port}", authkey=TEST_KEY)
+
+
+def test_a_worker_stopped_past_its_lease_and_every_future_resolves_once(service, counting):
+    """SIGSTOP a worker for longer than the lease: its tasks go to the other worker; when it
+    wakes, its late results are dropped as duplicates, never resolved twice."""
+    address, master, workers = service
+    module, path = counting
+    got = []
+    with FleetExecutor(master=address, authkey=TEST_KEY) as ex:
+        for value in ex.map(module.counted, [str(path)] * 200, [0.01] * 200, range(200)):
+            got.append(value)
+            if len(got) == 40:
+                workers[0].signal(signal.SIGSTOP)
+                master.wait_for(r"worker w1 silent for more than 1.5 s: requeued [1-9]")
+                workers[0].signal(signal.SIGCONT)
+    assert got == [i * i for i in range(200)]
+    assert len(runs(path)) >= 200
