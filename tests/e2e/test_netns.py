@@ -17,7 +17,7 @@ from procfleet.worker.worker import CALL_TIMEOUT_LEASES, MIN_CALL_TIMEOUT
 
 import chaos
 import netns
-from procs import assert_exactly_once, master_port, summary, wait_until
+from procs import assert_exactly_once, master_port, read_results, summary, wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -253,3 +253,39 @@ def test_a_slow_link_delays_every_call_and_the_batch_still_ends_once_each(testbe
     print(f"\nslow link {rate}: w0 delivered {slow_results} of {len(tasks)}; {stats}")
     if rate == "1mbit":
         assert slow_results > 0, "the slow worker did nothing: the link was as good as cut"
+
+
+def test_a_service_job_across_a_cut_worker_link(testbed, spawn, tmp_path):
+    """A service (--serve) and its client on the master's host, workers on two others: one
+    worker's link is down 6 s (> lease) mid-job; the job ends with every result exactly once."""
+    bed = testbed(2)
+    tasks = sleep_tasks(120, 0.1)
+    task_file = tmp_path / "tasks.jsonl"
+    task_file.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    out = tmp_path / "results.jsonl"
+    master = spawn("master", "--serve", "--bind", "0.0.0.0:0", "--lease-timeout",
+                   str(LEASE_TIMEOUT), python=bed.python(bed.master_ns))
+    _, m = master.wait_for(r"serving jobs on [\d.]+:(\d+)")
+    port = int(m.group(1))
+    for link in bed.links:
+        spawn("worker", "--master", f"{link.master_ip}:{port}", "--id", f"w{link.index}",
+              "--concurrency", "2", "--connect-timeout", "40",
+              python=bed.python(link.worker_ns)).wait_for("connected to master")
+    client = spawn("submit", task_file, "--master", f"127.0.0.1:{port}", "--results", out,
+                   "--timeout", "50", python=bed.python(bed.master_ns))
+    wait_until(lambda: sum(1 for r in read_results(out) if r["worker"] == "w0") >= 2, 20,
+               "w0's first results")
+    victim = bed.links[0]
+    victim.cut()
+    master.wait_for(r"worker w0 silent for more than 2 s: requeued", timeout=10)
+    time.sleep(4.0)         # the rest of the fault's length, not a condition
+    victim.restore()
+    healed = time.monotonic()
+    assert client.wait(60) == 0, client.tail()
+    ended = time.monotonic()
+    results = read_results(out)
+    chaos.record("netns: a service job, a worker's link down > lease (--serve, submit)",
+                 {t["id"]: t["args"][1] for t in tasks}, results,
+                 dropped=summary(client, actor="submit")["duplicates_dropped"],
+                 recover_s=ended - healed, recovery="heal to the client's exit 0")
+    assert_exactly_once(results, {t["id"]: t["args"][1] for t in tasks})
