@@ -215,3 +215,15 @@ def test_big_tasks_of_a_job_are_leased_within_the_lease_bytes():
     small = board.open_job(JobOptions())
     put(board, small, 1000)
     assert len(small.dispatcher.sizes) == 0          # small lines cost nothing per task
+
+
+def test_a_new_job_is_shared_among_every_worker_that_asks_for_work():
+    """Four idle workers long-poll; a job of 80 arrives: the first to ask takes a quarter,
+    not the whole job (its dispatcher has seen none of them yet), and each after it a share of
+    what is left, as in a batch."""
+    board, _ = make()
+    for w in "abcd":
+        assert board.lease(w, 100) == []         # idle: asking, nothing to lease
+    job = board.open_job(JobOptions())
+    put(board, job, 80)
+    assert [len(board.lease(w, 100)) for w in "abcd"] == [20, 15, 12, 9]

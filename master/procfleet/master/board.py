@@ -194,15 +194,18 @@ class JobBoard:
         self._turn += 1
         jobs = jobs[start:] + jobs[:start]
         leased: list[tuple] = []
+        # A job's fair share counts every worker that asks for work, not only those that
+        # leased from it already: else the first to ask takes a new job whole.
+        sharers = self.registry.sharers()
         for index, job in enumerate(jobs):
             share = -(-(want - len(leased)) // (len(jobs) - index))
-            self._lease_from(job, worker, share, call, leased)
+            self._lease_from(job, worker, share, call, leased, sharers)
             if len(leased) >= want:
                 break
         if len(leased) < want and len(jobs) > 1:
             for job in jobs:            # what a job could not use, in turn to the others
                 if job.leasable():
-                    self._lease_from(job, worker, want - len(leased), call, leased)
+                    self._lease_from(job, worker, want - len(leased), call, leased, sharers)
                     if len(leased) >= want:
                         break
         if leased and self.registry.first_lease_at is None:
@@ -210,14 +213,14 @@ class JobBoard:
         return leased
 
     def _lease_from(self, job: Job, worker, count: int, call: int | None,
-                    leased: list[tuple]) -> None:
+                    leased: list[tuple], sharers: int) -> None:
         """Lease up to `count` of `job`'s tasks to `worker`, appended to `leased` with their
         global seqs."""
         d = job.dispatcher
         if call is not None and worker.id not in d.workers:
             d.begin_call(worker.id, worker.session, call, 0)        # its first call here
         base = job.base
-        for task in d.lease(worker.id, count, call):
+        for task in d.lease(worker.id, count, call, sharers):
             leased.append((base + task[0], task[1], task[2], task[3], task[4], task[5]))
         if job.backlog() == 0:
             job.backlog_bytes = 0

@@ -393,11 +393,13 @@ class Dispatcher:
                                 f"{len(returned)} tasks (its reply was lost): requeued them"))
 
     # -- leasing -----------------------------------------------------------------------------
-    def lease(self, worker_id: str, want: int, call: int | None = None) -> list[Task]:
+    def lease(self, worker_id: str, want: int, call: int | None = None,
+              sharers: int | None = None) -> list[Task]:
         """Lease up to `want` tasks, capped at a fair share of what is pending and, when tasks
         are big, at LEASE_BYTES of task lines: requeued ones first, then fresh ones from the
         source, in order. `call`: the worker's call number this reply answers (begin_call); a
-        call that is no longer the worker's latest gets nothing."""
+        call that is no longer the worker's latest gets nothing. `sharers`: how many workers
+        share the tasks, when the caller knows better (a service's jobs: JobBoard.lease)."""
         if want <= 0:
             self.touch(worker_id)
             return []
@@ -407,7 +409,7 @@ class Dispatcher:
         pending = self.pending()
         if not pending:
             return []
-        count = min(want, -(-pending // self.sharers()))
+        count = min(want, -(-pending // (sharers or self.sharers())))
         leased = []
         held, log, sizes = worker.held, self.leased_log, self.sizes
         budget = LEASE_BYTES

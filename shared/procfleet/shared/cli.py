@@ -148,8 +148,9 @@ def ping(**options):
         info = proxy.ping()
     except ProcfleetError as exc:
         fail(exc)
+    jobs = f", {info['jobs']} jobs open" if "jobs" in info else ""     # a service (--serve)
     click.echo(f"master {format_address(settings.master)}: {info['state']}, "
-               f"{info['done']}/{info['total']} tasks done, {info['workers']} workers")
+               f"{info['done']}/{info['total']} tasks done, {info['workers']} workers{jobs}")
 
 
 if __name__ == "__main__":  # python -m procfleet.shared.cli; children: -m procfleet.shared
