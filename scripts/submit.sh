@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One job for the service-mode cluster (scripts/serve.sh): `procfleet submit` in a one-off
+# container of docker-compose.serve.yml's `submit` service, on the cluster's network, with the
+# task file on its stdin and its result lines on its stdout, written to RESULTS on this host.
+# Nothing is copied or mounted, so the files' owners and modes never matter to the container.
+# Progress and the closing `submit: summary: {...}` line go to stderr. Exits with submit's code:
+# 0 all ok, 1 some failed, 2 bad input (nothing sent), 3 unfinished (or no cluster running).
+#
+# Usage: scripts/submit.sh TASKS [RESULTS] [-- SUBMIT_OPTIONS...]
+#   TASKS    a JSON Lines task file, or - for this script's stdin
+#   RESULTS  default TASKS.results.jsonl (stdout when TASKS is -); - for stdout. It is written
+#            as results arrive, in RESULTS.partial, renamed when submit ends; a job refused
+#            before anything was sent leaves an older RESULTS as it was.
+#   e.g. scripts/submit.sh tasks.jsonl -- --timeout 600 --retries 2
+set -uo pipefail
+here=$PWD    # TASKS and RESULTS are the caller's paths
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+usage() { say "usage: scripts/submit.sh TASKS [RESULTS] [-- SUBMIT_OPTIONS...] (make submit TASKS=FILE)"; exit 2; }
+
+[ $# -ge 1 ] && [ -n "$1" ] && [ "$1" != -- ] || usage
+tasks=$1; shift
+results=
+if [ $# -ge 1 ] && [ "$1" != -- ]; then results=$1; shift; fi
+if [ $# -ge 1 ]; then [ "$1" = -- ] || usage; shift; fi
+if [ "$tasks" = - ]; then
+    results=${results:--}
+else
+    case "$tasks" in /*) ;; *) tasks=$here/$tasks ;; esac
+    results=${results:-$tasks.results.jsonl}
+    if [ ! -f "$tasks" ] || [ ! -r "$tasks" ]; then
+        say "cannot read the task file $tasks"
+        exit 2
+    fi
+    exec <"$tasks"
+fi
+case "$results" in -|/*) ;; *) results=$here/$results ;; esac
+
+# `run` would create the network by itself and leave submit waiting for nobody.
+project=$(serve_project)
+master=$(with_any_key compose_serve ps -q master 2>/dev/null | head -n 1)
+if [ -z "$master" ] || [ "$(docker inspect -f '{{.State.Running}}' "$master" 2>/dev/null)" != true ]; then
+    say "no service-mode cluster is running (compose project $project): start one with 'make serve'"
+    exit 3
+fi
+
+# Ctrl-C reaches submit in its container too (it ends the job unfinished, exit 3); a handler
+# (not an ignore, which compose would inherit) keeps this shell alive to keep what arrived.
+trap : INT TERM
+
+if [ "$results" = - ]; then
+    compose_serve run --rm -T --no-deps submit submit --results - "$@" -
+    exit
+fi
+partial=$results.partial
+compose_serve run --rm -T --no-deps submit submit --results - "$@" - >"$partial"
+code=$?
+if [ "$code" = 2 ] && [ ! -s "$partial" ]; then
+    rm -f "$partial"
+    say "nothing was sent (exit 2)"
+else
+    mv -f "$partial" "$results"
+    say "results: $results ($(wc -l <"$results") lines); submit exited $code"
+fi
+exit "$code"
