@@ -1,4 +1,5 @@
-# Sourced by the scripts: messages and the compose command.
+# Sourced by the (bash) scripts: messages and the compose command.
+# shellcheck shell=bash
 
 say() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 

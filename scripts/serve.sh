@@ -6,7 +6,7 @@
 # Usage: scripts/serve.sh [WORKERS]   (default $WORKERS or 4; needs the images and a key: `make serve`)
 # PROCFLEET_SERVE_WAIT bounds the wait (seconds, default 120).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 . scripts/lib.sh
 
 workers=${1:-${WORKERS:-4}}

@@ -14,12 +14,12 @@
 #   e.g. scripts/submit.sh tasks.jsonl -- --timeout 600 --retries 2
 set -uo pipefail
 here=$PWD    # TASKS and RESULTS are the caller's paths
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 . scripts/lib.sh
 
 usage() { say "usage: scripts/submit.sh TASKS [RESULTS] [-- SUBMIT_OPTIONS...] (make submit TASKS=FILE)"; exit 2; }
 
-[ $# -ge 1 ] && [ -n "$1" ] && [ "$1" != -- ] || usage
+if [ $# -lt 1 ] || [ -z "$1" ] || [ "$1" = -- ]; then usage; fi
 tasks=$1; shift
 results=
 if [ $# -ge 1 ] && [ "$1" != -- ]; then results=$1; shift; fi
