@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.." || exit 2
 usage() { say "usage: scripts/submit.sh TASKS [RESULTS] [-- SUBMIT_OPTIONS...] (make submit TASKS=FILE)"; exit 2; }
 
 if [ $# -lt 1 ] || [ -z "$1" ] || [ "$1" = -- ]; then usage; fi
-tasks=$1; shift
+tasks=$1 shown=$1; shift
 results=
 if [ $# -ge 1 ] && [ "$1" != -- ]; then results=$1; shift; fi
 if [ $# -ge 1 ]; then [ "$1" = -- ] || usage; shift; fi
@@ -30,7 +30,7 @@ else
     case "$tasks" in /*) ;; *) tasks=$here/$tasks ;; esac
     results=${results:-$tasks.results.jsonl}
     if [ ! -f "$tasks" ] || [ ! -r "$tasks" ]; then
-        say "cannot read the task file $tasks"
+        say "cannot read the task file $shown"
         exit 2
     fi
     exec <"$tasks"
@@ -45,17 +45,30 @@ if [ -z "$master" ] || [ "$(docker inspect -f '{{.State.Running}}' "$master" 2>/
     exit 3
 fi
 
+# submit reads the tasks from its stdin, so its messages call the file <stdin>
+# (`<stdin>:2: invalid JSON ...`): give them the name the caller gave. It runs in the pipeline's
+# own subshell and ignores Ctrl-C, so it passes on submit's last lines after one.
+name_file() {
+    trap '' INT TERM
+    if [ "$shown" = - ]; then exec cat; fi
+    NAME=$shown awk '{ i = index($0, "<stdin>:")
+        if (i) $0 = substr($0, 1, i - 1) ENVIRON["NAME"] ":" substr($0, i + 8)
+        print; fflush() }'
+}
+job() { compose_serve run --rm -T --no-deps submit submit --results - "$@" -; }
+
 # Ctrl-C reaches submit in its container too (it ends the job unfinished, exit 3); a handler
 # (not an ignore, which compose would inherit) keeps this shell alive to keep what arrived.
 trap : INT TERM
 
+# submit's stdout to fd 3 (the results), its stderr through name_file
 if [ "$results" = - ]; then
-    compose_serve run --rm -T --no-deps submit submit --results - "$@" -
-    exit
+    { job "$@" 2>&1 1>&3 3>&- | name_file >&2; } 3>&1
+    exit "${PIPESTATUS[0]}"
 fi
 partial=$results.partial
-compose_serve run --rm -T --no-deps submit submit --results - "$@" - >"$partial"
-code=$?
+{ job "$@" 2>&1 1>&3 3>&- | name_file >&2; } 3>"$partial"
+code=${PIPESTATUS[0]}
 if [ "$code" = 2 ] && [ ! -s "$partial" ]; then
     rm -f "$partial"
     say "nothing was sent (exit 2)"
