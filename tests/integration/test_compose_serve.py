@@ -152,7 +152,7 @@ def test_bad_task_file_is_refused_with_its_line_and_nothing_sent(served, tmp_pat
     refused = s.submit(tasks, results)
 
     assert refused.returncode == 2, refused.stderr
-    assert ":2: " in refused.stderr, refused.stderr
+    assert f"{tasks}:2: " in refused.stderr, refused.stderr     # the host file, not <stdin>
     assert "Traceback" not in refused.stderr
     # Nothing sent: the master saw no job, and the older results file is as it was.
     assert results.read_text() == "an older job's results\n"
