@@ -103,7 +103,9 @@ def test_a_real_client_calls_every_method(server):
     assert proxy.release("w-1", [1, 2]) == 2
     assert proxy.ping() == {"state": RUN}
     assert proxy.goodbye("w-1") is None
-    assert set(DISPATCHER_METHODS) == {"hello", "exchange", "release", "goodbye", "ping"}
+    assert set(DISPATCHER_METHODS) == {"hello", "exchange", "release", "goodbye", "ping",
+                                       "job_open", "job_put", "job_results", "job_cancel",
+                                       "job_close"}
     assert server.rejected_messages == 0 and server.auth_failures == 0
 
 

@@ -52,7 +52,7 @@ def test_a_subcommand_that_is_not_installed_says_which_package(monkeypatch):
 def test_master_needs_exactly_one_source(authkey_env, args):
     result = run(args)
     assert result.exit_code == 2
-    assert "exactly one of --tasks PATH or --demo N" in result.output
+    assert "exactly one of --tasks PATH, --demo N or --serve" in result.output
 
 
 def test_master_without_key_names_both_variables(no_key):
@@ -155,7 +155,7 @@ def test_worker_id_the_master_would_refuse_is_a_usage_error(authkey_env, worker_
      "is not HOST:PORT (e.g. 127.0.0.1:50000)"),
     (["master", "--demo", "1", "--restart-on-crash", "2"], {},
      "--restart-on-crash needs --journal PATH", "resumes from its journal"),
-    (["master"], {}, "give exactly one of --tasks PATH or --demo N", "come from one of them"),
+    (["master"], {}, "give exactly one of --tasks PATH, --demo N or --serve", "a service's from its clients"),
     (["worker", "--concurrency", "0"], {}, "Invalid value for '--concurrency'",
      "see 'procfleet worker --help'"),
     (["worker", "--id", "a\nb"], {}, "Invalid value for '--id'", "printable text"),

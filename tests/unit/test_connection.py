@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from procfleet.shared.errors import AuthenticationFailed, MasterUnreachable
-from procfleet.worker import connection
+from procfleet.shared import connection
 
 
 class FakeTime:

@@ -101,8 +101,8 @@ def master(**options):
 
 
 @pytest.mark.parametrize("options,message", [
-    ({}, "exactly one of --tasks PATH or --demo N"),
-    ({"demo": 1, "tasks_path": "t.jsonl"}, "exactly one of --tasks PATH or --demo N"),
+    ({}, "exactly one of --tasks PATH, --demo N or --serve"),
+    ({"demo": 1, "tasks_path": "t.jsonl"}, "exactly one of --tasks PATH, --demo N or --serve"),
     ({"demo": 1, "restart_on_crash": 2}, "--restart-on-crash needs --journal PATH"),
     ({"tasks_path": "-", "journal_path": "j.db", "results_path": "r.jsonl"},
      "--journal needs a task file or --demo"),

@@ -10,6 +10,7 @@ from procfleet.shared.logs import configure_logging
 from procfleet.shared.settings import click_options, load_authkey
 
 from .batch import run_master
+from .serve import run_service
 from .settings import MASTER_OPTIONS, MasterSettings
 from .supervise import die_with_supervisor, supervise
 
@@ -39,7 +40,7 @@ def master(**options):
                    "was not started", err=True)
         sys.exit(EXIT_UNFINISHED)
     try:
-        code = run_master(settings)
+        code = run_service(settings) if settings.serve else run_master(settings)
     except ProcfleetError as exc:
         fail(exc)
     sys.exit(code)

@@ -83,10 +83,29 @@ class Counters:
     workers_lost: int = 0
     stale: int = 0           # results for tasks this master does not have in flight: ignored
     unacked: int = 0         # leases whose reply never reached the worker: requeued at once
+    cancelled: int = 0       # tasks taken back before any worker leased them (Dispatcher.cancel)
 
     def as_dict(self) -> dict[str, int]:
         """Every counter by name (for the service's snapshot and the summary)."""
         return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Feed:
+    """A task source that grows: the tasks a client streams in (Dispatcher.extend). Unlike a
+    generator, it can run dry now and yield again later."""
+
+    __slots__ = ("queue",)
+
+    def __init__(self) -> None:
+        self.queue: deque[Task] = deque()
+
+    def __iter__(self) -> "Feed":
+        return self
+
+    def __next__(self) -> Task:
+        if self.queue:
+            return self.queue.popleft()
+        raise StopIteration
 
 
 class Dispatcher:
@@ -218,6 +237,49 @@ class Dispatcher:
     def take_events(self) -> list[tuple[str, str]]:
         events, self.events = self.events, []
         return events
+
+    # -- a growing batch (a job of the service, procfleet.master.board) ---------------------
+    def extend(self, tasks: list[Task], sizes: Iterable[int] = ()) -> None:
+        """Add `tasks` (seqs total, total + 1, ...) to a dispatcher made with a Feed; `sizes`:
+        their lines' bytes, when the dispatcher measures leases (sizes is not None)."""
+        self._fresh.queue.extend(tasks)
+        count = len(tasks)
+        self.total += count
+        self.done_flags.extend(bytes(count))
+        self._untouched += count
+        if self.sizes is not None:
+            self.sizes.extend(sizes)
+
+    def cancel(self, seqs: Iterable[int]) -> list[int]:
+        """Take back the tasks of `seqs` that no worker holds (never leased, requeued or waiting
+        for a retry): they end now, without a result line. Returns those seqs."""
+        cancelled = []
+        flags, active = self.done_flags, self.active
+        for seq in seqs:
+            if not 0 <= seq < self.total or flags[seq]:
+                continue
+            entry = active.get(seq)
+            if entry is None:
+                self._untouched -= 1        # still in the source: _take_fresh skips it
+                self._skip_known = True
+            elif type(entry) is TaskState and entry.holder is None:
+                del active[seq]             # its place in `requeued`/`delayed` is skipped
+            else:
+                continue                    # leased: it runs
+            flags[seq] = 1
+            self.finished += 1
+            cancelled.append(seq)
+        self.counters.cancelled += len(cancelled)
+        return cancelled
+
+    def lose_worker(self, worker_id: str) -> int:
+        """`worker_id` is gone (its service saw it silent): requeue what it held here, as
+        expire() does. Returns how many were requeued."""
+        worker = self.workers.get(worker_id)
+        if worker is None or not worker.alive:
+            return 0
+        worker.alive = False
+        return self._lose_held(worker) if worker.held else 0
 
     # -- worker calls -----------------------------------------------------------------------
     def touch(self, worker_id: str) -> WorkerState:

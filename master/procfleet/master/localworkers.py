@@ -25,13 +25,19 @@ def check_worker_installed() -> None:
 
 
 class LocalWorkers:
-    def __init__(self, count: int, master_address: str) -> None:
+    def __init__(self, count: int, master_address: str, imports: tuple[str, ...] = (),
+                 authkey: bytes | None = None, env: dict | None = None) -> None:
         self.procs: list[subprocess.Popen] = []
         self.reported: set[int] = set()
-        env = dict(os.environ, PROCFLEET_MASTER=master_address)
+        env = dict(os.environ if env is None else env, PROCFLEET_MASTER=master_address)
+        if authkey is not None:         # FleetExecutor's own key: not in the environment
+            env.pop("PROCFLEET_AUTHKEY_FILE", None)
+            env["PROCFLEET_AUTHKEY"] = os.fsdecode(authkey)
         for i in range(1, count + 1):
             cmd = [sys.executable, "-m", "procfleet.shared", "worker",
                    "--id", f"local-{os.getpid()}-{i}"]
+            for module in imports:
+                cmd += ["--import", module]
             self.procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                                stdout=subprocess.DEVNULL))
 

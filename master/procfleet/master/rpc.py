@@ -36,7 +36,10 @@ class DispatcherService:
         self.batch = batch
         self.wait_workers = wait_workers     # lease nothing until this many workers joined
         self.started = wait_workers == 0
-        self.cond = threading.Condition()
+        # one lock, two conditions: workers' long polls wait on `cond`, clients' on their own
+        # (procfleet.master.service), so a result wakes no idle worker
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
         self.stopping = False
         clock = dispatcher.clock
         # Log lines a peer's calls cause, one throttle per kind: (counter, level).
@@ -120,6 +123,7 @@ class DispatcherService:
                 d.complete(worker_id, outcomes, encoded=True)
                 if d.done:
                     self.cond.notify_all()
+                self._completed()
             if self._finished():
                 return self._stop(worker_id)
             if self.started:
@@ -134,6 +138,8 @@ class DispatcherService:
                 if self._finished():
                     return self._stop(worker_id)
                 tasks = d.lease(worker_id, want, call) if self.started else []
+            if tasks:
+                self._leased()
             return [tuple(t) for t in tasks], RUN
 
     def release(self, worker_id: str, seqs: list) -> int:
@@ -161,6 +167,28 @@ class DispatcherService:
             d = self.dispatcher
             return {"state": STOP if self._finished() else RUN, "total": d.total,
                     "done": d.finished, "workers": len(d.alive_workers())}
+
+    # -- exposed to clients: only a service (--serve) has jobs ------------------------------
+    def job_open(self, options: dict) -> dict:
+        raise ValueError(_NOT_A_SERVICE)
+
+    def job_put(self, job: str, lines: list, end: bool, wait: float) -> int:
+        raise ValueError(_NOT_A_SERVICE)
+
+    def job_results(self, job: str, limit: int, wait: float) -> tuple:
+        raise ValueError(_NOT_A_SERVICE)
+
+    def job_cancel(self, job: str, seqs: list) -> list:
+        raise ValueError(_NOT_A_SERVICE)
+
+    def job_close(self, job: str) -> dict:
+        raise ValueError(_NOT_A_SERVICE)
+
+    def _completed(self) -> None:
+        """Results were taken (under the lock): a service wakes the clients waiting for them."""
+
+    def _leased(self) -> None:
+        """Tasks were leased (under the lock): a service wakes clients waiting for room."""
 
     # -- used by the master's own loop ------------------------------------------------------
     def snapshot(self) -> dict:
@@ -251,6 +279,9 @@ class DispatcherService:
         self.cond.notify_all()
         return [], STOP
 
+
+_NOT_A_SERVICE = ("this master runs one batch (--tasks or --demo); submit jobs to a master "
+                  "started with --serve")
 
 _INFO_NOTES = frozenset({"joined", "draining", "left"})
 

@@ -14,8 +14,8 @@ import msgspec
 
 from procfleet.shared.manager import DISPATCHER
 from procfleet.shared.protocol import (MAX_ERROR_CHARS, MAX_NAME, MAX_OUTCOMES,
-                                      MAX_RESULT_BYTES, MAX_WIRE_INT, MAX_WORKER_ID,
-                                      OUTCOME_KINDS)
+                                      MAX_RESULT_BYTES, MAX_TASK_BYTES, MAX_WIRE_INT,
+                                      MAX_WORKER_ID, OUTCOME_KINDS)
 
 #: the longest `wait` an exchange may ask for (the service caps it at MAX_LONG_POLL anyway)
 MAX_WAIT = 3600.0
@@ -34,6 +34,11 @@ Info = Annotated[dict[Name, Name | int | float | bool | None],
 Cursor = tuple[Name, Count, Count]
 Wait = Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT)]
 Seqs = Annotated[list[Count], msgspec.Meta(max_length=MAX_OUTCOMES)]
+#: a job's options (service.JobService.job_open checks names and ranges)
+JobOptions = Annotated[dict[Name, Name | int | float | None], msgspec.Meta(max_length=16)]
+#: task lines of one job_put (service.MAX_PUT, checked there too)
+TaskLines = Annotated[list[Annotated[str, msgspec.Meta(max_length=MAX_TASK_BYTES)]],
+                      msgspec.Meta(max_length=10_000)]
 NoKeywords = Annotated[dict[str, Any], msgspec.Meta(max_length=0)]
 
 #: (ident, name, args, kwds); args stay encoded until `name` says what they should be
@@ -54,6 +59,12 @@ CALL_ARGS = {
     "release": tuple[WorkerId, Seqs],
     "goodbye": tuple[WorkerId],
     "ping": tuple[()],
+    # a client's job (procfleet.master.service)
+    "job_open": tuple[JobOptions],
+    "job_put": tuple[Name, TaskLines, bool, Wait],
+    "job_results": tuple[Name, Count, Wait],
+    "job_cancel": tuple[Name, Annotated[list[Count], msgspec.Meta(max_length=100_000)]],
+    "job_close": tuple[Name],
 }
 
 ENVELOPE = msgspec.msgpack.Decoder(Envelope)

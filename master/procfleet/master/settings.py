@@ -7,8 +7,8 @@ from dataclasses import field
 import click
 
 from procfleet.shared.errors import ConfigError
-from procfleet.shared.settings import (VERBOSE_OPTION, Address, Option, Seconds,
-                                       settings_class)
+from procfleet.shared.settings import (MASTER_OPTION, VERBOSE_OPTION, Address, Option,
+                                       Seconds, settings_class)
 
 from .supervise import ENV_SUPERVISOR_PID
 
@@ -16,7 +16,12 @@ POSITIVE_SECONDS = Seconds(min=0, min_open=True)
 
 MASTER_OPTIONS = (
     Option("tasks_path", ("--tasks",), "PROCFLEET_TASKS", metavar="PATH",
-           help="JSON Lines task file, '-' for stdin. Exactly one of --tasks or --demo."),
+           help="JSON Lines task file, '-' for stdin. Exactly one of --tasks, --demo or "
+                "--serve."),
+    Option("serve", ("--serve",), "PROCFLEET_SERVE", is_flag=True, default=False,
+           show_default=False,
+           help="Stay up and run the jobs clients submit (procfleet submit, FleetExecutor), "
+                "keeping workers connected between them; SIGTERM stops it."),
     Option("demo", ("--demo",), "PROCFLEET_DEMO", type=click.IntRange(min=0), metavar="N",
            help="Run N demo tasks square(i), i = 0..N-1, instead of --tasks."),
     Option("demo_sleep", ("--demo-sleep",), "PROCFLEET_DEMO_SLEEP", type=Seconds(min=0),
@@ -80,9 +85,13 @@ class MasterSettings:
 
     def validate(self) -> None:
         """ConfigError for what involves two options (before any file is opened)."""
+        if self.serve:
+            self._validate_serve()
+            return
         if (self.tasks_path is None) == (self.demo is None):
-            raise ConfigError("give exactly one of --tasks PATH or --demo N: the batch's "
-                              "tasks come from one of them")
+            raise ConfigError("give exactly one of --tasks PATH, --demo N or --serve: the "
+                              "batch's tasks come from a file or the demo, a service's from "
+                              "its clients")
         if self.restart_on_crash and not self.journal_path:
             raise ConfigError("--restart-on-crash needs --journal PATH: a restarted batch "
                               "resumes from its journal")
@@ -102,6 +111,68 @@ class MasterSettings:
                     named = a if a == b else f"{a} and {b}"
                     raise ConfigError(f"{first} and {second} name the same file ({named}): "
                                       f"{second} would overwrite it; give {second} another path")
+
+
+    def _validate_serve(self) -> None:
+        given = [flag for flag, value in (
+            ("--tasks", self.tasks_path), ("--demo", self.demo),
+            ("--results", None if self.results_path == "-" else self.results_path),
+            ("--timeout", self.timeout), ("--wait-workers", self.wait_workers or None),
+            ("--restart-on-crash", self.restart_on_crash or None)) if value is not None]
+        if self.journal_path:
+            raise ConfigError("--journal does not go with --serve: a service's jobs are not "
+                              "journalled, so a master restart loses its running jobs (their "
+                              "clients exit 3 and can submit again); use --journal with a "
+                              "batch (--tasks)")
+        if given:
+            raise ConfigError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not go "
+                              "with --serve: a service's tasks, results and limits come from "
+                              "each job (procfleet submit FILE --results PATH --timeout S)")
+
+
+def _job_option(name: str) -> Option:
+    """The master's option `name`, as `procfleet submit` takes it for one job."""
+    return next(option for option in MASTER_OPTIONS if option.field == name)
+
+
+SUBMIT_OPTIONS = (
+    MASTER_OPTION,
+    Option("results_path", ("--results",), "PROCFLEET_RESULTS", default="-", metavar="PATH",
+           help="Where the job's result lines go, '-' for stdout."),
+    Option("timeout", ("--timeout",), "PROCFLEET_TIMEOUT", type=POSITIVE_SECONDS,
+           metavar="SECONDS", show_default="no limit",
+           help="Give up on the job after SECONDS: exit 3, finished results still written."),
+    _job_option("task_timeout"),
+    _job_option("retries"),
+    _job_option("retry_backoff"),
+    _job_option("max_attempts"),
+    Option("connect_timeout", ("--connect-timeout",), "PROCFLEET_CONNECT_TIMEOUT",
+           type=POSITIVE_SECONDS, default=30.0, metavar="SECONDS",
+           help="Keep trying to reach the master this long before giving up (exit 3)."),
+    VERBOSE_OPTION,
+)
+
+
+@settings_class(SUBMIT_OPTIONS)
+class SubmitSettings:
+    """Everything `procfleet submit` was told."""
+
+    tasks_path: str
+    authkey: bytes = field(repr=False)
+
+    def job_options(self) -> dict:
+        options = {"label": self.tasks_path if self.tasks_path != "-" else "<stdin>",
+                   "retries": self.retries, "retry_backoff": self.retry_backoff,
+                   "max_attempts": self.max_attempts}
+        if self.task_timeout is not None:
+            options["task_timeout"] = self.task_timeout
+        return options
+
+    def validate(self) -> None:
+        if self.results_path != "-" and self.tasks_path != "-" \
+                and same_file(self.tasks_path, self.results_path):
+            raise ConfigError(f"--results names the task file ({self.tasks_path}): it would "
+                              "overwrite it; give --results another path")
 
 
 def same_file(a: str, b: str) -> bool:

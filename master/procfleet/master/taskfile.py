@@ -138,7 +138,7 @@ class FileSource:
         """The checked tasks again. The last one is held back until the rest of the file and
         its digest are checked too, since the dispatcher never asks past the last task."""
         total, digest, seq = self.total, hashlib.sha256(), 0
-        entries = _tasks(_read_lines(self._reader(), digest), self.path, self.timeout)
+        entries = task_records(_read_lines(self._reader(), digest), self.path, self.timeout)
         for lineno, task, _size in entries:
             if isinstance(task, str) or seq >= total:
                 self._note(task if isinstance(task, str) else
@@ -260,7 +260,7 @@ def parse_lines(lines: Iterable[str], name: str, timeout: float | None = None) -
 
 def _parsed(lines: list[str], name: str, timeout: float | None) -> list[Task]:
     return [task._replace(seq=seq)
-            for seq, (_n, task, _size) in enumerate(_tasks(lines, name, timeout))]
+            for seq, (_n, task, _size) in enumerate(task_records(lines, name, timeout))]
 
 
 def check_lines(lines: Callable[[], Iterable[str]],
@@ -277,7 +277,7 @@ def check_lines(lines: Callable[[], Iterable[str]],
     shared: set[int] = set()
     count = 0
     sizes, largest = array.array("I"), 0
-    for _lineno, task, size in _tasks(lines(), name, None):
+    for _lineno, task, size in task_records(lines(), name, None):
         if isinstance(task, str):
             errors.append(task)
             if len(errors) >= MAX_ERRORS:
@@ -307,7 +307,7 @@ def check_lines(lines: Callable[[], Iterable[str]],
 def _duplicate_ids(lines: Iterable[str], name: str, shared: set[int]) -> list[str]:
     first_line: dict[str, int] = {}
     errors = []
-    for lineno, task, _size in _tasks(lines, name, None):
+    for lineno, task, _size in task_records(lines, name, None):
         key = str(task.id)     # 1 and "1" are the same id
         if hash(key) & (ID_BITMAP_BITS - 1) not in shared:
             continue
@@ -350,7 +350,7 @@ def _read_lines(fh: Iterable[str], digest=None) -> Iterator[str | int]:
             close()
 
 
-def _tasks(lines: Iterable[str | int], name: str,
+def task_records(lines: Iterable[str | int], name: str,
            timeout: float | None) -> Iterator[tuple[int, Task | str, int]]:
     """(line number, Task or error text, line length in UTF-8 bytes) for every non-blank line;
     seq is filled in by callers."""

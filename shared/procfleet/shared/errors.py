@@ -36,3 +36,28 @@ class ProtocolMismatch(ProcfleetError):
 
 class UnknownTask(ProcfleetError):
     """A task name that no imported module registered."""
+
+
+class TaskFailed(ProcfleetError):
+    """A task of a FleetExecutor ended failed without a builtin exception to re-raise: its
+    function raised a non-builtin one, or the task never returned (see the subclasses). The
+    worker's text (`error`: type, message and traceback) is the message."""
+
+    exit_code = 1
+
+    def __init__(self, error: str, *, task: str = "", attempts: int = 0,
+                 worker: str | None = None) -> None:
+        super().__init__(error)
+        self.error, self.task, self.attempts, self.worker = error, task, attempts, worker
+
+
+class WorkerLost(TaskFailed):
+    """Every worker that held the task went silent or left (--max-attempts times)."""
+
+
+class TaskTimeout(TaskFailed):
+    """The task ran past its timeout and was killed."""
+
+
+class WorkerCrash(TaskFailed):
+    """The process running the task died (crashed, killed) each time it was tried."""

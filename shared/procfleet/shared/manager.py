@@ -21,7 +21,8 @@ PROTOCOL_VERSION = 4
 #: typeid under which the master serves its dispatcher
 DISPATCHER = "dispatcher"
 #: the dispatcher's methods a peer may call
-DISPATCHER_METHODS = ("hello", "exchange", "release", "goodbye", "ping")
+DISPATCHER_METHODS = ("hello", "exchange", "release", "goodbye", "ping",
+                      "job_open", "job_put", "job_results", "job_cancel", "job_close")
 
 #: what `exchange` tells a worker to do next
 RUN = "run"
@@ -66,6 +67,27 @@ class DispatcherProxy(BaseProxy):
 
     def ping(self) -> dict:
         return self._callmethod("ping")
+
+    # -- a client's job, on a master started with --serve (procfleet.master.service) --------
+    def job_open(self, options: dict) -> dict:
+        """Open a job; options: label, task_timeout, retries, retry_backoff, max_attempts."""
+        return self._callmethod("job_open", (options,))
+
+    def job_put(self, job: str, lines: list, end: bool, wait: float) -> int:
+        """Add task lines (task-file JSON); returns how many the master took (it takes fewer
+        while its backlog for the job is full, waiting up to `wait` s for room)."""
+        return self._callmethod("job_put", (job, lines, end, wait))
+
+    def job_results(self, job: str, limit: int, wait: float) -> tuple:
+        """(result lines finished since the last call, the job's figures)."""
+        return self._callmethod("job_results", (job, limit, wait))
+
+    def job_cancel(self, job: str, seqs: list) -> list:
+        """Take back tasks (by their number in the job) that no worker holds."""
+        return self._callmethod("job_cancel", (job, seqs))
+
+    def job_close(self, job: str) -> dict:
+        return self._callmethod("job_close", (job,))
 
 
 class FleetManager(BaseManager):

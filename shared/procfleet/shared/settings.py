@@ -154,6 +154,7 @@ class Option:
     show_default: bool | str = True  # a string describes a default that is not a value
     multiple: bool = False
     count: bool = False
+    is_flag: bool = False           # an on/off switch: --serve
     hidden: bool = False
 
     @property
@@ -164,11 +165,15 @@ class Option:
         """The default as the settings object holds it: what click makes of `default`."""
         if self.multiple:
             return tuple(self.default or ())
+        if self.is_flag:
+            return bool(self.default)
         if self.default is None or self.count or self.type is None:
             return self.default
         return click.types.convert_type(self.type).convert(self.default, None, None)
 
     def annotation(self) -> Any:
+        if self.is_flag:
+            return bool
         kinds = {click.IntRange: int, Seconds: float, Address: tuple[str, int]}
         kind = int if self.count or self.type is int else kinds.get(type(self.type), str)
         if self.multiple:
@@ -179,6 +184,7 @@ class Option:
         return click.option(
             *self.flags, self.field, type=self.type, default=self.default, envvar=self.envvar,
             show_envvar=True, help=self.help, metavar=self.metavar, count=self.count,
+            **({"is_flag": True} if self.is_flag else {}),
             multiple=self.multiple, hidden=self.hidden, show_default=self.show_default)
 
 

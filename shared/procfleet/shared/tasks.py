@@ -6,6 +6,7 @@ tasks `crash` and `hang`, which misbehave on purpose.
 """
 
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -18,6 +19,8 @@ HANG_STEP = 60.0
 class TaskRegistry:
     def __init__(self) -> None:
         self._tasks: dict[str, Callable] = {}
+        # modules imported with --import: their module-level functions run as "module:function"
+        self._modules: set[str] = set()
 
     def register(self, func: Callable | None = None, *, name: str | None = None):
         """Register `func` under `name` (default: its `__name__`); usable as a decorator."""
@@ -32,11 +35,31 @@ class TaskRegistry:
 
         return add(func) if func is not None else add
 
+    def allow_module(self, module: str) -> None:
+        """Let the module-level functions of `module` (imported with --import) run by the name
+        "module:function" (how FleetExecutor sends a function that is not a registered task)."""
+        self._modules.add(module)
+
     def get(self, name: str) -> Callable:
-        try:
-            return self._tasks[name]
-        except KeyError:
-            raise UnknownTask(f"unknown task {name!r}") from None
+        func = self._tasks.get(name)
+        if func is not None:
+            return func
+        module, colon, attr = name.partition(":")
+        if colon and module in self._modules and attr.isidentifier():
+            func = getattr(sys.modules.get(module), attr, None)
+            if callable(func) and getattr(func, "__module__", None) == module:
+                return func
+        if colon:
+            raise UnknownTask(f"unknown task {name!r}: start the workers with --import {module}"
+                              " (FleetExecutor: imports=[...]) so its functions can run")
+        raise UnknownTask(f"unknown task {name!r}")
+
+    def name_of(self, func: Callable) -> str | None:
+        """The name `func` is registered under, or None."""
+        for name, registered in self._tasks.items():
+            if registered is func:
+                return name
+        return None
 
     def names(self) -> list[str]:
         return sorted(self._tasks)
@@ -44,6 +67,16 @@ class TaskRegistry:
 
 registry = TaskRegistry()
 task = registry.register
+
+#: the task that runs one chunk of FleetExecutor.map(..., chunksize=N)
+MAP_CHUNK = "procfleet.map_chunk"
+
+
+@task(name=MAP_CHUNK)
+def map_chunk(name, chunk):
+    """Run task `name` on each argument tuple of `chunk`; return their results in order."""
+    func = registry.get(name)
+    return [func(*args) for args in chunk]
 
 
 @task

@@ -24,6 +24,7 @@ def import_task_modules(names: tuple[str, ...]) -> None:
     for name in names:
         try:
             importlib.import_module(name)
+            registry.allow_module(name)
         except Exception as exc:  # a user's module can raise anything while importing
             raise ConfigError(f"--import {name}: cannot import it: {type(exc).__name__}: {exc} "
                               "(check PROCFLEET_IMPORTS / --import and the module's path)") from None

@@ -200,6 +200,7 @@ def _import_task_modules(imports: tuple[str, ...]) -> TaskRegistry:
     for name in imports:
         try:
             importlib.import_module(name)
+            builtin_tasks.registry.allow_module(name)
         except Exception as exc:  # a user's module can raise anything while importing
             print(f"procfleet task process: cannot import {name}: {type(exc).__name__}: {exc}",
                   file=sys.stderr, flush=True)

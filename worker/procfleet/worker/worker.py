@@ -21,7 +21,7 @@ from procfleet.shared.settings import format_address
 from procfleet.shared.tasks import TaskRegistry
 from procfleet.shared.tuning import tune_gc
 
-from .connection import connect_with_retry
+from procfleet.shared.connection import connect_with_retry
 from .executor import Executor
 from .settings import WorkerSettings
 

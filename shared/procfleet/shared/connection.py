@@ -5,10 +5,10 @@ import random
 import threading
 import time
 
-from procfleet.shared.backoff import backoff_delay
-from procfleet.shared.errors import MasterUnreachable
-from procfleet.shared.manager import ATTEMPT_TIMEOUT, DispatcherProxy, connect
-from procfleet.shared.settings import format_address
+from .backoff import backoff_delay
+from .errors import MasterUnreachable
+from .manager import ATTEMPT_TIMEOUT, DispatcherProxy, connect
+from .settings import format_address
 
 log = logging.getLogger(__name__)
 
