@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts the service-mode cluster (docker-compose.serve.yml over docker-compose.yml) detached: a
 # master that stays up between jobs and WORKERS workers; returns once the master is healthy and
-# every worker runs, or fails (exit 1) with the master's last lines. Jobs: scripts/submit.sh.
+# every worker has joined it, or fails (exit 1) with the master's last lines. Jobs: scripts/submit.sh.
 #
 # Usage: scripts/serve.sh [WORKERS]   (default $WORKERS or 4; needs the images and a key: `make serve`)
 # PROCFLEET_SERVE_WAIT bounds the wait (seconds, default 120).
@@ -45,7 +45,14 @@ while :; do
         "$master" 2>/dev/null)
     running=$(docker ps -q --filter "label=com.docker.compose.project=$project" \
         --filter label=com.docker.compose.service=worker --filter status=running | wc -l)
-    if [ "$status" = running ] && [ "$health" = healthy ] && [ "$running" -eq "$workers" ]; then
+    # Ready once the workers have joined, not only started: a job submitted before then runs on
+    # those that joined first (a worker that has learned quick tasks may lease a whole slow job).
+    # ping says "master ADDRESS: run, D/T tasks done, N workers" (it has no other format).
+    joined=0
+    if [ "$status" = running ] && [ "$health" = healthy ]; then
+        joined=$(docker exec "$master" procfleet ping 2>/dev/null | sed -n 's/.*, \([0-9]*\) workers$/\1/p')
+    fi
+    if [ "$running" -eq "$workers" ] && [ "${joined:-0}" -ge "$workers" ]; then
         break
     fi
     if [ "${restarts:-0}" -gt 0 ] || [ "$status" = exited ] || [ "$health" = unhealthy ]; then
@@ -55,11 +62,12 @@ while :; do
         exit 1
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
-        say "not ready after ${wait_s}s: master $status/$health, $running of $workers workers running"
+        say "not ready after ${wait_s}s: master $status/$health, $running of $workers workers" \
+            "running, ${joined:-0} joined"
         master_lines "$master"
         exit 1
     fi
     sleep 0.5
 done
-say "serving: compose project $project, master healthy, $workers workers;" \
+say "serving: compose project $project, master healthy, $workers workers joined;" \
     "submit jobs with 'make submit TASKS=FILE' (scripts/submit.sh), stop with 'make serve-down'"

@@ -2,7 +2,8 @@
 # One job for the service-mode cluster (scripts/serve.sh): `procfleet submit` in a one-off
 # container of docker-compose.serve.yml's `submit` service, on the cluster's network, with the
 # task file on its stdin and its result lines on its stdout, written to RESULTS on this host.
-# Nothing is copied or mounted, so the files' owners and modes never matter to the container.
+# No bind mount and no `docker cp`, so the files' owners and modes never matter to the
+# container's uid 10001.
 # Progress and the closing `submit: summary: {...}` line go to stderr. Exits with submit's code:
 # 0 all ok, 1 some failed, 2 bad input (nothing sent), 3 unfinished (or no cluster running).
 #
@@ -45,17 +46,34 @@ if [ -z "$master" ] || [ "$(docker inspect -f '{{.State.Running}}' "$master" 2>/
     exit 3
 fi
 
-# submit reads the tasks from its stdin, so its messages call the file <stdin>
-# (`<stdin>:2: invalid JSON ...`): give them the name the caller gave. It runs in the pipeline's
-# own subshell and ignores Ctrl-C, so it passes on submit's last lines after one.
+# The task file reaches the container on stdin (nothing is mounted or copied in) and is
+# written whole to SPOOL there before `submit SPOOL` starts, so submit checks the whole file
+# before it sends anything: given `-`, submit streams and a bad line stops the job midway.
+# TASKS=- is that stream. submit's messages name SPOOL or <stdin>: name_file gives them the
+# caller's name instead. It runs in the pipeline's own subshell and ignores Ctrl-C, so it
+# passes on submit's last lines after one.
+SPOOL=/tmp/procfleet-submit-tasks.jsonl
 name_file() {
     trap '' INT TERM
     if [ "$shown" = - ]; then exec cat; fi
-    NAME=$shown awk '{ i = index($0, "<stdin>:")
-        if (i) $0 = substr($0, 1, i - 1) ENVIRON["NAME"] ":" substr($0, i + 8)
-        print; fflush() }'
+    NAME=$shown SPOOL=$SPOOL awk '{
+        out = ""
+        while (1) {
+            i = index($0, ENVIRON["SPOOL"]); n = length(ENVIRON["SPOOL"])
+            j = index($0, "<stdin>")
+            if (j && (!i || j < i)) { i = j; n = 7 }
+            if (!i) break
+            out = out substr($0, 1, i - 1) ENVIRON["NAME"]; $0 = substr($0, i + n)
+        }
+        print out $0; fflush() }'
 }
-job() { compose_serve run --rm -T --no-deps submit submit --results - "$@" -; }
+if [ "$tasks" = - ]; then
+    job() { compose_serve run --rm -T --no-deps submit submit --results - "$@" -; }
+else
+    # shellcheck disable=SC2016  # $0 and $@ are the container shell's
+    job() { compose_serve run --rm -T --no-deps --entrypoint sh submit \
+                -c 'cat >"$0" && exec procfleet submit --results - "$@" "$0"' "$SPOOL" "$@"; }
+fi
 
 # Ctrl-C reaches submit in its container too (it ends the job unfinished, exit 3); a handler
 # (not an ignore, which compose would inherit) keeps this shell alive to keep what arrived.
