@@ -49,14 +49,17 @@ fi
 # The task file reaches the container on stdin (nothing is mounted or copied in) and is
 # written whole to SPOOL there before `submit SPOOL` starts, so submit checks the whole file
 # before it sends anything: given `-`, submit streams and a bad line stops the job midway.
-# TASKS=- is that stream. submit's messages name SPOOL or <stdin>: name_file gives them the
-# caller's name instead. It runs in the pipeline's own subshell and ignores Ctrl-C, so it
-# passes on submit's last lines after one.
-SPOOL=/tmp/procfleet-submit-tasks.jsonl
+# TASKS=- is that stream. SPOOL keeps the file's own name, which the master's log gives the
+# job. submit's messages name SPOOL or <stdin>: name_file gives them the caller's name instead.
+# It runs in the pipeline's own subshell and ignores Ctrl-C, so it passes on submit's last
+# lines after one.
+base=${shown##*/}
+SPOOL=/tmp/$(printf '%s' "${base:-tasks.jsonl}" | tr -c 'A-Za-z0-9._-' _)
 name_file() {
     trap '' INT TERM
-    if [ "$shown" = - ]; then exec cat; fi
-    NAME=$shown SPOOL=$SPOOL awk '{
+    if [ "$shown" = - ]; then exec grep -v -x '[0-9][0-9]*'; fi
+    # A line that is a bare number is docker-compose 1.29's own echo of a non-zero exit code.
+    NAME=$shown SPOOL=$SPOOL awk '/^[0-9]+$/ { next } {
         out = ""
         while (1) {
             i = index($0, ENVIRON["SPOOL"]); n = length(ENVIRON["SPOOL"])
