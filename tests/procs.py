@@ -104,11 +104,12 @@ def wait_until(predicate, timeout: float, what: str):
         time.sleep(POLL)
 
 
-def summary(master: Proc, timeout: float = 20) -> dict:
+def summary(master: Proc, timeout: float = 20, actor: str = "master") -> dict:
     """The master's summary object, once its closing line is logged (read by the master's own
-    parse_summary: the line is `HH:MM:SS master: summary: {...JSON...}`)."""
-    _, m = master.wait_for(r"^\S+ master: summary: \{", timeout)
-    found = parse_summary(m.string)
+    parse_summary: the line is `HH:MM:SS master: summary: {...JSON...}`); actor="submit" for
+    `procfleet submit`'s."""
+    _, m = master.wait_for(rf"^\S+ {actor}: summary: \{{", timeout)
+    found = parse_summary(m.string, actor)
     assert found is not None, f"not a summary line: {m.string}"
     return found
 

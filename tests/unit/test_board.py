@@ -7,7 +7,7 @@ import pytest
 from fakes import FakeClock
 
 from procfleet.master.board import JOB_BITS, MAX_BACKLOG, JobBoard, JobOptions
-from procfleet.shared.protocol import CRASH, OK, Task
+from procfleet.shared.protocol import CRASH, LEASE_BYTES, OK, Task
 
 
 def make(lease_timeout=5.0):
@@ -203,3 +203,15 @@ def test_a_dropped_job_leaves_nothing_behind():
         board.drop(job, abandoned=True)
     assert board.jobs == {} and board.by_id == {} and board.ready_jobs == set()
     assert board.jobs_abandoned == 100 and board.lease("w", 10) == []
+
+
+def test_big_tasks_of_a_job_are_leased_within_the_lease_bytes():
+    board, _ = make()
+    job = board.open_job(JobOptions())
+    big = LEASE_BYTES // 4
+    board.put(job, [Task(0, i, "square", [i], {}) for i in range(10)], [big] * 10)
+    assert len(board.lease("w", 100)) == 4
+    assert job.dispatcher.sizes[0] == big and len(job.dispatcher.sizes) == 10
+    small = board.open_job(JobOptions())
+    put(board, small, 1000)
+    assert len(small.dispatcher.sizes) == 0          # small lines cost nothing per task

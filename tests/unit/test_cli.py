@@ -31,9 +31,10 @@ def command_names(help_text: str) -> set[str]:
 
 def test_help_lists_and_dispatches_the_installed_subcommands():
     """The subcommands come from the procfleet.commands entry points: listed and reachable."""
-    assert command_names(run(["--help"]).output) == {"master", "ping", "worker"}
+    assert command_names(run(["--help"]).output) == {"master", "ping", "submit", "worker"}
     for name, first_line in [("master", "Serve a batch of tasks to workers"),
-                             ("worker", "Lease tasks from a master")]:
+                             ("worker", "Lease tasks from a master"),
+                             ("submit", "Submit a JSON Lines task file")]:
         result = run([name, "--help"])
         assert result.exit_code == 0, result.output
         assert first_line in result.output

@@ -188,9 +188,37 @@ def test_any_bytes_as_a_task_file(scratch, data):
 @settings(FUZZ, max_examples=150)
 @given(data=st.one_of(task_file_bytes(), st.binary(max_size=300)))
 def test_tasks_from_stdin(data):
+    """Stdin is streamed: its tasks come out one by one, and the first bad line ends it with
+    an error naming that line (or the whole input is accepted; ids are not checked for
+    duplicates, which needs the whole input)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
     stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+    tasks = []
     with mock.patch.object(sys, "stdin", stdin):
-        check_outcome(lambda: open_source("-"), "<stdin>", data)
+        try:
+            for task in open_source("-"):
+                tasks.append(task)
+        except TaskFileError as exc:
+            message = str(exc)
+            assert message.startswith("<stdin>") and "Traceback" not in message, message
+            assert isinstance(exc, ConfigError) and exc.exit_code == 2
+            if text is None and "not UTF-8" in message:
+                event("refused: not UTF-8")
+                return
+            event("refused: a bad line")
+            assert text is not None, message
+            lines = file_lines(text)
+            n = int(re.match(r"<stdin>:(\d+): ", message).group(1))
+            assert 1 <= n <= len(lines) and lines[n - 1].strip(), (n, message)
+            assert len(tasks) == sum(1 for line in lines[:n - 1] if line.strip())
+            return
+    assert text is not None, "stdin that is not UTF-8 was accepted"
+    event("accepted, with tasks" if tasks else "accepted, empty")
+    assert len(tasks) == sum(1 for line in file_lines(text) if line.strip())
+    assert [t.seq for t in tasks] == list(range(len(tasks)))
 
 
 # Valid by construction: the oracle for what a line means.

@@ -175,13 +175,15 @@ def test_whatever_a_task_raises_ends_as_one_error_within_max_error_chars(exc_typ
     outcome = taskproc._attempt(REGISTRY, 3, "raises", [exc], {})
     assert type(outcome) is tuple and len(outcome) == 5 and outcome[:3] == (3, ERROR, None)
     error, size = outcome[3], outcome[4]
-    assert error.startswith(f"{exc_type.__name__}: ") and size == len(error) <= MAX_ERROR_CHARS
+    shown = exc_type.__name__ if exc_type.__module__ == "builtins" else \
+        f"{exc_type.__module__}.{exc_type.__qualname__}"      # as Python prints it
+    assert error.startswith(f"{shown}: ") and size == len(error) <= MAX_ERROR_CHARS
     text = utf8_safe("<exception str() failed>" if exc_type is StrRaises else str(exc))
     assert error.encode("utf-8")
     if len(text) > MAX_ERROR_CHARS // 4:
-        assert "clipped: " in error and error.startswith(f"{exc_type.__name__}: {text[:100]}")
+        assert "clipped: " in error and error.startswith(f"{shown}: {text[:100]}")
     else:
-        assert error.startswith(f"{exc_type.__name__}: {text}\n\nTraceback")
+        assert error.startswith(f"{shown}: {text}\n\nTraceback")
     assert round_trips(outcome) and master_accepts(outcome)
 
 

@@ -161,7 +161,6 @@ def test_sizes_are_none_while_every_line_is_small(tmp_path):
     path.write_text(lines_of(40, SMALL_TASK_BYTES, 100))
     assert FileSource(str(path)).sizes is None
     assert DemoSource(3).sizes is None
-    assert parse_source(lines_of(40, 50)).sizes is None
 
 
 def test_sizes_hold_each_tasks_line_length_once_one_line_is_large(tmp_path):
@@ -171,7 +170,7 @@ def test_sizes_hold_each_tasks_line_length_once_one_line_is_large(tmp_path):
     sizes = FileSource(str(path)).sizes
     assert isinstance(sizes, array.array) and sizes.typecode == "I"
     assert list(sizes) == list(lengths)
-    assert list(parse_source(lines_of(*lengths)).sizes) == list(lengths)
+    assert [size for _task, size in stdin_records(lines_of(*lengths))] == list(lengths)
 
 
 def test_sizes_count_utf8_bytes(tmp_path):
@@ -264,8 +263,8 @@ def test_a_file_grown_during_the_batch_is_a_change(tmp_path):
     assert source.changed and source.check_unchanged()
 
 
-def parse_source(text: str):
-    """The source `--tasks -` makes of `text` on stdin."""
+def stdin_records(text: str) -> list:
+    """(task, line bytes) of what `--tasks -` reads from `text` on stdin."""
     stdin = io.TextIOWrapper(io.BytesIO(text.encode("utf-8")), encoding="utf-8")
     with mock.patch.object(sys, "stdin", stdin):
-        return open_source("-")
+        return list(open_source("-").records())

@@ -2,8 +2,10 @@
 
 import json
 import logging
+import select
 import signal
 import sys
+import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -14,14 +16,15 @@ from procfleet.shared.errors import (EXIT_OK, EXIT_TASKS_FAILED, EXIT_UNFINISHED
 from procfleet.shared.settings import format_address
 from procfleet.shared.tuning import tune_gc
 
-from .leases import Dispatcher
+from .board import MAX_BACKLOG
+from .leases import Dispatcher, Feed
 from .journal import Journal, JournalledDispatcher, restore
 from .localworkers import LocalWorkers, check_worker_installed
 from .results import ResultWriter
 from .connections import start_server
 from .rpc import DispatcherService
 from .settings import MasterSettings
-from .taskfile import DemoSource, open_source
+from .taskfile import DemoSource, StdinStream, open_source
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +64,14 @@ def format_summary(summary: dict) -> str:
     return SUMMARY + json.dumps(summary)
 
 
-def parse_summary(text: str) -> dict | None:
+def parse_summary(text: str, actor: str = "master") -> dict | None:
     """The summary object of the last summary line in `text` (a master's stderr, or its
     container's logs), or None if there is none. A summary line is `HH:MM:SS master: summary: `
-    and a JSON object; a line that only quotes one (a refused worker id, say) is not."""
+    and a JSON object (`submit: summary: ` for `procfleet submit`: actor="submit"); a line
+    that only quotes one (a refused worker id, say) is not."""
     for line in reversed(text.splitlines()):
         prefix, found, body = line.partition(": " + SUMMARY)
-        _stamp, _, actor = prefix.partition(" ")
-        if not found or actor != "master" or not body.startswith("{"):
+        if not found or prefix_actor(prefix) != actor or not body.startswith("{"):
             continue
         try:
             summary = json.loads(body)
@@ -77,6 +80,11 @@ def parse_summary(text: str) -> dict | None:
         if type(summary) is dict:
             return summary
     return None
+
+
+def prefix_actor(prefix: str) -> str:
+    """`master` of a log line's prefix `HH:MM:SS master`."""
+    return prefix.partition(" ")[2]
 
 
 class Interrupt:
@@ -118,6 +126,53 @@ def run_master(settings: MasterSettings) -> int:
         return Batch(settings, source, interrupt, journal, writer).run()
 
 
+#: tasks read from stdin handed to the dispatcher at once (fewer when stdin has no more yet)
+STREAM_SLICE = 512
+
+
+def feed_stream(source: StdinStream, service: DispatcherService) -> None:
+    """Read `source` (stdin) into the batch's dispatcher as lines arrive: in slices while
+    more is ready, at once when the producer pauses, holding at most MAX_BACKLOG unleased.
+    A bad line stops the reading (source.error; the batch ends there)."""
+    d = service.dispatcher
+    pending: list = []
+    sizes: list[int] = []
+
+    def hand_over() -> None:
+        with service.lock:
+            service.wait_for_room(lambda: d._untouched < MAX_BACKLOG, timeout=None)
+            first = d.total
+            d.extend([task._replace(seq=first + i) for i, task in enumerate(pending)], sizes)
+            service.cond.notify_all()
+        pending.clear()
+        sizes.clear()
+
+    try:
+        for task, size in source.records():
+            pending.append(task)
+            sizes.append(size)
+            if len(pending) >= STREAM_SLICE or not _more_ready(sys.stdin):
+                hand_over()
+                if service.stopping:
+                    return
+        if pending:
+            hand_over()
+    except TaskFileError as exc:
+        source.error = exc
+    finally:
+        with service.lock:
+            d.open_input = False
+            service.cond.notify_all()
+
+
+def _more_ready(stream) -> bool:
+    """Whether reading `stream` now would not wait (its buffer or its fd has data)."""
+    try:
+        return bool(select.select([stream], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
 class Batch:
     def __init__(self, settings: MasterSettings, source, interrupt: Interrupt,
                  journal: Journal | None = None, writer: ResultWriter | None = None) -> None:
@@ -135,10 +190,13 @@ class Batch:
         # With a journal, each lease is journalled before its worker gets it: a master killed
         # in between would otherwise count that task's next lease as its first.
         kind = Dispatcher if journal is None else JournalledDispatcher
-        self.dispatcher = kind(source, source.total, lease_timeout=settings.lease_timeout,
+        streamed = isinstance(source, StdinStream)
+        self.dispatcher = kind(Feed() if streamed else source, source.total,
+                               lease_timeout=settings.lease_timeout,
                                max_attempts=settings.max_attempts, retries=settings.retries,
                                retry_backoff=settings.retry_backoff, done=done,
                                restored=restored, sizes=getattr(source, "sizes", None))
+        self.dispatcher.open_input = streamed
         if journal is not None:
             self.dispatcher.journal = journal
             self.dispatcher.leased_log = []
@@ -157,6 +215,9 @@ class Batch:
         if self.writer is None:
             self.writer = ResultWriter(s.results_path, resumable=self.journal is not None)
         server = start_server(self.service, s.bind, s.authkey)
+        if isinstance(self.source, StdinStream):
+            threading.Thread(target=feed_stream, args=(self.source, self.service),
+                             name="procfleet-stdin", daemon=True).start()
         try:
             # Emptied only now: a port in use leaves an earlier results file as it was.
             self.writer.start()
@@ -213,6 +274,9 @@ class Batch:
 
     def _ending(self, now: float, deadline: float | None, local) -> tuple:
         """(why the batch ends now, the error to raise or None), or (None, None) to go on."""
+        bad_input = getattr(self.source, "error", None)
+        if bad_input is not None:
+            return "bad input", bad_input
         changed = self.source.check_unchanged()
         if changed is not None:
             return "changed", TaskFileError(

@@ -14,7 +14,6 @@ same DispatcherService serves a batch or a board:
   results that still arrive for it are counted and dropped, and its memory goes with it.
 """
 
-import array
 import time
 import uuid
 from collections import deque
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 
 from procfleet.shared.protocol import Task
 
-from .leases import Counters, Dispatcher, Feed
+from .leases import BigLineSizes, Counters, Dispatcher, Feed
 
 #: a job's tasks have seqs below 2**JOB_BITS; the job number is above
 JOB_BITS = 40
@@ -287,7 +286,7 @@ class JobBoard:
         number = self._numbers
         d = Dispatcher(Feed(), 0, lease_timeout=self.lease_timeout,
                        max_attempts=options.max_attempts, retries=options.retries,
-                       retry_backoff=options.retry_backoff, sizes=array.array("I"),
+                       retry_backoff=options.retry_backoff, sizes=BigLineSizes(),
                        clock=self.clock, **({"rng": self.rng} if self.rng else {}))
         job = Job(uuid.uuid4().hex, number, options, d, self.clock(), base=number << JOB_BITS)
         self.jobs[number] = job

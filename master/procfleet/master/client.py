@@ -24,9 +24,12 @@ WAIT = 1.0
 
 
 class MasterGone(ProcfleetError):
-    """The master closed the job's connection, stopped, or dropped the job."""
+    """The master closed the job's connection, stopped, or dropped the job. When it said it
+    is stopping, `lines` and `figures` are its last reply's."""
 
     exit_code = 3
+    lines: list = []
+    figures: dict = {}
 
 
 class JobClient:
@@ -93,9 +96,11 @@ class JobClient:
         once the master is stopping."""
         lines, figures = self._call(self._take, "job_results", self.job, TAKE_LINES, WAIT)
         if figures.get("state") == STOP and not figures.get("done"):
-            raise MasterGone(f"master {format_address(self.address)} is stopping; "
-                             f"{figures['submitted'] - figures['finished']} tasks of the job "
-                             "are unfinished")
+            gone = MasterGone(f"master {format_address(self.address)} is stopping; "
+                              f"{figures['submitted'] - figures['finished']} tasks of the job "
+                              "are unfinished")
+            gone.lines, gone.figures = lines, figures
+            raise gone
         return lines, figures
 
     # -- any thread -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ the workers import (--import, `imports=`). Arguments and results are JSON values
 arrives as a list, dict keys as text).
 """
 
+import ast
 import builtins
 import collections
 import functools
@@ -31,7 +32,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from procfleet.shared.errors import (ConfigError, ProcfleetError, TaskFailed, TaskTimeout,
                                      WorkerCrash, WorkerLost)
 from procfleet.shared.protocol import MAX_DEPTH, MAX_NAME, MAX_TASK_BYTES, deeper_than
-from procfleet.shared.settings import (ENV_AUTHKEY, ENV_AUTHKEY_FILE, format_address,
+from procfleet.shared.settings import (ENV_AUTHKEY, ENV_AUTHKEY_FILE, MIN_AUTHKEY_LENGTH,
                                        load_authkey, parse_address)
 from procfleet.shared.tasks import MAP_CHUNK, registry
 
@@ -47,8 +48,11 @@ START_TIMEOUT = 30.0
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _loads = json.loads
+#: what follows a task's `Type: message` in its error text (taskproc.format_error)
+_TRACEBACK = "\n\nTraceback (most recent call last):"
 _FAILURES = {"WorkerLost": WorkerLost, "TaskTimeout": TaskTimeout, "WorkerCrash": WorkerCrash}
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_SCRIPT = ("__main__", "__mp_main__")
 
 
 class RemoteTraceback(Exception):
@@ -116,16 +120,20 @@ class FleetExecutor(Executor):
         self._service_thread = self._interrupt = None
         key = _key(authkey, master, bind)
         if self._embedded:
+            #: (host, port) the master serves on (workers elsewhere join it there)
             self.address = self._start_service(local_workers, bind or "127.0.0.1:0", key,
                                                lease_timeout)
+            host, port = self.address
+            connect_to = ({"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host),
+                          port)
         else:
-            self.address = parse_address(master, "FleetExecutor(master=...)")
+            self.address = connect_to = parse_address(master, "FleetExecutor(master=...)")
         options = {"label": label, "max_attempts": max_attempts, "retries": retries,
                    "retry_backoff": float(retry_backoff)}
         if task_timeout is not None:
             options["task_timeout"] = float(task_timeout)
         try:
-            self._client = JobClient(self.address, key, options,
+            self._client = JobClient(connect_to, key, options,
                                      connect_timeout=connect_timeout)
             if wait_workers:
                 self._wait_workers(wait_workers)
@@ -181,6 +189,10 @@ class FleetExecutor(Executor):
     # -- inside --------------------------------------------------------------------------------
     def _task_name(self, fn) -> str:
         name = task_name(fn)
+        if not isinstance(fn, str) and getattr(fn, "__module__", None) in _SCRIPT:
+            raise TypeError(f"{name}: it is defined in the script being run (__main__), which "
+                            "workers cannot import: move it to a module and pass that "
+                            "module in imports=[...]")
         if self._embedded and not isinstance(fn, str):
             module = name.partition(":")[0] if ":" in name else getattr(fn, "__module__", "")
             if module != "procfleet.shared.tasks" and module not in self.imports:
@@ -284,24 +296,29 @@ class FleetExecutor(Executor):
 
     def _collect(self) -> None:
         """Resolve futures as their result lines arrive."""
-        client, futures = self._client, self._futures
+        client = self._client
         while True:
             try:
                 lines, figures = client.results()
             except (MasterGone, ProcfleetError) as exc:
+                self._resolve(getattr(exc, "lines", ()))
                 self._break(str(exc))
                 return
-            for line in lines:
-                record = _loads(line)
-                future = futures.pop(record["id"], None)
-                if future is None:
-                    continue
-                if record["status"] == "ok":
-                    _settle(future, record["result"], None)
-                else:
-                    _settle(future, None, exception_of(record))
+            self._resolve(lines)
             if figures["done"]:
                 return
+
+    def _resolve(self, lines) -> None:
+        futures = self._futures
+        for line in lines:
+            record = _loads(line)
+            future = futures.pop(record["id"], None)
+            if future is None:
+                continue
+            if record["status"] == "ok":
+                _settle(future, record["result"], None)
+            else:
+                _settle(future, None, exception_of(record))
 
     def _finish(self) -> None:
         """After shutdown(): every sent task resolved, then the job closed and the service
@@ -353,8 +370,7 @@ class FleetExecutor(Executor):
             if isinstance(error, ProcfleetError):
                 raise error
             raise RuntimeError(f"the executor's master did not start: {error!r}")
-        host, port = box["address"]
-        return ({"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host), port)
+        return box["address"]
 
     def _stop_service(self) -> None:
         if self._service_thread is not None:
@@ -410,7 +426,7 @@ def _unsendable(fn) -> str | None:
         return "it is defined inside another function (a closure)"
     if "." in fn.__qualname__:
         return "it is not at the top level of its module"
-    if fn.__module__ in (None, "__main__", "__mp_main__"):
+    if fn.__module__ is None or fn.__module__ in _SCRIPT:
         return ("it is defined in the script being run (__main__), which workers cannot "
                 "import: move it to a module")
     return None
@@ -441,7 +457,7 @@ def exception_of(record: dict) -> BaseException:
     caused by the worker's traceback, or TaskFailed (a subclass for WorkerLost, TaskTimeout and
     WorkerCrash) carrying the task, its attempts, its last worker and the error text."""
     error = record.get("error") or "failed without an error text"
-    head = error.partition("\n")[0]
+    head = error.split(_TRACEBACK, 1)[0] if _TRACEBACK in error else error.partition("\n")[0]
     type_name, colon, message = head.partition(": ")
     common = {"task": record.get("task", ""), "attempts": record.get("attempts", 0),
               "worker": record.get("worker")}
@@ -450,6 +466,11 @@ def exception_of(record: dict) -> BaseException:
         return failure(error, **common)
     kind = getattr(builtins, type_name, None)
     if colon and isinstance(kind, type) and issubclass(kind, Exception):
+        if kind is KeyError:                # str(KeyError('x')) is its key's repr
+            try:
+                message = ast.literal_eval(message)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                pass
         try:
             exc = kind(message)
         except Exception:        # a builtin that wants other arguments (UnicodeDecodeError)
@@ -474,7 +495,11 @@ def _settle(future: Future, value, exc: BaseException | None) -> None:
 
 def _key(authkey, master, bind) -> bytes:
     if authkey is not None:
-        return authkey.encode() if isinstance(authkey, str) else bytes(authkey)
+        key = authkey.encode() if isinstance(authkey, str) else bytes(authkey)
+        if len(key) < MIN_AUTHKEY_LENGTH:
+            raise ConfigError(f"authkey= has {len(key)} characters; a key needs at least "
+                              f"{MIN_AUTHKEY_LENGTH} (workers refuse a shorter one)")
+        return key
     if os.environ.get(ENV_AUTHKEY) or os.environ.get(ENV_AUTHKEY_FILE):
         return load_authkey()
     host = parse_address(bind, "bind")[0] if bind else "127.0.0.1"

@@ -90,6 +90,14 @@ class Counters:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+class BigLineSizes(dict):
+    """The line sizes of a dispatcher's big tasks only, by seq; a small task reads as 0. For a
+    dispatcher whose tasks stream in (extend), where an entry per task would grow with it."""
+
+    def __missing__(self, seq: int) -> int:
+        return 0
+
+
 class Feed:
     """A task source that grows: the tasks a client streams in (Dispatcher.extend). Unlike a
     generator, it can run dry now and yield again later."""
@@ -163,10 +171,13 @@ class Dispatcher:
         # (kind, human-readable note) for the log, drained by the owner (who throttles by kind)
         self.events: list[tuple[str, str]] = []
 
+    #: more tasks may still come (extend): not done until the source says it ended
+    open_input = False
+
     # -- state ------------------------------------------------------------------------------
     @property
     def done(self) -> bool:
-        return self.finished == self.total
+        return self.finished == self.total and not self.open_input
 
     def pending(self) -> int:
         """Tasks waiting for a worker now (not counting retries still backing off)."""
@@ -247,7 +258,10 @@ class Dispatcher:
         self.total += count
         self.done_flags.extend(bytes(count))
         self._untouched += count
-        if self.sizes is not None:
+        if type(self.sizes) is BigLineSizes:
+            self.sizes.update((task[0], size) for task, size in zip(tasks, sizes)
+                              if size > SMALL_TASK_BYTES)
+        elif self.sizes is not None:
             self.sizes.extend(sizes)
 
     def cancel(self, seqs: Iterable[int]) -> list[int]:

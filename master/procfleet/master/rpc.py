@@ -40,6 +40,10 @@ class DispatcherService:
         # (procfleet.master.service), so a result wakes no idle worker
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
+        # whoever feeds tasks in (a client's job_put, a batch read from stdin) waits on this
+        # for room, woken when tasks are leased or results taken
+        self.feeders = threading.Condition(self.lock)
+        self.waiting_for_room = 0
         self.stopping = False
         clock = dispatcher.clock
         # Log lines a peer's calls cause, one throttle per kind: (counter, level).
@@ -188,7 +192,17 @@ class DispatcherService:
         """Results were taken (under the lock): a service wakes the clients waiting for them."""
 
     def _leased(self) -> None:
-        """Tasks were leased (under the lock): a service wakes clients waiting for room."""
+        """Tasks were leased (under the lock): wake whoever waits to feed more in."""
+        if self.waiting_for_room:
+            self.feeders.notify_all()
+
+    def wait_for_room(self, has_room, timeout: float) -> bool:
+        """Under the lock: wait up to `timeout` s until `has_room()` or the batch stops."""
+        self.waiting_for_room += 1
+        try:
+            return self.feeders.wait_for(lambda: has_room() or self.stopping, timeout)
+        finally:
+            self.waiting_for_room -= 1
 
     # -- used by the master's own loop ------------------------------------------------------
     def snapshot(self) -> dict:
@@ -245,6 +259,7 @@ class DispatcherService:
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
+            self.feeders.notify_all()
 
     def wait_workers_told(self, timeout: float) -> list[str]:
         """Wait until every live worker has been answered STOP; return those that were not."""

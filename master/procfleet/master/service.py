@@ -37,8 +37,7 @@ class JobService(DispatcherService):
         super().__init__(board, heartbeat_interval=heartbeat_interval,
                          batch="service-" + uuid.uuid4().hex[:12])
         self.board = board
-        self.clients = threading.Condition(self.lock)
-        self.waiting_for_room = 0
+        self.clients = threading.Condition(self.lock)     # clients waiting for results
 
     # -- exposed to clients -------------------------------------------------------------------
     def job_open(self, options: dict) -> dict:
@@ -63,13 +62,9 @@ class JobService(DispatcherService):
                                          job.dispatcher.total)
             room = self.board.room(job)
             if room < len(tasks) and wait > 0:
-                self.waiting_for_room += 1
-                try:
-                    self.clients.wait_for(lambda: self.board.room(job) > 0 or self.stopping
-                                          or job.id not in self.board.by_id,
-                                          timeout=min(wait, MAX_LONG_POLL))
-                finally:
-                    self.waiting_for_room -= 1
+                self.wait_for_room(lambda: self.board.room(job) > 0
+                                   or job.id not in self.board.by_id,
+                                   min(wait, MAX_LONG_POLL))
                 job = self.board.job(job_id)
                 room = self.board.room(job)
             taken = min(room, len(tasks))
@@ -158,10 +153,6 @@ class JobService(DispatcherService):
 
     def _completed(self) -> None:
         if self.board.ready_jobs:
-            self.clients.notify_all()
-
-    def _leased(self) -> None:
-        if self.waiting_for_room:
             self.clients.notify_all()
 
     def _checked(self, method: str, check, *args):

@@ -155,6 +155,8 @@ class Job:
             try:
                 lines, figures = self.client.results()
             except MasterGone as exc:
+                self.writer.write_lines(exc.lines)
+                figures = exc.figures or figures
                 log.error("%s", exc)
                 outcome = "master gone"
                 break

@@ -6,7 +6,8 @@ may be the same), then streamed to the lease state machine (leases.py) as worker
 Every pass reads the same open file, so a file replaced under its name is not what the batch
 runs; a file changed during the batch is noticed (its name's stat, its streamed lines, its
 digest) and recorded in `changed`, never raised: the stream runs inside a worker's lease.
-Stdin cannot be read twice: its tasks are checked and then held in memory (ListSource).
+Stdin cannot be read twice: its lines are checked one by one as they arrive and streamed in
+(StdinStream), so a live producer's tasks run before it ends.
 """
 
 import array
@@ -23,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from procfleet.shared.errors import TaskFileError
 from procfleet.shared.protocol import (MAX_DEPTH, MAX_TASK_BYTES, SMALL_TASK_BYTES, Task,
                                       deeper_than)
+
+from .leases import BigLineSizes
 
 FIELDS = ("id", "task", "args", "kwargs", "timeout")
 _FIELD_SET = frozenset(FIELDS)
@@ -182,21 +185,37 @@ class FileSource:
             self._fd = -1
 
 
-class ListSource:
-    """Tasks already in memory: stdin, which cannot be read twice, and tests."""
+class StdinStream:
+    """`--tasks -`: stdin's tasks, each line checked as it arrives and leased from then on, so
+    a live producer's tasks start before it ends (the batch's dispatcher grows: leases.Feed).
+    The first bad line ends the stream with TaskFileError (the batch stops there, exit 2).
+    Ids are not checked for duplicates: that needs the whole input."""
 
+    name = "<stdin>"
+    fingerprint = None
     changed = None
+    total = 0
 
-    def __init__(self, tasks: list[Task], name: str = "<stdin>",
-                 sizes: array.array | None = None) -> None:
-        self.tasks = tasks
-        self.total = len(tasks)
-        self.name = name
-        self.fingerprint = None
-        self.sizes = sizes
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout
+        self.sizes = BigLineSizes()     # the batch's dispatcher fills it as tasks arrive
+        self.error: TaskFileError | None = None
+
+    def records(self) -> Iterator[tuple[Task, int]]:
+        """(task, its line's bytes) as stdin's lines arrive; TaskFileError at the first bad
+        one (seq is left for the batch to fill in)."""
+        try:
+            for _lineno, task, size in task_records(_read_lines(sys.stdin), self.name,
+                                                    self.timeout):
+                if type(task) is str:
+                    raise TaskFileError(f"{task}; the batch stopped reading there")
+                yield task, size
+        except UnicodeDecodeError as exc:
+            raise TaskFileError(f"<stdin>: not UTF-8 text ({exc.reason})") from None
 
     def __iter__(self) -> Iterator[Task]:
-        return iter(self.tasks)
+        """Every task, numbered (for a caller that wants them all)."""
+        return (task._replace(seq=seq) for seq, (task, _size) in enumerate(self.records()))
 
     def check_unchanged(self) -> str | None:
         return None
@@ -208,13 +227,7 @@ class ListSource:
 def open_source(path: str, timeout: float | None = None):
     """The task source for `--tasks PATH` (`-` for stdin); TaskFileError lists what is wrong."""
     if path == "-":
-        try:
-            lines = list(_read_lines(sys.stdin))
-            _total, sizes = check_lines(lambda: lines, "<stdin>")
-            return ListSource(_parsed(lines, "<stdin>", timeout), sizes=sizes)
-        except UnicodeDecodeError as exc:
-            raise TaskFileError(f"<stdin>: not UTF-8 text ({exc.reason} at byte {exc.start})") \
-                from None
+        return StdinStream(timeout)
     try:
         return FileSource(path, timeout)
     except OSError as exc:

@@ -17,7 +17,8 @@ from .manager import connect
 from .settings import PING_OPTIONS, PingSettings, click_options, format_address, load_authkey
 
 ENTRY_POINT_GROUP = "procfleet.commands"
-KNOWN_PACKAGES = {"master": "procfleet-master", "worker": "procfleet-worker"}
+KNOWN_PACKAGES = {"master": "procfleet-master", "submit": "procfleet-master",
+                  "worker": "procfleet-worker"}
 PREFIX = "procfleet: error: "
 
 
@@ -122,7 +123,8 @@ class PluginGroup(KnowsItsContext, click.Group):
         if name in KNOWN_PACKAGES:
             raise UsageProblem(
                 f"'procfleet {name}' is not installed here: install {KNOWN_PACKAGES[name]} "
-                f"(pip install ./{name}) or use the {name} image", ctx)
+                f"(pip install ./{KNOWN_PACKAGES[name].split('-')[1]}) or use the "
+                f"{KNOWN_PACKAGES[name].split('-')[1]} image", ctx)
         return None
 
 

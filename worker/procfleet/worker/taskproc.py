@@ -84,7 +84,7 @@ def format_error(exc: BaseException) -> str:
     MAX_ERROR_CHARS (a message or traceback line longer than a quarter of that is clipped on its
     own, so a huge message is never copied whole into the text)."""
     try:
-        head = f"{type(exc).__name__}: {clip_error(_safe_str(exc), _PART_CHARS)}"
+        head = f"{_type_name(exc)}: {clip_error(_safe_str(exc), _PART_CHARS)}"
         try:
             parts = traceback.TracebackException.from_exception(exc).format()
             tb = "".join(clip_error(part, _PART_CHARS) for part in parts)
@@ -108,6 +108,14 @@ def clip_error(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     keep = max(limit - len(note), 0)
     head = keep // 2
     return f"{text[:head]}{note}{text[len(text) - (keep - head):]}"
+
+
+def _type_name(exc: BaseException) -> str:
+    """`ValueError` for a builtin exception, `module.Name` for any other (as Python's own
+    tracebacks print them), so a client can tell the two apart."""
+    kind = type(exc)
+    module = getattr(kind, "__module__", "builtins")
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
 def _safe_str(exc: BaseException) -> str:

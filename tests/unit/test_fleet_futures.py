@@ -1,0 +1,90 @@
+"""How FleetExecutor names a function, writes a call as a task line, and turns a failed result
+line back into an exception (no processes)."""
+
+import json
+import textwrap
+
+import pytest
+
+from procfleet.master.executor import RemoteTraceback, exception_of, task_line, task_name
+from procfleet.shared.errors import TaskFailed, TaskTimeout, WorkerCrash, WorkerLost
+from procfleet.shared.protocol import MAX_DEPTH
+from procfleet.shared.tasks import square
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def record(error: str) -> dict:
+    return {"id": 1, "task": "t", "status": "failed", "result": None, "error": error,
+            "attempts": 2, "worker": "w1"}
+
+
+def worker_error(head: str) -> str:
+    """An error text as the worker writes it: `Type: message`, a blank line, the traceback."""
+    return f"{head}\n\nTraceback (most recent call last):\n  File \"x.py\", line 1\n{head}\n"
+
+
+def test_a_builtin_exception_comes_back_as_itself_caused_by_the_traceback():
+    exc = exception_of(record(worker_error("ValueError: bad\nsecond line")))
+    assert type(exc) is ValueError and exc.args == ("bad\nsecond line",)
+    assert isinstance(exc.__cause__, RemoteTraceback)
+    assert "File \"x.py\"" in str(exc.__cause__)
+
+
+def test_a_key_error_keeps_its_key():
+    assert exception_of(record(worker_error("KeyError: 'x'"))).args == ("x",)
+
+
+@pytest.mark.parametrize("head, kind", [
+    ("WorkerLost: worker lost 3 times", WorkerLost),
+    ("TaskTimeout: timed out after 1 s", TaskTimeout),
+    ("WorkerCrash: the process running task 't' died", WorkerCrash),
+    ("mymodule.TimeoutError: a user's own class", TaskFailed),
+    ("UnknownTask: unknown task 't'", TaskFailed),
+    ("UnicodeDecodeError: needs five arguments", TaskFailed),
+])
+def test_anything_else_is_task_failed_with_its_details(head, kind):
+    exc = exception_of(record(worker_error(head)))
+    assert type(exc) is kind
+    assert (exc.task, exc.attempts, exc.worker) == ("t", 2, "w1")
+    assert exc.error.startswith(head)
+
+
+def test_a_function_travels_by_its_registered_name_or_module_and_name():
+    assert task_name(square) == "square"
+    assert task_name(textwrap.dedent) == "textwrap:dedent"
+    assert task_name("any_name") == "any_name"
+
+
+@pytest.mark.parametrize("fn, says", [
+    (lambda: 1, "lambda"),
+    (str.upper, "method_descriptor"),
+    ("", "printable text"),
+    (print, "builtin_function_or_method"),
+])
+def test_what_has_no_name_workers_can_import_is_a_type_error(fn, says):
+    with pytest.raises(TypeError, match=says):
+        task_name(fn)
+
+
+def test_a_task_line_is_a_task_file_line():
+    line = task_line(7, "square", (3, (1, 2)), {"k": None})
+    assert json.loads(line) == {"id": 7, "task": "square", "args": [3, [1, 2]],
+                                "kwargs": {"k": None}}
+
+
+@pytest.mark.parametrize("args, says", [
+    ((object(),), "not JSON serializable"),
+    ((float("inf"),), "Out of range float"),
+    ((b"bytes",), "not JSON serializable"),
+    ((nested(MAX_DEPTH + 1),),
+     f"nest more than {MAX_DEPTH} deep"),
+])
+def test_arguments_that_cannot_travel_are_a_type_error(args, says):
+    with pytest.raises(TypeError, match=says):
+        task_line(0, "t", args, {})
