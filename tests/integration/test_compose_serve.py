@@ -1,6 +1,7 @@
 """The compose cluster in service mode (docker-compose.serve.yml), driven by the scripts behind
 `make serve`, `make submit` and `make serve-down`: jobs one after another on the same workers."""
 
+import collections
 import itertools
 import json
 import os
@@ -132,10 +133,12 @@ def test_two_jobs_run_on_the_same_workers_exactly_once(served, tmp_path):
     for records, _ in outcomes:
         delivered = {r["worker"].rsplit("-", 1)[0] for r in records}
         assert delivered <= hostnames, f"results from {delivered - hostnames}"
-    delivered2 = {r["worker"] for r in outcomes[1][0]}
-    assert len(delivered2) >= workers // 2, f"only {delivered2} of {workers} workers worked"
-    print(f"\njob 1: {n1} results in {outcomes[0][1].get('seconds')} s; job 2: {n2} results "
-          f"in {outcomes[1][1].get('seconds')} s from {len(delivered2)} workers; "
+    # How the jobs spread over the workers is the master's lease sizing, tested without Docker;
+    # shown here, not asserted.
+    spread = [sorted(collections.Counter(r["worker"] for r in records).values(), reverse=True)
+              for records, _ in outcomes]
+    print(f"\njob 1: {n1} results in {outcomes[0][1].get('seconds')} s, per worker {spread[0]}; "
+          f"job 2: {n2} results in {outcomes[1][1].get('seconds')} s, per worker {spread[1]}; "
           f"{workers} worker containers unchanged")
 
 
