@@ -65,9 +65,10 @@ serve: images .env ## Start the service-mode cluster (WORKERS=4) detached; retur
 
 # SUBMIT_ARGS passes submit's options, e.g. SUBMIT_ARGS="--timeout 600 --retries 2". The exit
 # code is submit's (0 ok, 1 some failed, 2 bad input, 3 unfinished); make reports it as an error.
+# Not echoed: with RESULTS=- stdout holds the result lines alone.
 submit: ## One job: TASKS=FILE [RESULTS=FILE, default FILE.results.jsonl] [SUBMIT_ARGS=...]
 	@test -n "$(TASKS)" || { echo "make submit: give TASKS=FILE (a JSON Lines task file)" >&2; exit 2; }
-	scripts/submit.sh "$(TASKS)" $(if $(RESULTS),"$(RESULTS)") -- $(SUBMIT_ARGS)
+	@scripts/submit.sh "$(TASKS)" $(if $(RESULTS),"$(RESULTS)") -- $(SUBMIT_ARGS)
 
 serve-down: ## Stop and remove the service-mode cluster
 	scripts/serve-down.sh
