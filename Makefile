@@ -12,7 +12,8 @@ export PYTHON COMPOSE
 PYPROJECTS := shared/pyproject.toml master/pyproject.toml worker/pyproject.toml
 VENV_STAMP := $(VENV)/.procfleet-installed
 
-.PHONY: help venv unit integration chaos test base-image wheels images .env up down clean distclean
+.PHONY: help venv unit integration chaos test base-image wheels images .env up down serve submit \
+    serve-down clean distclean
 
 help: ## Show this list
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_.-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -58,8 +59,23 @@ up: images .env ## Run the demo: master + WORKERS (4) workers; fails unless the 
 down: ## Stop and remove the compose containers and network
 	scripts/down.sh
 
-clean: ## down -v, and remove the downloaded wheels and build output
+# A cluster that stays up (docker-compose.serve.yml): jobs come from `make submit`.
+serve: images .env ## Start the service-mode cluster (WORKERS=4) detached; returns once it is healthy
+	scripts/serve.sh $(WORKERS)
+
+# SUBMIT_ARGS passes submit's options, e.g. SUBMIT_ARGS="--timeout 600 --retries 2". The exit
+# code is submit's (0 ok, 1 some failed, 2 bad input, 3 unfinished); make reports it as an error.
+# Not echoed: with RESULTS=- stdout holds the result lines alone.
+submit: ## One job: TASKS=FILE [RESULTS=FILE, default FILE.results.jsonl] [SUBMIT_ARGS=...]
+	@test -n "$(TASKS)" || { echo "make submit: give TASKS=FILE (a JSON Lines task file)" >&2; exit 2; }
+	@scripts/submit.sh "$(TASKS)" $(if $(RESULTS),"$(RESULTS)") -- $(SUBMIT_ARGS)
+
+serve-down: ## Stop and remove the service-mode cluster
+	scripts/serve-down.sh
+
+clean: ## down -v and serve-down, and remove the downloaded wheels and build output
 	scripts/down.sh -v
+	scripts/serve-down.sh
 	rm -rf build/wheels/*.whl build/wheels/.download.*
 
 distclean: clean ## clean, and remove the venv and the images
