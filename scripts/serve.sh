@@ -46,11 +46,11 @@ while :; do
     running=$(docker ps -q --filter "label=com.docker.compose.project=$project" \
         --filter label=com.docker.compose.service=worker --filter status=running | wc -l)
     # Ready once the workers have joined, not only started: a job submitted before then runs on
-    # those that joined first (a worker that has learned quick tasks may lease a whole slow job).
-    # ping says "master ADDRESS: run, D/T tasks done, N workers" (it has no other format).
+    # those that joined first.
+    # ping says "master ADDRESS: run, D/T tasks done, N workers, J jobs open" (no other format).
     joined=0
     if [ "$status" = running ] && [ "$health" = healthy ]; then
-        joined=$(docker exec "$master" procfleet ping 2>/dev/null | sed -n 's/.*, \([0-9]*\) workers$/\1/p')
+        joined=$(docker exec "$master" procfleet ping 2>/dev/null | sed -n 's/.*, \([0-9]*\) workers\(,.*\)\{0,1\}$/\1/p')
     fi
     if [ "$running" -eq "$workers" ] && [ "${joined:-0}" -ge "$workers" ]; then
         break
