@@ -457,3 +457,26 @@ def test_a_lease_taken_back_unacked_is_journalled_with_its_lowered_attempts():
     assert d.take_leased() == [(0, 1, 0, 0), (1, 1, 0, 0)]
     d.begin_call("a", "s1", 2, 0)                   # the reply of call 1 never arrived
     assert d.take_leased() == [(0, 0, 0, 0), (1, 0, 0, 0)]
+
+
+def test_trimming_the_done_flags_of_a_long_stream_keeps_every_answer():
+    """A streamed batch drops the flags of the done tasks that lead it; a late result for one
+    of them is still a duplicate, and the rest of the batch goes on as before."""
+    from procfleet.master.leases import Feed
+    d = Dispatcher(Feed(), 0, lease_timeout=5.0, max_attempts=3, clock=FakeClock())
+    d.open_input = True
+    d.extend(tasks(10))
+    first = d.lease("a", 6)
+    d.complete("a", [ok(t) for t in first])
+    assert d.trim_done(keep=4) == 6 and d.done_below == 6 and len(d.done_flags) == 4
+    assert d.trim_done(keep=0) == 0                 # task 6 is not done: nothing more
+    d.complete("b", [ok(first[0])])                  # late, below the trimmed line
+    assert d.counters.duplicates == 1
+    assert d.cancel([2, 9]) == [9]
+    d.extend([Task(10, "10", "square", [10], {})])
+    rest = d.lease("a", 10)
+    assert [t.seq for t in rest] == [6, 7, 8, 10]
+    d.complete("a", [ok(t) for t in rest])
+    d.open_input = False
+    assert d.done and d.finished == 11
+    assert [r["id"] for r in records(d)] == [str(i) for i in range(9)] + ["10"]

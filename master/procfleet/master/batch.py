@@ -143,6 +143,7 @@ def feed_stream(source: StdinStream, service: DispatcherService) -> None:
             service.wait_for_room(lambda: d._untouched < MAX_BACKLOG, timeout=None)
             first = d.total
             d.extend([task._replace(seq=first + i) for i, task in enumerate(pending)], sizes)
+            d.trim_done()
             service.cond.notify_all()
         pending.clear()
         sizes.clear()

@@ -360,6 +360,8 @@ class JobBoard:
 
     def collect_all(self) -> None:
         """Move every job's finished lines to its outbox (results of expiries and retries,
-        which happen outside a worker's call)."""
+        which happen outside a worker's call), and drop the done flags a long job has no more
+        use for (Dispatcher.trim_done)."""
         for job in self.jobs.values():
             self._collect(job)
+            job.dispatcher.trim_done()

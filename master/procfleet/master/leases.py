@@ -135,6 +135,9 @@ class Dispatcher:
         self.clock = clock
         self.rng = rng
         self.done_flags = bytearray(total)
+        # seqs below this are all done and their flags dropped (trim_done: a long stream's
+        # flags would otherwise grow a byte per task); a flag's index is seq - done_below
+        self.done_below = 0
         self.finished = 0
         for seq in done:
             self.done_flags[seq] = 1
@@ -268,9 +271,9 @@ class Dispatcher:
         """Take back the tasks of `seqs` that no worker holds (never leased, requeued or waiting
         for a retry): they end now, without a result line. Returns those seqs."""
         cancelled = []
-        flags, active = self.done_flags, self.active
+        flags, active, below = self.done_flags, self.active, self.done_below
         for seq in seqs:
-            if not 0 <= seq < self.total or flags[seq]:
+            if not below <= seq < self.total or flags[seq - below]:
                 continue
             entry = active.get(seq)
             if entry is None:
@@ -280,11 +283,23 @@ class Dispatcher:
                 del active[seq]             # its place in `requeued`/`delayed` is skipped
             else:
                 continue                    # leased: it runs
-            flags[seq] = 1
+            flags[seq - below] = 1
             self.finished += 1
             cancelled.append(seq)
         self.counters.cancelled += len(cancelled)
         return cancelled
+
+    def trim_done(self, keep: int = 1 << 20) -> int:
+        """Drop the flags of the done tasks that lead the batch, once there are more than `keep`
+        of them (they still count as done: done_below). Returns how many were dropped."""
+        first_open = self.done_flags.find(0)
+        if first_open < 0:
+            first_open = len(self.done_flags)
+        if first_open <= keep:
+            return 0
+        del self.done_flags[:first_open]
+        self.done_below += first_open
+        return first_open
 
     def lose_worker(self, worker_id: str) -> int:
         """`worker_id` is gone (its service saw it silent): requeue what it held here, as
@@ -473,13 +488,15 @@ class Dispatcher:
         else:
             fresh = list(islice(self._fresh, n))
         if self._skip_known:
-            flags, active = self.done_flags, self.active
-            fresh = [t for t in fresh if not flags[t[0]] and t[0] not in active]
+            flags, active, below = self.done_flags, self.active, self.done_below
+            fresh = [t for t in fresh if t[0] >= below and not flags[t[0] - below]
+                     and t[0] not in active]
             while len(fresh) < n:
                 more = list(islice(self._fresh, n - len(fresh)))
                 if not more:
                     break
-                fresh += [t for t in more if not flags[t[0]] and t[0] not in active]
+                fresh += [t for t in more if t[0] >= below and not flags[t[0] - below]
+                          and t[0] not in active]
         if len(fresh) < n:
             self._untouched = 0                # the source ended early: nothing more to lease
         else:
@@ -500,6 +517,7 @@ class Dispatcher:
         result. Everything else goes through _complete_one."""
         worker = self.touch(worker_id)
         held, active, flags = worker.held, self.active, self.done_flags
+        below = self.done_below
         seqs, tasks, texts = [], [], []
         try:
             for outcome in outcomes:
@@ -518,7 +536,7 @@ class Dispatcher:
                             continue
                     del held[seq]
                     del active[seq]
-                    flags[seq] = 1
+                    flags[seq - below] = 1
                     seqs.append(seq)
                     tasks.append(task)
                     texts.append(text)
@@ -540,7 +558,7 @@ class Dispatcher:
             self.events.append(("unknown task", f"worker {worker_id} sent a result for task "
                                 f"#{seq}, which this batch does not have: ignored"))
             return
-        if self.done_flags[seq]:
+        if seq < self.done_below or self.done_flags[seq - self.done_below]:
             self.counters.duplicates += 1
             return
         state = self._state(seq, worker_id)
@@ -673,7 +691,7 @@ class Dispatcher:
     def _finish(self, state: TaskState, ok: bool, line: str) -> None:
         seq = state.task.seq
         del self.active[seq]
-        self.done_flags[seq] = 1
+        self.done_flags[seq - self.done_below] = 1
         self.finished += 1
         if ok:
             self.counters.ok += 1
