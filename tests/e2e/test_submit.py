@@ -139,3 +139,22 @@ def test_submit_to_nobody_exits_3_naming_the_master(spawn, tmp_path):
                    "--connect-timeout", "1")
     assert client.wait() == 3
     assert "is not reachable" in client.stderr
+
+
+def test_a_batch_reading_stdin_runs_tasks_before_the_producer_ends(authkey_env, tmp_path):
+    """`procfleet master --tasks -` streams like submit: each line runs as it arrives."""
+    results = tmp_path / "r.jsonl"
+    master = Proc(["master", "--tasks", "-", "--local-workers", "1", "--bind", "127.0.0.1:0",
+                   "--results", results], stdin=subprocess.PIPE)
+    try:
+        for i in range(3):
+            master.popen.stdin.write(json.dumps({"id": i, "task": "square", "args": [i]}) + "\n")
+            master.popen.stdin.flush()
+            wait_until(lambda: len(read_results(results)) == i + 1, 30, f"result {i}")
+        master.popen.stdin.write('{"id": 3, "task": "square", "args": "x"}\n')
+        master.popen.stdin.close()
+        assert master.wait() == 2                      # a bad line stops the batch there
+    finally:
+        master.kill()
+    assert '<stdin>:4: "args" must be an array' in master.stderr
+    assert_exactly_once(read_results(results), {i: i * i for i in range(3)})
