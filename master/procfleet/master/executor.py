@@ -16,6 +16,7 @@ arrives as a list, dict keys as text).
 """
 
 import ast
+import atexit
 import builtins
 import collections
 import functools
@@ -26,6 +27,7 @@ import secrets
 import sys
 import threading
 import time
+import weakref
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 
@@ -145,6 +147,10 @@ class FleetExecutor(Executor):
                                            daemon=True)
         self._feeder.start()
         self._collector.start()
+        if self._embedded:
+            # A program that ends without shutdown() still stops its master and local workers
+            # (else they would wait out their connect timeout for a master that is gone).
+            atexit.register(_stop_at_exit, weakref.ref(self))
 
     # -- the executor's API ---------------------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> FleetFuture:
@@ -383,6 +389,13 @@ class FleetExecutor(Executor):
         event = threading.Event()
         while self._client.workers() < count:
             event.wait(0.1)
+
+
+def _stop_at_exit(ref) -> None:
+    executor = ref()
+    if executor is not None and executor._service_thread is not None:
+        executor._break("the program is exiting")
+        executor._stop_service()
 
 
 class BrokenFleet(ProcfleetError):
