@@ -48,6 +48,20 @@ class SubmitRun:
         return s
 
 
+def events_logged(log: str, text: str, kind: str) -> int:
+    """How many events of `kind` a master's log reports: its lines holding `text`, plus those
+    its throttle left out ("N more KIND events since the last of these lines, ...")."""
+    more = re.compile(rf"(\d+) more {re.escape(kind)} events since the last")
+    total = 0
+    for line in log.splitlines():
+        if text in line:
+            total += 1
+        else:
+            m = more.search(line)
+            total += int(m.group(1)) if m else 0
+    return total
+
+
 def client_summary(text: str, actor: str = "submit") -> dict | None:
     """The object of the last `HH:MM:SS ACTOR: summary: {...}` line of `text`, or None."""
     for line in reversed(text.splitlines()):
@@ -130,11 +144,9 @@ class Service:
             pass
         raise RunFailed("could not read the master's VmRSS from /proc")
 
-    def count(self, pattern: str) -> int:
-        """How many of the master's stderr lines so far match `pattern`."""
-        regex = re.compile(pattern)
-        with self.child._cond:
-            return sum(1 for _, line in self.child.lines if regex.search(line))
+    def events(self, text: str, kind: str) -> int:
+        """How many `kind` events the master logged so far (see events_logged)."""
+        return events_logged(self.child.stderr, text, kind)
 
     # -- clients ---------------------------------------------------------------------------------
     def submit_argv(self, tasks: str | Path, results: str = "-") -> list[str]:

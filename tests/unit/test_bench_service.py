@@ -5,7 +5,7 @@ import pytest
 
 from bench import report, service
 from bench.procfleet import RunFailed
-from bench.serve import SubmitRun, client_summary, task_lines
+from bench.serve import SubmitRun, client_summary, events_logged, task_lines
 from bench.stats import FAIL, PASS, SKIP, percentile
 from bench.suite import FULL as SUITE_FULL, QUICK as SUITE_QUICK, Plan
 
@@ -29,6 +29,18 @@ def test_client_summary_reads_the_submit_line_only():
     assert client_summary(text, "master") == {"ok": 5}
     assert client_summary("17:39:38 submit: refused 'summary: {' line\n") is None
     assert client_summary('17:39:38 submit: summary: {"cut') is None
+
+
+def test_events_logged_adds_what_the_masters_throttle_left_out():
+    log = ("18:00:01 master: job a (<stdin>): its client was silent for more than 2 s; dropped\n"
+           "18:00:02 master: job b opened by 127.0.0.1:4\n"
+           "18:00:09 master: 7 more client gone events since the last of these lines, not logged"
+           " one by one (28 in all)\n"
+           "18:00:09 master: 3 more silent events since the last of these lines, not logged one"
+           " by one (3 in all)\n"
+           "18:00:12 master: job c (<stdin>): its client was silent for more than 2 s; dropped\n")
+    assert events_logged(log, "client was silent for more than", "client gone") == 9
+    assert events_logged("", "client was silent", "client gone") == 0
 
 
 def test_a_submit_run_counts_only_when_every_task_ended_ok():
