@@ -110,12 +110,12 @@ def machine_list(machine: dict[str, str]) -> str:
 
 
 def service_table(series: list[Series]) -> str:
-    lines = [_row(["measurement", "samples", "median", "p99", "max", "unit", "note"]),
-             _row(["---", "---:", "---:", "---:", "---:", "---", "---"])]
+    lines = [_row(["measurement", "samples", "median", "p99", "min", "max", "unit", "note"]),
+             _row(["---", "---:", "---:", "---:", "---:", "---:", "---", "---"])]
     for s in series:
         lines.append(_row([s.label, str(s.runs), fmt(s.median, s.unit),
-                           fmt(percentile(s.values, 99), s.unit), fmt(s.max, s.unit), s.unit,
-                           _status(s)]))
+                           fmt(percentile(s.values, 99), s.unit), fmt(s.min, s.unit),
+                           fmt(s.max, s.unit), s.unit, _status(s)]))
     return "\n".join(lines)
 
 
@@ -139,11 +139,11 @@ def service_section(series: list[Series], goal: Goal, provenance: str, method: s
 
 
 def service_console(series: list[Series], goal: Goal) -> str:
-    out = [f"{'measurement':78} {'samples':>7} {'median':>9} {'p99':>9} {'max':>9}"]
+    out = [f"{'measurement':78} {'samples':>7} {'median':>9} {'p99':>9} {'min':>9} {'max':>9}"]
     for s in series:
         out.append(f"{s.label:78} {s.runs:>7} {fmt(s.median, s.unit):>9} "
-                   f"{fmt(percentile(s.values, 99), s.unit):>9} {fmt(s.max, s.unit):>9}  "
-                   f"{s.unit} {_status(s)}")
+                   f"{fmt(percentile(s.values, 99), s.unit):>9} {fmt(s.min, s.unit):>9} "
+                   f"{fmt(s.max, s.unit):>9}  {s.unit} {_status(s)}")
     by_key = {s.key: s for s in series}
     out += ["", goal_line(goal, by_key.get("map"), by_key.get("cli"))]
     return "\n".join(out)

@@ -252,8 +252,10 @@ def measure_fairness(pf: Procfleet, plan: ServicePlan, r: Results) -> None:
             r["small-busy"].values.append(busy.wall)
             r["small-busy-job"].values.append(busy_summary["seconds"])
             r["big-progress"].values.append(after["done"] / B * 100)
-            say(f"fairness {rep + 1}/{plan.small_repeats}: small job {busy.wall:.2f} s while "
-                f"the big one ran ({after['done'] / B:.0%} done then), {idle.wall:.2f} s idle")
+            say(f"fairness {rep + 1}/{plan.small_repeats}: small job {busy.wall:.2f} s "
+                f"({busy_summary['seconds']} s its own) while the big one ran "
+                f"({after['done'] / B:.0%} done then), {idle.wall:.2f} s "
+                f"({idle_summary['seconds']} s) idle")
 
 
 def measure_abandoned(pf: Procfleet, plan: ServicePlan, r: Results) -> None:

@@ -101,7 +101,7 @@ def test_the_section_shows_figures_goal_and_commands():
                                   service.method(service.FULL))
     assert text.startswith(report.SERVICE_TITLE + "\n\nMeasured here.\n")
     assert "| procfleet submit, one-task job, idle service (process start included) | 200 | " \
-           "200 | 297 | 299 | ms |  |" in text
+           "200 | 297 | 100 | 299 | ms |  |" in text
     assert "**FAIL** 7. FleetExecutor.map ÷ CLI batch, 200,000 tiny tasks, 4 local workers: " \
            "FleetExecutor.map 60,000 tasks/s ÷ CLI batch 200,000 tasks/s = 0.3× " in text
     assert "dropped \\| within 12 s" in text
