@@ -410,8 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report.service_console(results.series, g))
     if args.write:
         command = " ".join(["python -m bench.service", *argv])
-        provenance = (f"Measured by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
-                      f"({git_describe()}), {results.seconds:.0f} s; load average "
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        provenance = (f"Measured by `{command}` on {when} ({git_describe()}), "
+                      f"{results.seconds:.0f} s; load average "
                       f"{load_at_start} at start, {load_average()} at end.")
         section = report.service_section(results.series, g, provenance, method(results.plan))
         text = args.write.read_text(encoding="utf-8") if args.write.exists() else ""
