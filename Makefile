@@ -95,5 +95,5 @@ $(BENCH_STAMP): $(VENV_STAMP)
 bench: $(BENCH_STAMP) ## Full benchmarks (3 runs a case, rebuilds the images): docs/benchmarks.md + .png
 	$(VENV)/bin/python -m bench --full --build-images $(BENCH_ARGS)
 
-bench-quick: $(BENCH_STAMP) ## Short benchmark run (~1-2 min, indicative): docs/benchmarks.md + .png
+bench-quick: $(BENCH_STAMP) ## Short benchmark run (~4 min, indicative): docs/benchmarks.md + .png
 	$(VENV)/bin/python -m bench --quick $(BENCH_ARGS)
