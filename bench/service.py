@@ -149,7 +149,7 @@ class Results:
              " (one job, one task at a time)", "ms"),
             ("fairness", "small-busy", f"{small} while a {B:,}-task job runs: submit wall time",
              "s"),
-            ("fairness", "small-busy-job", f"… the same, the job's own seconds (submit summary)",
+            ("fairness", "small-busy-job", "… the same, the job's own seconds (submit summary)",
              "s"),
             ("fairness", "small-idle", f"{small} on the idle service: submit wall time", "s"),
             ("fairness", "small-idle-job", "… the same, the job's own seconds (submit summary)",

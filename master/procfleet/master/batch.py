@@ -19,7 +19,7 @@ from procfleet.shared.tuning import tune_gc
 from .board import MAX_BACKLOG
 from .leases import Dispatcher, Feed
 from .journal import Journal, JournalledDispatcher, restore
-from .localworkers import LocalWorkers, check_worker_installed
+from .localworkers import LocalWorkers, check_worker_installed, reachable_host
 from .results import ResultWriter
 from .connections import start_server
 from .rpc import DispatcherService
@@ -236,8 +236,7 @@ class Batch:
                  d.total, format_address((host, port)), s.lease_timeout, s.max_attempts)
         local = None
         if s.local_workers:
-            connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-            local = LocalWorkers(s.local_workers, format_address((connect_host, port)))
+            local = LocalWorkers(s.local_workers, format_address((reachable_host(host), port)))
             log.info("started %d local workers", s.local_workers)
         started = time.monotonic()
         self.done_at_start = d.finished

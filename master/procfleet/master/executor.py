@@ -42,6 +42,7 @@ from procfleet.shared.tasks import MAP_CHUNK, registry
 
 from .batch import Interrupt
 from .client import PUT_LINES, JobClient, MasterGone
+from .localworkers import reachable_host
 from .serve import run_service
 from .settings import MasterSettings
 
@@ -135,8 +136,7 @@ class FleetExecutor(Executor):
             self.address = self._start_service(local_workers, bind or "127.0.0.1:0", key,
                                                lease_timeout)
             host, port = self.address
-            connect_to = ({"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host),
-                          port)
+            connect_to = (reachable_host(host), port)
         else:
             self.address = connect_to = parse_address(master, "FleetExecutor(master=...)")
         options = {"label": label, "max_attempts": max_attempts, "retries": retries,

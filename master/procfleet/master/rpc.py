@@ -270,11 +270,12 @@ class DispatcherService:
             self.cond.wait_for(lambda: not not_told(), timeout)
             return not_told()
 
-    def _checked(self, method: str, check, *args) -> None:
-        """Run `check` on a call's arguments; a refused call is logged (throttled) and its
-        ValueError/TypeError goes back to the caller, before anything changed."""
+    def _checked(self, method: str, check, *args):
+        """Run `check` on a call's arguments and return what it returns; a refused call is
+        logged (throttled) and its ValueError/TypeError goes back to the caller, before
+        anything changed."""
         try:
-            check(*args)
+            return check(*args)
         except (TypeError, ValueError) as exc:
             self._note("refused", logging.WARNING, "refused %s() from %s: %s", method,
                        current_peer(), exc)

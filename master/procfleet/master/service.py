@@ -155,13 +155,6 @@ class JobService(DispatcherService):
         if self.board.ready_jobs:
             self.clients.notify_all()
 
-    def _checked(self, method: str, check, *args):
-        try:
-            return check(*args)
-        except (TypeError, ValueError) as exc:
-            self._note("refused", logging.WARNING, "refused %s() from %s: %s", method,
-                       current_peer(), exc)
-            raise
 
 
 def _job_options(options) -> JobOptions:
