@@ -48,7 +48,8 @@ SUMMARY = "summary: "
 def summarize(snapshot: dict, *, ok: int, failed: int, seconds: float, work_seconds: float,
               tasks_per_s: float) -> dict:
     """The batch's summary object, from a service snapshot (README, "The summary line"):
-    `ok` and `failed` cover the whole batch (a resumed one's too), the rest this run."""
+    `ok` and `failed` cover the whole batch (a resumed one's too), the rest this run
+    (`per_worker` too: each worker id's results that ended a task, ok or failed)."""
     s = snapshot
     return {"tasks": s["total"], "ok": ok, "failed": failed,
             "unfinished": s["total"] - s["finished"], "duplicates_dropped": s["duplicates"],
@@ -56,7 +57,8 @@ def summarize(snapshot: dict, *, ok: int, failed: int, seconds: float, work_seco
             "retried": s["retried"], "crashed": s["crashed"], "stale": s["stale"],
             "workers": s["workers"], "workers_lost": s["workers_lost"],
             "refused_calls": s["refused_calls"], "seconds": round(seconds, 2),
-            "work_seconds": round(work_seconds, 2), "tasks_per_s": round(tasks_per_s)}
+            "work_seconds": round(work_seconds, 2), "tasks_per_s": round(tasks_per_s),
+            "per_worker": s.get("per_worker", {})}
 
 
 def format_summary(summary: dict) -> str:

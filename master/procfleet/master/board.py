@@ -102,6 +102,9 @@ class JobBoard:
         self.jobs_abandoned = 0
         self.events: list[tuple[str, str]] = []
         self.ready_jobs: set[str] = set()       # jobs with new result lines since last asked
+        self.failures: deque = deque(maxlen=20)  # the latest failed result lines, any job's
+        self.dropped_ok = 0                     # results of the jobs no longer open
+        self.dropped_failed = 0
 
     # -- what DispatcherService reads -------------------------------------------------------
     total = 2 ** 63 - 1           # the seq limit of a worker's outcomes: any job's
@@ -130,6 +133,12 @@ class JobBoard:
 
     def admit(self, worker_id: str) -> str | None:
         return self.registry.admit(worker_id)
+
+    def totals(self) -> tuple[int, int]:
+        """(ok, failed) results of every job since the service started."""
+        jobs = self.jobs.values()
+        return (self.dropped_ok + sum(job.dispatcher.counters.ok for job in jobs),
+                self.dropped_failed + sum(job.dispatcher.counters.failed for job in jobs))
 
     def seen_workers(self) -> int:
         return self.registry.seen_workers()
@@ -345,6 +354,14 @@ class JobBoard:
             return
         del self.by_id[job.id]
         self.ready_jobs.discard(job.id)
+        # A worker's figures outlive the job (procfleet status): they go to its registry entry.
+        for part in job.dispatcher.workers.values():
+            known = self.registry.workers.get(part.id)
+            if known is not None:
+                known.ok += part.ok
+                known.failed += part.failed
+        self.dropped_ok += job.dispatcher.counters.ok
+        self.dropped_failed += job.dispatcher.counters.failed
         if abandoned:
             self.jobs_abandoned += 1
         elif job.done:
@@ -354,6 +371,7 @@ class JobBoard:
         ready = job.dispatcher.take_results()
         if ready:
             job.outbox.extend(line for _seq, line, _ok in ready)
+            self.failures.extend(line for _seq, line, ok in ready if not ok)
             self.ready_jobs.add(job.id)
         elif job.done:
             self.ready_jobs.add(job.id)        # nothing new, but its client waits for the end
