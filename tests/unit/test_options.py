@@ -10,13 +10,13 @@ from click.testing import CliRunner
 from procfleet.master import cli as master_cli
 from procfleet.master.settings import MASTER_OPTIONS, SUBMIT_OPTIONS, MasterSettings
 from procfleet.shared.cli import main
-from procfleet.shared.settings import PING_OPTIONS
+from procfleet.shared.settings import PING_OPTIONS, STATUS_OPTIONS
 from procfleet.worker import cli as worker_cli
 from procfleet.worker.settings import WORKER_OPTIONS, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"master": MASTER_OPTIONS, "worker": WORKER_OPTIONS, "ping": PING_OPTIONS,
-          "submit": SUBMIT_OPTIONS}
+          "submit": SUBMIT_OPTIONS, "status": STATUS_OPTIONS}
 
 
 def invoke(args, env=None):
