@@ -25,6 +25,7 @@ from .connections import start_server
 from .rpc import DispatcherService
 from .settings import MasterSettings
 from .taskfile import DemoSource, StdinStream, open_source
+from .web import start_web
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,11 @@ class Batch:
         if self.writer is None:
             self.writer = ResultWriter(s.results_path, resumable=self.journal is not None)
         server = start_server(self.service, s.bind, s.authkey)
+        try:
+            web = start_web(self.service, server, s.metrics) if s.metrics else None
+        except BaseException:
+            server.close()
+            raise
         if isinstance(self.source, StdinStream):
             threading.Thread(target=feed_stream, args=(self.source, self.service),
                              name="procfleet-stdin", daemon=True).start()
@@ -228,6 +234,8 @@ class Batch:
                 self.writer.write_lines(self.journal.results())
             return self._serve(server)
         finally:
+            if web is not None:
+                web.close()
             server.close()
 
     def _serve(self, server) -> int:

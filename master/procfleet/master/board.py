@@ -103,8 +103,8 @@ class JobBoard:
         self.events: list[tuple[str, str]] = []
         self.ready_jobs: set[str] = set()       # jobs with new result lines since last asked
         self.failures: deque = deque(maxlen=20)  # the latest failed result lines, any job's
-        self.dropped_ok = 0                     # results of the jobs no longer open
-        self.dropped_failed = 0
+        self.dropped = Counters()               # the counters of the jobs no longer open
+        self.durations = None                   # each job's Dispatcher.durations
 
     # -- what DispatcherService reads -------------------------------------------------------
     total = 2 ** 63 - 1           # the seq limit of a worker's outcomes: any job's
@@ -137,8 +137,16 @@ class JobBoard:
     def totals(self) -> tuple[int, int]:
         """(ok, failed) results of every job since the service started."""
         jobs = self.jobs.values()
-        return (self.dropped_ok + sum(job.dispatcher.counters.ok for job in jobs),
-                self.dropped_failed + sum(job.dispatcher.counters.failed for job in jobs))
+        return (self.dropped.ok + sum(job.dispatcher.counters.ok for job in jobs),
+                self.dropped.failed + sum(job.dispatcher.counters.failed for job in jobs))
+
+    def counter_totals(self) -> dict[str, int]:
+        """Each of leases.Counters over every job since the service started."""
+        totals = self.dropped.as_dict()
+        for job in self.jobs.values():
+            for name, count in job.dispatcher.counters.as_dict().items():
+                totals[name] += count
+        return totals
 
     def seen_workers(self) -> int:
         return self.registry.seen_workers()
@@ -300,6 +308,7 @@ class JobBoard:
                        max_attempts=options.max_attempts, retries=options.retries,
                        retry_backoff=options.retry_backoff, sizes=BigLineSizes(),
                        clock=self.clock, **({"rng": self.rng} if self.rng else {}))
+        d.durations = self.durations
         job = Job(uuid.uuid4().hex, number, options, d, self.clock(), base=number << JOB_BITS)
         self.jobs[number] = job
         self.by_id[job.id] = job
@@ -360,8 +369,8 @@ class JobBoard:
             if known is not None:
                 known.ok += part.ok
                 known.failed += part.failed
-        self.dropped_ok += job.dispatcher.counters.ok
-        self.dropped_failed += job.dispatcher.counters.failed
+        for name, count in job.dispatcher.counters.as_dict().items():
+            setattr(self.dropped, name, getattr(self.dropped, name) + count)
         if abandoned:
             self.jobs_abandoned += 1
         elif job.done:

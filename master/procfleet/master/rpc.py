@@ -216,6 +216,20 @@ class DispatcherService:
             failures.append({key: record.get(key) for key in ("id", "task", "worker", "error")})
         return failures
 
+    def counter_totals(self) -> dict[str, int]:
+        """Every counter of leases.Counters, for the whole run (the metrics)."""
+        with self.cond:
+            return self.dispatcher.counters.as_dict()
+
+    def watch_durations(self, durations) -> None:
+        """From now on, observe each task's lease-to-result seconds into `durations`."""
+        with self.cond:
+            self.dispatcher.durations = durations
+
+    def durations_snapshot(self, durations) -> tuple:
+        with self.cond:
+            return durations.snapshot()
+
     def history(self) -> list[tuple[float, int, int]]:
         """(seconds ago, ok, failed) samples of the whole batch, oldest first."""
         with self.cond:

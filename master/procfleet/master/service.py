@@ -146,6 +146,16 @@ class JobService(DispatcherService):
     def _totals(self) -> tuple[int, int]:
         return self.board.totals()
 
+    def counter_totals(self) -> dict[str, int]:
+        with self.lock:
+            return self.board.counter_totals()
+
+    def watch_durations(self, durations) -> None:
+        with self.lock:
+            self.board.durations = durations
+            for job in self.board.jobs.values():
+                job.dispatcher.durations = durations
+
     def snapshot(self) -> dict:
         with self.lock:
             b = self.board

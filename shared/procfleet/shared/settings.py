@@ -176,7 +176,8 @@ class Option:
         if self.is_flag:
             return bool
         kinds = {click.IntRange: int, Seconds: float, Address: tuple[str, int]}
-        kind = int if self.count or self.type is int else kinds.get(type(self.type), str)
+        kind = int if self.count or self.type is int else next(
+            (k for t, k in kinds.items() if isinstance(self.type, t)), str)
         if self.multiple:
             return tuple[kind, ...]
         return kind if self.count or self.default is not None else kind | None
