@@ -60,7 +60,7 @@ function drawChart(history) {
   const w = canvas.width, h = canvas.height, pad = 28;
   ctx.clearRect(0, 0, w, h);
   const points = rates(history);
-  const span = Math.max(60, history.length ? history[0][0] : 0);
+  const span = Math.max(20, history.length ? history[0][0] : 0);
   const top = Math.max(1, ...points.map((p) => p[1]));
   ctx.strokeStyle = "#dde1e6";
   ctx.fillStyle = "#5b6573";
@@ -113,8 +113,10 @@ function show(s) {
   text($("fig-running"), s.running);
   text($("fig-pending"), s.pending);
   text($("fig-workers"), s.alive_workers);
-  const recent = rates(s.history).slice(-10);
-  const rate = recent.length ? recent.reduce((a, p) => a + p[1], 0) / recent.length : 0;
+  // over the last 10 s of samples, as the workers' rates
+  const h = s.history, last = h[h.length - 1], since = h.find((p) => p[0] - last[0] <= 10.5);
+  const rate = last && since && since[0] > last[0]
+    ? (last[1] + last[2] - since[1] - since[2]) / (since[0] - last[0]) : 0;
   text($("fig-rate"), rate.toFixed(1));
   setRows($("workers").tBodies[0], s.workers, "id", WORKER_CELLS, (w) => w.state);
   $("jobs-section").hidden = !service;
