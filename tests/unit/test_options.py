@@ -108,7 +108,7 @@ def shown_default(option) -> str:
     return str(option.default)
 
 
-@pytest.mark.parametrize("command", ["master", "worker", "submit"])
+@pytest.mark.parametrize("command", ["master", "worker", "submit", "status"])
 def test_readme_option_table_matches_the_options(command):
     rows = readme_rows(command)
     expected = {o.flag: (o.envvar, shown_default(o)) for o in TABLES[command] if not o.hidden}
