@@ -21,8 +21,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 class Durations:
     """A histogram of lease-to-result seconds: from the lease that handed a task out to the
-    result that ended it (the worker's queue and the exchange's trip included; the wire
-    carries no run time of the worker's own)."""
+    worker's result for that attempt (the worker's queue and the exchange's trip included; the
+    wire carries no run time of the worker's own)."""
 
     def __init__(self, bounds: tuple[float, ...] = DURATION_BUCKETS) -> None:
         self.bounds = bounds

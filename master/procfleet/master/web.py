@@ -103,7 +103,8 @@ class MasterCollector:
         buckets, total, count = service.durations_snapshot(self.durations)
         histogram = HistogramMetricFamily(
             "procfleet_task_duration_seconds", "Seconds from the lease that handed a task out "
-            "to the result that ended it (the worker's queue and the round trip included)")
+            "to the worker's result for that attempt (its queue on the worker and the round "
+            "trip included)")
         histogram.add_metric([], [(_bound(b), c) for b, c in buckets], sum_value=total)
         yield histogram
 
