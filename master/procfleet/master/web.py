@@ -41,6 +41,10 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+#: how often the server's loop looks for close() (what it adds to the master's exit, at most)
+POLL = 0.1
+#: a connection that sends nothing for this long is closed (a thread each: keep them short)
+IDLE_TIMEOUT = 10.0
 
 
 class MasterCollector:
@@ -130,8 +134,8 @@ class WebServer:
             raise ConfigError(f"--metrics: cannot listen on {format_address(address)}: "
                               f"{exc.strerror or exc}; choose another HOST:PORT") from None
         self.address = self.httpd.server_address[:2]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="procfleet-web",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(POLL,),
+                                       name="procfleet-web", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -166,6 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
     web: WebServer
     server_version = "procfleet"
     sys_version = ""
+    timeout = IDLE_TIMEOUT
 
     def do_GET(self) -> None:
         self._answer(head=False)
