@@ -59,7 +59,7 @@ def finished_on_page(driver) -> int:
 
 
 def test_dashboard_follows_a_real_batch_in_chromium(spawn, browser, tmp_path):
-    n, web = 240, free_port()
+    n, web = 300, free_port()
     # every 30th task fails, with its number in the error the page must show
     tasks = write_tasks(tmp_path / "tasks.jsonl", [
         {"id": f"t{i}", "task": "fail", "args": [f"kaput {i}"]} if i % 30 == 29 else

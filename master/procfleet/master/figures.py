@@ -89,10 +89,11 @@ class Watch:
 
 
 def worker_rows(identity: dict, parts: list[dict], watch: Watch, now: float,
-                limit: int = MAX_STATUS_WORKERS) -> list[dict]:
+                limit: int | None = MAX_STATUS_WORKERS) -> list[dict]:
     """The worker table: one row per worker of `identity` (id -> WorkerState: liveness, what
     its hello said, and its own ok/failed/held), adding the ok/failed/held of the same id in
-    each of `parts` (a service's jobs). Alive workers first, then by id; at most `limit`."""
+    each of `parts` (a service's jobs). Alive workers first, then by id; at most `limit`
+    (None: all)."""
     rows = []
     order = sorted(identity.values(), key=lambda w: (not w.alive, w.id))[:limit]
     for w in order:

@@ -19,7 +19,7 @@ from procfleet.shared.protocol import (MAX_OUTCOMES, MAX_WIRE_INT, check_count,
                                       check_name, check_outcomes, check_worker_id, describe)
 
 from .admission import ThrottledCounter
-from .figures import Watch, done_by_worker, worker_rows
+from .figures import MAX_STATUS_WORKERS, Watch, done_by_worker, worker_rows
 from .leases import Dispatcher
 from .schemas import MAX_INFO_ITEMS, MAX_WAIT
 from .peers import current_peer
@@ -176,15 +176,16 @@ class DispatcherService:
             return {"state": STOP if self._finished() else RUN, "total": d.total,
                     "done": d.finished, "workers": len(d.alive_workers())}
 
-    def status(self) -> dict:
+    def status(self, limit: int | None = MAX_STATUS_WORKERS) -> dict:
         """What `procfleet status` and the dashboard show: the batch's figures and the
-        worker table (figures.worker_rows), read under the lock."""
+        worker table (figures.worker_rows: at most `limit` rows, None for all; a peer's call
+        takes no argument), read under the lock."""
         with self.cond:
             d = self.dispatcher
             return {"state": STOP if self._finished() else RUN, "batch": self.batch,
                     **self._work_figures(),
                     "workers": worker_rows(d.workers, self._worker_parts(), self.watch,
-                                           d.clock())}
+                                           d.clock(), limit)}
 
     def _work_figures(self) -> dict:
         """(Under the lock) the batch's part of status()."""

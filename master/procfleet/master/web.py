@@ -55,7 +55,7 @@ class MasterCollector:
 
     def collect(self):
         service, server = self.service, self.server
-        status = service.status()
+        status = service.status(limit=None)        # every worker, for their states
         counters = service.counter_totals()
         tasks = GaugeMetricFamily("procfleet_tasks", "Tasks by state: ok and failed (ended), "
                                   "running (held by workers), pending (waiting for one)",
