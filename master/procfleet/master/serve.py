@@ -14,6 +14,7 @@ from .connections import start_server
 from .localworkers import LocalWorkers, check_worker_installed, reachable_host
 from .service import JobService
 from .settings import MasterSettings
+from .web import start_web
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ def run_service(settings: MasterSettings, interrupt: Interrupt | None = None,
     board = JobBoard(lease_timeout=settings.lease_timeout)
     service = JobService(board, heartbeat_interval=settings.heartbeat_interval)
     server = start_server(service, settings.bind, settings.authkey)
-    local = None
+    local = web = None
     try:
+        if settings.metrics:
+            web = start_web(service, server, settings.metrics)
         host, port = server.address
         log.info("serving jobs on %s (lease timeout %g s); submit with `procfleet submit`",
                  format_address((host, port)), settings.lease_timeout)
@@ -64,6 +67,8 @@ def run_service(settings: MasterSettings, interrupt: Interrupt | None = None,
     finally:
         if local is not None:
             local.stop()
+        if web is not None:
+            web.close()
         server.close()
 
 
