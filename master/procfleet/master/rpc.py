@@ -96,15 +96,16 @@ class DispatcherService:
         return {**reply, "state": RUN}
 
     def exchange(self, worker_id: str, batch: str, outcomes: list, want: int,
-                 wait: float, cursor: tuple | None = None) -> tuple:
+                 wait: float, cursor: tuple | None = None, started: int | None = None) -> tuple:
         """Take finished outcomes, lease up to `want` tasks (waiting up to `wait` s for some).
 
         `cursor` is (session, call number, number of the last call whose reply arrived): with it
         the master requeues at once what it leased in replies that were lost, and leases
-        nothing to a call that arrives after a later one (Dispatcher.begin_call)."""
+        nothing to a call that arrives after a later one (Dispatcher.begin_call). `started`:
+        how many of the tasks the worker holds, `outcomes` taken, have begun running."""
         ours = batch == self.batch
         self._checked("exchange", _check_exchange, worker_id, batch, outcomes, want, wait,
-                      cursor, self.dispatcher.total if ours else MAX_WIRE_INT)
+                      cursor, self.dispatcher.total if ours else MAX_WIRE_INT, started)
         call = None
         if not ours:
             # Results of another batch (a worker that outlived its master): never ours.
@@ -128,6 +129,8 @@ class DispatcherService:
                 if d.done:
                     self.cond.notify_all()
                 self._completed()
+            if started is not None:
+                d.touch(worker_id).started = started
             if self._finished():
                 return self._stop(worker_id)
             if self.started:
@@ -210,8 +213,11 @@ class DispatcherService:
         them all the time): for the progress and summary lines."""
         with self.cond:
             d = self.dispatcher
+            held, running = d.held(), d.started()
             return {"total": d.total, "finished": d.finished, **d.counters.as_dict(),
-                    "running": d.running(), "alive_workers": len(d.alive_workers()),
+                    "running": running, "queued_on_workers": held - running,
+                    "pending": d.pending(),
+                    "alive_workers": len(d.alive_workers()),
                     "workers": d.seen_workers(), "first_lease_at": d.first_lease_at,
                     "refused_calls": self.notes["refused"].total}
 
@@ -317,7 +323,8 @@ def _check_hello(worker_id, info) -> None:
             raise TypeError(f"info[{key!r}] is text, a number or None, not {describe(value)}")
 
 
-def _check_exchange(worker_id, batch, outcomes, want, wait, cursor, seq_limit) -> None:
+def _check_exchange(worker_id, batch, outcomes, want, wait, cursor, seq_limit,
+                    started=None) -> None:
     check_worker_id(worker_id)
     check_name("batch", batch)
     check_count("want", want)
@@ -331,6 +338,8 @@ def _check_exchange(worker_id, batch, outcomes, want, wait, cursor, seq_limit) -
         check_name("a cursor's session", cursor[0])
         check_count("a cursor's call number", cursor[1])
         check_count("a cursor's acked call number", cursor[2])
+    if started is not None:
+        check_count("started", started)
     check_outcomes(outcomes, seq_limit)
 
 

@@ -175,10 +175,10 @@ class Job:
                 outcome = "timeout"
             elif now >= next_progress:
                 next_progress = now + PROGRESS_INTERVAL
-                log.info("progress: %d/%d%s done (%d ok, %d failed), %d running, %d workers, "
-                         "%.1f s", figures["finished"], figures["submitted"],
+                log.info("progress: %d/%d%s done (%d ok, %d failed), %d leased to workers, "
+                         "%d workers, %.1f s", figures["finished"], figures["submitted"],
                          "" if figures["closed"] else "+", figures["ok"], figures["failed"],
-                         figures["running"], figures["workers"], now - started)
+                         figures["leased"], figures["workers"], now - started)
         return self._report(outcome, figures, time.monotonic() - started)
 
     def _report(self, outcome: str, figures: dict, elapsed: float) -> int:

@@ -166,8 +166,11 @@ class Worker:
                 continue
             wait = LONG_POLL if not leased and not unsent else 0.0
             sending = unsent[:first_batch(unsent)]
+            # What the master holds for us once `sending` is taken: `leased` (queued or begun)
+            # and the outcomes still unsent (begun, and over).
+            started = max(0, len(leased) - executor.unstarted()) + len(unsent) - len(sending)
             try:
-                tasks, state = self._exchange(proxy, sending, want, wait)
+                tasks, state = self._exchange(proxy, sending, want, wait, started)
             except CONNECT_ERRORS as exc:
                 log.warning("lost the master (%s); reconnecting", type(exc).__name__)
                 proxy = self._reconnect(executor, leased, unsent)
@@ -198,11 +201,11 @@ class Worker:
                 leased.pop(task.seq, None)
         return proxy
 
-    def _exchange(self, proxy, outcomes: list, want: int, wait: float) -> tuple:
+    def _exchange(self, proxy, outcomes: list, want: int, wait: float, started: int) -> tuple:
         """One numbered exchange call; (tasks, state)."""
         self.calls += 1
         reply = proxy.exchange(self.id, self.batch, [o[:4] for o in outcomes], want, wait,
-                               (self.session, self.calls, self.acked))
+                               (self.session, self.calls, self.acked), started)
         self.acked = self.calls
         return reply
 
@@ -234,7 +237,7 @@ class Worker:
         try:
             while unsent:
                 sending = unsent[:first_batch(unsent)]
-                self._exchange(proxy, sending, 0, 0.0)
+                self._exchange(proxy, sending, 0, 0.0, len(unsent) - len(sending))
                 del unsent[:len(sending)]
             proxy.goodbye(self.id)
         except CONNECT_ERRORS as exc:
