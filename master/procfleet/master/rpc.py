@@ -13,6 +13,7 @@ was. Log lines a peer can cause are throttled per kind (admission.ThrottledCount
 import logging
 import threading
 
+from procfleet.shared.logs import Tally
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
 from procfleet.shared.protocol import (MAX_OUTCOMES, MAX_WIRE_INT, check_count,
                                       check_name, check_outcomes, check_worker_id, describe)
@@ -59,6 +60,8 @@ class DispatcherService:
             "left": ThrottledCounter("leave", "leaves", burst=64, refill=1.0, clock=clock),
         }
         self.events: dict[str, ThrottledCounter] = {}   # the dispatcher's events, by kind
+        # with -v: each worker's calls, summed into a debug line per worker per second at most
+        self.call_tally = Tally(clock=clock) if log.isEnabledFor(logging.DEBUG) else None
 
     # -- exposed to workers ---------------------------------------------------------------
     def hello(self, worker_id: str, info: dict) -> dict:
@@ -139,15 +142,29 @@ class DispatcherService:
                 tasks = []
                 if want > 0:
                     d.wants(worker_id)      # it shares in the batch once it starts
+            polled = None
             if not tasks and want > 0 and wait > 0:
+                polled = d.clock()
                 self.cond.wait_for(lambda: (self.started and d.has_pending()) or self._finished(),
                                    timeout=min(wait, MAX_LONG_POLL, self.heartbeat_interval))
                 if self._finished():
                     return self._stop(worker_id)
                 tasks = d.lease(worker_id, want, call) if self.started else []
+                polled = d.clock() - polled
             if tasks:
                 self._leased()
+            if self.call_tally is not None:
+                self._debug_calls(worker_id, len(outcomes), len(tasks), polled)
             return [tuple(t) for t in tasks], RUN
+
+    def _debug_calls(self, worker_id: str, results: int, leased: int,
+                     polled: float | None) -> None:
+        polls = polled is not None
+        sums = self.call_tally.add(worker_id, calls=1, results=results, leased=leased,
+                                   polls=int(polls), woke=int(polls and leased > 0),
+                                   polled=polled or 0.0)
+        if sums is not None:
+            _log_calls(worker_id, sums)
 
     def release(self, worker_id: str, seqs: list) -> int:
         """A draining worker hands back tasks it has not started."""
@@ -231,6 +248,9 @@ class DispatcherService:
             if d.expire() or d.has_pending():
                 self.cond.notify_all()     # also wakes long polls when a retry comes due
             leased, results, events = d.take_leased(), d.take_results(), d.take_events()
+            quiet = self.call_tally.due() if self.call_tally is not None else ()
+        for worker_id, sums in quiet:
+            _log_calls(worker_id, sums)
         return leased, results, self._throttled(events)
 
     def _throttled(self, events: list[tuple[str, str]]) -> list[str]:
@@ -299,6 +319,16 @@ class DispatcherService:
         worker.told_stop = True
         self.cond.notify_all()
         return [], STOP
+
+
+def _log_calls(worker_id: str, sums: dict) -> None:
+    """The debug line of a worker's calls over the last second or so (see call_tally)."""
+    fields = {key: round(value, 3) if type(value) is float else value
+              for key, value in sums.items()}
+    log.debug("worker %s: %d calls in %.1f s: %d results in, %d tasks leased; %d long polls "
+              "(%d woke with tasks, %.2f s waited)", worker_id, sums["calls"], sums["seconds"],
+              sums["results"], sums["leased"], sums["polls"], sums["woke"], sums["polled"],
+              extra={"worker": worker_id, **fields})
 
 
 _NOT_A_SERVICE = ("this master runs one batch (--tasks or --demo); submit jobs to a master "

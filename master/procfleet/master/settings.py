@@ -7,8 +7,8 @@ from dataclasses import field
 import click
 
 from procfleet.shared.errors import ConfigError
-from procfleet.shared.settings import (MASTER_OPTION, VERBOSE_OPTION, Address, Option,
-                                       Seconds, settings_class)
+from procfleet.shared.settings import (LOG_FORMAT_OPTION, MASTER_OPTION, VERBOSE_OPTION,
+                                       Address, Option, Seconds, settings_class)
 
 from .supervise import ENV_SUPERVISOR_PID
 
@@ -69,6 +69,7 @@ MASTER_OPTIONS = (
     Option("supervisor_pid", ("--supervisor-pid",), ENV_SUPERVISOR_PID, type=int,
            hidden=True, help="Set by --restart-on-crash for its batch process."),
     VERBOSE_OPTION,
+    LOG_FORMAT_OPTION,
 )
 
 
@@ -150,6 +151,7 @@ SUBMIT_OPTIONS = (
            type=POSITIVE_SECONDS, default=30.0, metavar="SECONDS",
            help="Keep trying to reach the master this long before giving up (exit 3)."),
     VERBOSE_OPTION,
+    LOG_FORMAT_OPTION,
 )
 
 

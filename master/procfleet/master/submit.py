@@ -53,7 +53,7 @@ def submit(tasks_path, **options):
         settings.validate()
     except ProcfleetError as exc:
         fail(exc)
-    configure_logging(settings.verbose, "submit")
+    configure_logging(settings.verbose, "submit", settings.log_format)
     try:
         code = run_submit(settings)
     except ProcfleetError as exc:

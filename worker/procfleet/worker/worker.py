@@ -15,6 +15,7 @@ import uuid
 
 from procfleet.shared.compat import untested_python_warning
 from procfleet.shared.errors import EXIT_OK, ProtocolMismatch
+from procfleet.shared.logs import Tally
 from procfleet.shared.manager import CONNECT_ERRORS, PROTOCOL_VERSION, STOP
 from procfleet.shared.protocol import RESULT_BATCH_BYTES, task_from_wire
 from procfleet.shared.settings import format_address
@@ -66,6 +67,8 @@ class Worker:
         self.session = uuid.uuid4().hex[:16]
         self.calls = 0
         self.acked = 0
+        # with -v: the exchanges, summed into a debug line a second at most
+        self.tally = Tally() if log.isEnabledFor(logging.DEBUG) else None
 
     # -- signals: the handler only sets flags --------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -178,6 +181,9 @@ class Worker:
                     return EXIT_OK
                 continue
             last_call = time.monotonic()
+            if self.tally is not None:
+                self._debug_exchange(len(sending), len(tasks), len(leased) + len(unsent)
+                                     - len(sending), started)
             done += len(sending)
             del unsent[:len(sending)]
             if unsent:
@@ -189,6 +195,15 @@ class Worker:
                 for item in tasks:
                     leased[item[0]] = self.batch
                 executor.submit([task_from_wire(t) for t in tasks])
+
+    def _debug_exchange(self, sent: int, leased: int, held: int, started: int) -> None:
+        sums = self.tally.add(None, calls=1, results=sent, leased=leased)
+        if sums is not None:
+            log.debug("%d exchanges in %.1f s: %d results sent, %d tasks leased; holding %d "
+                      "(%d started)", sums["calls"], sums["seconds"], sums["results"],
+                      sums["leased"], held, started,
+                      extra={**sums, "seconds": round(sums["seconds"], 3), "held": held,
+                             "started": started})
 
     def _reconnect(self, executor: Executor, leased: dict, unsent: list):
         """Connect again (None if stopped meanwhile). A master of another batch (it restarted
