@@ -385,7 +385,7 @@ def test_progress_and_summary_read_a_snapshot_during_a_storm_of_joins(caplog, mo
     new ids crashed the master (dictionary changed size during iteration)."""
     from procfleet.master import leases as leases_module
     monkeypatch.setattr(leases_module, "MAX_IDLE_WORKERS", 10 ** 9)   # joins all let in
-    caplog.set_level(logging.INFO, logger="procfleet.master.batch")
+    caplog.set_level(logging.INFO, logger="procfleet.master")
     service, _ = make(n=10)
     d = service.dispatcher
     for i in range(3000):

@@ -20,6 +20,7 @@ from .board import MAX_BACKLOG
 from .leases import Dispatcher, Feed
 from .journal import Journal, JournalledDispatcher, restore
 from .localworkers import LocalWorkers, check_worker_installed
+from .progress import LogProgress, make_progress
 from .results import ResultWriter
 from .connections import start_server
 from .rpc import DispatcherService
@@ -33,8 +34,6 @@ REPLY_GRACE = 2.0
 
 #: how often the master checks leases, writes results and looks at its local workers
 TICK = 0.1
-#: how often a long batch logs its progress
-PROGRESS_INTERVAL = 5.0
 #: the GIL hand-off interval in the master (CPython's default is 5 ms): one server thread per
 #: worker waits for the GIL after every socket read and write, so under load a shorter interval
 #: keeps a round trip from queueing behind another thread's 5 ms slice
@@ -242,7 +241,7 @@ class Batch:
         started = time.monotonic()
         self.done_at_start = d.finished
         deadline = started + s.timeout if s.timeout else None
-        next_progress = started + PROGRESS_INTERVAL
+        self.progress = make_progress(started)
         outcome = failure = None
         try:
             while outcome is None:
@@ -254,8 +253,7 @@ class Batch:
                 now = time.monotonic()
                 outcome, failure = self._ending(now, deadline, local)
                 if outcome is None:
-                    if now >= next_progress:
-                        next_progress = now + PROGRESS_INTERVAL
+                    if self.progress.due(now):
                         self._progress(now - started)
                     self.service.wait_for_change(TICK)
             if outcome != "write failed":
@@ -263,7 +261,9 @@ class Batch:
                     self._tick()
                 except ProcfleetError as exc:
                     failure = exc
-            elapsed = time.monotonic() - started
+            now = time.monotonic()
+            elapsed = now - started
+            self.progress.close(self.service.snapshot(), now, elapsed)
             code = self._report(outcome, elapsed)
             self._stop_workers(server)
         finally:
@@ -310,10 +310,9 @@ class Batch:
     def _progress(self, elapsed: float) -> None:
         # Server threads change the dispatcher all the time: read it only through the
         # service's snapshot, under its lock.
-        s = self.service.snapshot()
-        log.info("progress: %d/%d done (%d ok, %d failed), %d running, %d workers, %.1f s",
-                 s["finished"], s["total"], s["ok"], s["failed"], s["running"],
-                 s["alive_workers"], elapsed)
+        if getattr(self, "progress", None) is None:
+            self.progress = LogProgress()
+        self.progress.show(self.service.snapshot(), time.monotonic(), elapsed)
 
     def _report(self, outcome: str, elapsed: float) -> int:
         s = self.service.snapshot()

@@ -233,7 +233,7 @@ class DispatcherService:
             held, running = d.held(), d.started()
             return {"total": d.total, "finished": d.finished, **d.counters.as_dict(),
                     "running": running, "queued_on_workers": held - running,
-                    "pending": d.pending(),
+                    "pending": d.pending(), "open_input": d.open_input,
                     "alive_workers": len(d.alive_workers()),
                     "workers": d.seen_workers(), "first_lease_at": d.first_lease_at,
                     "refused_calls": self.notes["refused"].total}

@@ -1,0 +1,78 @@
+"""Watching a real batch: the live bar on a terminal (a pty), the summary as a JSON file,
+JSON log lines and -v's debug lines, and the demo spread over every worker."""
+
+import fcntl
+import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+import threading
+
+from procs import assert_exactly_once, read_results
+
+#: rich's control sequences (cursor moves, colours), taken out to read the bar's text
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+def run_on_a_terminal(args: list[str], env: dict, timeout: float = 60) -> tuple[int, str]:
+    """Run `procfleet ARGS` with its stderr on a pty (200 columns) and return (exit code,
+    what it wrote there)."""
+    master_fd, slave_fd = pty.openpty()
+    fcntl.ioctl(slave_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master_fd, 65536)
+            except OSError:             # EIO: every writer closed its end
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    proc = subprocess.Popen([sys.executable, "-m", "procfleet.shared", *args],
+                            env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=slave_fd, start_new_session=True)
+    os.close(slave_fd)
+    try:
+        code = proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    reader.join(10)
+    os.close(master_fd)
+    return code, b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_a_terminal_gets_a_live_bar_with_running_and_queued_apart(authkey_env, tmp_path):
+    """One worker with 2 slots holds 4 or more slow tasks: 2 run, the rest wait in it. The
+    old progress line counted them all as running."""
+    out = tmp_path / "results.jsonl"
+    code, screen = run_on_a_terminal(
+        ["master", "--demo", "12", "--demo-sleep", "0.5", "--local-workers", "1",
+         "--bind", "127.0.0.1:0", "--results", str(out)],
+        {"PROCFLEET_CONCURRENCY": "2", "TERM": "xterm-256color", "COLUMNS": "200"})
+    text = ANSI.sub("\n", screen)
+    assert code == 0, text[-3000:]
+    assert_exactly_once(read_results(out), {str(i): i * i for i in range(12)})
+    shown = [tuple(map(int, m.groups())) for m in re.finditer(
+        r"(\d+)/12 · [\d.]+/s · ETA \S+ · (\d+) running · (\d+) queued on workers · "
+        r"(\d+) workers", text)]
+    assert shown, text[-3000:]
+    # the worker holds more than its 2 slots (PREFETCH), yet never more than 2 count as running
+    assert any(running + queued > 2 for _, running, queued, _ in shown), shown
+    assert all(running <= 2 for _, running, _, _ in shown), shown
+    # both at once; how many run is as the worker said at its last call (on a loaded machine
+    # a slot may not have begun its next task yet when the worker calls in with results)
+    assert any(running and queued for _, running, queued, _ in shown), shown
+    assert shown[-1] == (12, 0, 0, 1)                   # the last frame: all done
+    assert "progress:" not in text                      # the bar instead of the log lines
+    assert re.search(r"master: summary: \{", text)      # the closing line is still logged
