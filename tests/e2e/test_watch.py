@@ -11,8 +11,9 @@ import subprocess
 import sys
 import termios
 import threading
+from collections import Counter
 
-from procs import assert_exactly_once, read_results
+from procs import assert_exactly_once, read_results, summary
 
 #: rich's control sequences (cursor moves, colours), taken out to read the bar's text
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
@@ -76,3 +77,22 @@ def test_a_terminal_gets_a_live_bar_with_running_and_queued_apart(authkey_env, t
     assert shown[-1] == (12, 0, 0, 1)                   # the last frame: all done
     assert "progress:" not in text                      # the bar instead of the log lines
     assert re.search(r"master: summary: \{", text)      # the closing line is still logged
+
+
+def test_the_readme_demo_gives_every_worker_a_share(spawn, tmp_path):
+    """`make up` and the README's demo once ran all 100 tasks on the first worker in 0.01 s,
+    the others joining after the batch ended. With --wait-workers and a task sleep, each of
+    the 4 workers does some; --summary-json holds what the closing line says."""
+    out, summary_path = tmp_path / "results.jsonl", tmp_path / "summary.json"
+    master = spawn("master", "--demo", "100", "--demo-sleep", "0.05", "--local-workers", "4",
+                   "--wait-workers", "4", "--bind", "127.0.0.1:0", "--results", out,
+                   "--summary-json", summary_path)
+    assert master.wait(60) == 0, master.tail()
+    results = read_results(out)
+    assert_exactly_once(results, {str(i): i * i for i in range(100)})
+    per_worker = Counter(r["worker"] for r in results)
+    assert len(per_worker) == 4 and min(per_worker.values()) >= 5, per_worker
+    written = json.loads(summary_path.read_text())
+    assert written == summary(master)
+    assert (written["tasks"], written["ok"], written["workers"]) == (100, 100, 4)
+

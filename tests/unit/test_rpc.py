@@ -392,7 +392,7 @@ def test_progress_and_summary_read_a_snapshot_during_a_storm_of_joins(caplog, mo
         service.exchange(f"old-{i}", B, [], 0, 0)
     batch = Batch.__new__(Batch)
     batch.service, batch.dispatcher, batch.resumed, batch.done_at_start = service, d, False, 0
-    batch.settings = types.SimpleNamespace(timeout=1.0)
+    batch.settings = types.SimpleNamespace(timeout=1.0, summary_json=None)
     stop = threading.Event()
     errors = []
 

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import select
 import signal
 import sys
@@ -61,6 +62,24 @@ def summarize(snapshot: dict, *, ok: int, failed: int, seconds: float, work_seco
 def format_summary(summary: dict) -> str:
     """The summary as the master logs it: `summary: ` and the object as JSON, on one line."""
     return SUMMARY + json.dumps(summary)
+
+
+def write_summary_json(path: str, summary: dict) -> None:
+    """Write `summary` to `path` as one JSON object (--summary-json), whole or not at all: a
+    reader never sees half a file (written beside it, then renamed over it). A failure is
+    logged, not raised: the batch is over and its results are written."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("--summary-json %s: cannot write it: %s", path, exc.strerror or exc)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def parse_summary(text: str, actor: str = "master") -> dict | None:
@@ -335,8 +354,11 @@ class Batch:
         first = s["first_lease_at"]
         work = time.monotonic() - first if first is not None else 0.0
         rate = (s["finished"] - self.done_at_start) / work if work > 0 else 0.0
-        log.info("%s", format_summary(summarize(s, ok=ok, failed=failed, seconds=elapsed,
-                                                work_seconds=work, tasks_per_s=rate)))
+        summary = summarize(s, ok=ok, failed=failed, seconds=elapsed, work_seconds=work,
+                            tasks_per_s=rate)
+        log.info("%s", format_summary(summary), extra={"summary": summary})
+        if self.settings.summary_json:
+            write_summary_json(self.settings.summary_json, summary)
         if unfinished:
             return EXIT_UNFINISHED
         return EXIT_TASKS_FAILED if failed else EXIT_OK

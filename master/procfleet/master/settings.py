@@ -66,6 +66,10 @@ MASTER_OPTIONS = (
            type=click.IntRange(min=0, max=10_000), default=0, metavar="N",
            help="Lease nothing until N workers have joined, so they all start together "
                 "(like Locust's --expect-workers)."),
+    Option("summary_json", ("--summary-json",), "PROCFLEET_SUMMARY_JSON", metavar="PATH",
+           show_default="none",
+           help="Also write the closing summary (the JSON of the summary: log line) to PATH, "
+                "for scripts and tests."),
     Option("supervisor_pid", ("--supervisor-pid",), ENV_SUPERVISOR_PID, type=int,
            hidden=True, help="Set by --restart-on-crash for its batch process."),
     VERBOSE_OPTION,
@@ -105,7 +109,8 @@ class MasterSettings:
                                   "rebuilds its results file from the journal")
         files = [(option, path) for option, path in (
             ("--tasks", self.tasks_path), ("--results", self.results_path),
-            ("--journal", self.journal_path)) if path and path != "-"]
+            ("--journal", self.journal_path), ("--summary-json", self.summary_json))
+            if path and path != "-"]
         for i, (first, a) in enumerate(files):
             for second, b in files[i + 1:]:
                 if same_file(a, b):
@@ -119,7 +124,8 @@ class MasterSettings:
             ("--tasks", self.tasks_path), ("--demo", self.demo),
             ("--results", None if self.results_path == "-" else self.results_path),
             ("--timeout", self.timeout), ("--wait-workers", self.wait_workers or None),
-            ("--restart-on-crash", self.restart_on_crash or None)) if value is not None]
+            ("--restart-on-crash", self.restart_on_crash or None),
+            ("--summary-json", self.summary_json)) if value is not None]
         if self.journal_path:
             raise ConfigError("--journal does not go with --serve: a service's jobs are not "
                               "journalled, so a master restart loses its running jobs (their "
@@ -150,6 +156,7 @@ SUBMIT_OPTIONS = (
     Option("connect_timeout", ("--connect-timeout",), "PROCFLEET_CONNECT_TIMEOUT",
            type=POSITIVE_SECONDS, default=30.0, metavar="SECONDS",
            help="Keep trying to reach the master this long before giving up (exit 3)."),
+    _job_option("summary_json"),
     VERBOSE_OPTION,
     LOG_FORMAT_OPTION,
 )
@@ -175,6 +182,12 @@ class SubmitSettings:
                 and same_file(self.tasks_path, self.results_path):
             raise ConfigError(f"--results names the task file ({self.tasks_path}): it would "
                               "overwrite it; give --results another path")
+        if self.summary_json:
+            for option, path in (("the task file", self.tasks_path),
+                                 ("--results", self.results_path)):
+                if path != "-" and same_file(self.summary_json, path):
+                    raise ConfigError(f"--summary-json names {option} ({path}): it would "
+                                      "overwrite it; give --summary-json another path")
 
 
 def same_file(a: str, b: str) -> bool:

@@ -21,7 +21,7 @@ from procfleet.shared.errors import (EXIT_OK, EXIT_TASKS_FAILED, EXIT_UNFINISHED
 from procfleet.shared.logs import configure_logging
 from procfleet.shared.settings import click_options, format_address, load_authkey
 
-from .batch import Interrupt, format_summary
+from .batch import Interrupt, format_summary, write_summary_json
 from .client import PUT_LINES, JobClient, MasterGone
 from .results import ResultWriter
 from .settings import SUBMIT_OPTIONS, SubmitSettings
@@ -203,7 +203,9 @@ class Job:
                    "crashed": figures.get("crashed", 0), "workers": figures.get("workers", 0),
                    "seconds": round(elapsed, 2),
                    "tasks_per_s": round(figures.get("finished", 0) / elapsed) if elapsed else 0}
-        log.info("%s", format_summary(summary))
+        log.info("%s", format_summary(summary), extra={"summary": summary})
+        if self.settings.summary_json:
+            write_summary_json(self.settings.summary_json, summary)
         if outcome == "bad input":
             return EXIT_USAGE
         if outcome != "done" or unfinished:
