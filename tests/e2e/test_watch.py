@@ -96,3 +96,30 @@ def test_the_readme_demo_gives_every_worker_a_share(spawn, tmp_path):
     assert written == summary(master)
     assert (written["tasks"], written["ok"], written["workers"]) == (100, 100, 4)
 
+
+def test_json_logs_and_v_debug_lines_from_master_and_workers(spawn, tmp_path):
+    """--log-format json: every stderr line (local workers' too) is one JSON object, with
+    the summary as a field; -v adds each worker's calls once a second, not once a call."""
+    out, summary_path = tmp_path / "results.jsonl", tmp_path / "summary.json"
+    master = spawn("master", "--demo", "400", "--demo-sleep", "0.01", "--local-workers", "2",
+                   "--bind", "127.0.0.1:0", "--results", out, "--summary-json", summary_path,
+                   "--log-format", "json", "-v", env={"PROCFLEET_VERBOSE": "1"})
+    assert master.wait(60) == 0, master.tail()
+    entries = [json.loads(line) for line in master.stderr.splitlines() if line.strip()]
+    assert entries and all({"time", "actor", "level", "logger", "message"} <= set(e)
+                           for e in entries)
+    actors = Counter(e["actor"].split()[0] for e in entries)
+    assert actors["master"] and actors["worker"], actors
+    [closing] = [e for e in entries if "summary" in e]
+    assert closing["summary"] == json.loads(summary_path.read_text())
+    assert closing["message"].startswith("summary: {")
+    calls = [e for e in entries if e["level"] == "debug" and e["actor"] == "master"
+             and "calls in" in e["message"]]
+    assert {e["worker"] for e in calls} == {e["actor"].split()[1] for e in entries
+                                            if e["actor"].startswith("worker ")}
+    assert sum(e["results"] for e in calls) == 400          # every result counted once
+    seconds = closing["summary"]["seconds"]
+    assert len(calls) <= 2 * (seconds + 2), f"{len(calls)} lines in {seconds} s"
+    exchanges = [e for e in entries if e["actor"].startswith("worker ")
+                 and e["level"] == "debug" and "exchanges in" in e["message"]]
+    assert exchanges and all(0 <= e["started"] <= e["held"] for e in exchanges)

@@ -255,7 +255,8 @@ class Batch:
         local = None
         if s.local_workers:
             connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-            local = LocalWorkers(s.local_workers, format_address((connect_host, port)))
+            local = LocalWorkers(s.local_workers, format_address((connect_host, port)),
+                                 log_format=s.log_format)
             log.info("started %d local workers", s.local_workers)
         started = time.monotonic()
         self.done_at_start = d.finished
@@ -280,6 +281,7 @@ class Batch:
                     self._tick()
                 except ProcfleetError as exc:
                     failure = exc
+            self.service.flush_debug()
             now = time.monotonic()
             elapsed = now - started
             self.progress.close(self.service.snapshot(), now, elapsed)

@@ -26,10 +26,13 @@ def check_worker_installed() -> None:
 
 class LocalWorkers:
     def __init__(self, count: int, master_address: str, imports: tuple[str, ...] = (),
-                 authkey: bytes | None = None, env: dict | None = None) -> None:
+                 authkey: bytes | None = None, env: dict | None = None,
+                 log_format: str | None = None) -> None:
         self.procs: list[subprocess.Popen] = []
         self.reported: set[int] = set()
         env = dict(os.environ if env is None else env, PROCFLEET_MASTER=master_address)
+        if log_format is not None:      # they share the master's stderr: one format in it
+            env["PROCFLEET_LOG_FORMAT"] = log_format
         if authkey is not None:         # FleetExecutor's own key: not in the environment
             env.pop("PROCFLEET_AUTHKEY_FILE", None)
             env["PROCFLEET_AUTHKEY"] = os.fsdecode(authkey)

@@ -134,6 +134,8 @@ class DispatcherService:
                 self._completed()
             if started is not None:
                 d.touch(worker_id).started = started
+            if self.call_tally is not None:     # counted before a STOP reply returns
+                self._debug_calls(worker_id, calls=1, results=len(outcomes))
             if self._finished():
                 return self._stop(worker_id)
             if self.started:
@@ -154,17 +156,23 @@ class DispatcherService:
             if tasks:
                 self._leased()
             if self.call_tally is not None:
-                self._debug_calls(worker_id, len(outcomes), len(tasks), polled)
+                polls = polled is not None
+                self._debug_calls(worker_id, leased=len(tasks), polls=int(polls),
+                                  woke=int(polls and bool(tasks)), polled=polled or 0.0)
             return [tuple(t) for t in tasks], RUN
 
-    def _debug_calls(self, worker_id: str, results: int, leased: int,
-                     polled: float | None) -> None:
-        polls = polled is not None
-        sums = self.call_tally.add(worker_id, calls=1, results=results, leased=leased,
-                                   polls=int(polls), woke=int(polls and leased > 0),
-                                   polled=polled or 0.0)
+    def _debug_calls(self, worker_id: str, **counts) -> None:
+        sums = self.call_tally.add(worker_id, **counts)
         if sums is not None:
             _log_calls(worker_id, sums)
+
+    def flush_debug(self) -> None:
+        """Log the calls tallied since each worker's last debug line (the batch is over)."""
+        if self.call_tally is not None:
+            with self.cond:
+                pending = self.call_tally.due(everything=True)
+            for worker_id, sums in pending:
+                _log_calls(worker_id, sums)
 
     def release(self, worker_id: str, seqs: list) -> int:
         """A draining worker hands back tasks it has not started."""
@@ -325,10 +333,12 @@ def _log_calls(worker_id: str, sums: dict) -> None:
     """The debug line of a worker's calls over the last second or so (see call_tally)."""
     fields = {key: round(value, 3) if type(value) is float else value
               for key, value in sums.items()}
+    fields = {"calls": 0, "results": 0, "leased": 0, "polls": 0, "woke": 0, "polled": 0.0,
+              **fields}
     log.debug("worker %s: %d calls in %.1f s: %d results in, %d tasks leased; %d long polls "
-              "(%d woke with tasks, %.2f s waited)", worker_id, sums["calls"], sums["seconds"],
-              sums["results"], sums["leased"], sums["polls"], sums["woke"], sums["polled"],
-              extra={"worker": worker_id, **fields})
+              "(%d woke with tasks, %.2f s waited)", worker_id, fields["calls"],
+              fields["seconds"], fields["results"], fields["leased"], fields["polls"],
+              fields["woke"], fields["polled"], extra={"worker": worker_id, **fields})
 
 
 _NOT_A_SERVICE = ("this master runs one batch (--tasks or --demo); submit jobs to a master "

@@ -48,7 +48,8 @@ def run_service(settings: MasterSettings, interrupt: Interrupt | None = None,
         if settings.local_workers:
             connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
             local = LocalWorkers(settings.local_workers, format_address((connect_host, port)),
-                                 imports=imports, authkey=settings.authkey, env=worker_env)
+                                 imports=imports, authkey=settings.authkey, env=worker_env,
+                                 log_format=settings.log_format)
             log.info("started %d local workers", settings.local_workers)
         if ready is not None:
             ready((host, port))

@@ -97,11 +97,12 @@ class Tally:
         self.open[key] = (since, sums)
         return None
 
-    def due(self) -> list[tuple]:
-        """(key, sums) of every window older than the interval, taken out."""
+    def due(self, everything: bool = False) -> list[tuple]:
+        """(key, sums) of every window older than the interval (`everything`: of all),
+        taken out."""
         now = self.clock()
-        ready = [(key, {**sums, "seconds": now - since})
-                 for key, (since, sums) in self.open.items() if now - since >= self.interval]
+        ready = [(key, {**sums, "seconds": now - since}) for key, (since, sums)
+                 in self.open.items() if everything or now - since >= self.interval]
         for key, _ in ready:
             del self.open[key]
         return ready
