@@ -56,7 +56,8 @@ def format_eta(seconds: float | None) -> str:
         return "?"
     seconds = int(seconds + 0.5)
     hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+    minutes = f"{rest // 60:02d}" if hours else f"{rest // 60}"
+    return f"{hours}:{minutes}:{rest % 60:02d}" if hours else f"{minutes}:{rest % 60:02d}"
 
 
 class LogProgress:
@@ -95,9 +96,9 @@ class BarProgress:
         self.next = start
         self.rate = RateMeter()
         console = Console(file=stream, stderr=stream is None)
-        self.bar = Progress(TextColumn("[bold]batch"), BarColumn(), TextColumn("{task.fields[text]}"),
-                            console=console, auto_refresh=False, redirect_stderr=True,
-                            redirect_stdout=False)
+        self.bar = Progress(TextColumn("[bold]batch"), BarColumn(),
+                            TextColumn("{task.fields[text]}"), console=console,
+                            auto_refresh=False, redirect_stderr=True, redirect_stdout=False)
         self.task = self.bar.add_task("batch", total=None, text="starting")
         self.bar.start()
 
