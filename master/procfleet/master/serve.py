@@ -84,7 +84,8 @@ def _loop(service: JobService, interrupt: Interrupt, local) -> None:
             status = (s["jobs"], s["jobs_done"], s["jobs_abandoned"], s["alive_workers"])
             if status != last_status:
                 last_status = status
-                log.info("status: %d jobs open (%d running tasks, %d waiting), %d done, %d "
-                         "abandoned, %d workers", s["jobs"], s["running"], s["pending"],
-                         s["jobs_done"], s["jobs_abandoned"], s["alive_workers"])
+                log.info("status: %d jobs open (%d running tasks, %d queued on workers, %d "
+                         "waiting), %d done, %d abandoned, %d workers", s["jobs"], s["running"],
+                         s["queued_on_workers"], s["pending"], s["jobs_done"],
+                         s["jobs_abandoned"], s["alive_workers"])
         service.wait_for_change(TICK)

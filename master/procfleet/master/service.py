@@ -131,9 +131,11 @@ class JobService(DispatcherService):
     def snapshot(self) -> dict:
         with self.lock:
             b = self.board
+            running = b.started()
             return {"jobs": len(b.jobs), "jobs_done": b.jobs_done,
                     "jobs_abandoned": b.jobs_abandoned, "dropped_results": b.dropped_results,
-                    "running": b.running(), "pending": b.pending(),
+                    "running": running, "queued_on_workers": b.held() - running,
+                    "pending": b.pending(),
                     "alive_workers": len(b.alive_workers()), "workers": b.seen_workers(),
                     "refused_calls": self.notes["refused"].total}
 
