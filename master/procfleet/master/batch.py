@@ -288,6 +288,7 @@ class Batch:
             code = self._report(outcome, elapsed)
             self._stop_workers(server)
         finally:
+            self.progress.stop()    # the terminal back, whatever ended the loop
             if local is not None:
                 local.stop()        # still serving: a late local worker hears STOP too
         if failure is not None:

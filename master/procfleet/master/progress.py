@@ -83,6 +83,9 @@ class LogProgress:
     def close(self, snapshot: dict, now: float, elapsed: float) -> None:
         """The batch ended: its summary line says the rest."""
 
+    def stop(self) -> None:
+        """Nothing to undo."""
+
 
 class BarProgress:
     """A live bar on stderr, drawn every `interval` seconds; log lines print above it (rich
@@ -113,7 +116,12 @@ class BarProgress:
         self.bar.refresh()
 
     def close(self, snapshot: dict, now: float, elapsed: float) -> None:
+        """The last frame, left on the screen above the summary line."""
         self.show(snapshot, now, elapsed)
+        self.stop()
+
+    def stop(self) -> None:
+        """Give the terminal back (sys.stderr, the cursor); safe to call again."""
         self.bar.stop()
 
 

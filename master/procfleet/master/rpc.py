@@ -132,8 +132,8 @@ class DispatcherService:
                 if d.done:
                     self.cond.notify_all()
                 self._completed()
-            if started is not None:
-                d.touch(worker_id).started = started
+            if started is not None and (worker := d.workers.get(worker_id)) is not None:
+                worker.started = started        # known since its hello
             if self.call_tally is not None:     # counted before a STOP reply returns
                 self._debug_calls(worker_id, calls=1, results=len(outcomes))
             if self._finished():
