@@ -13,6 +13,7 @@ from fakes import FakeClock, ParkingCondition, tasks
 from procfleet.master import rpc as rpc_module
 from procfleet.master.leases import Dispatcher
 from procfleet.master.batch import Batch
+from procfleet.master.progress import LogProgress
 from procfleet.master.rpc import DispatcherService
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
 from procfleet.shared.protocol import (CRASH, ERROR, MAX_DEPTH, MAX_ERROR_CHARS, MAX_OUTCOMES,
@@ -393,6 +394,7 @@ def test_progress_and_summary_read_a_snapshot_during_a_storm_of_joins(caplog, mo
     batch = Batch.__new__(Batch)
     batch.service, batch.dispatcher, batch.resumed, batch.done_at_start = service, d, False, 0
     batch.settings = types.SimpleNamespace(timeout=1.0, summary_json=None)
+    batch.progress = LogProgress()
     stop = threading.Event()
     errors = []
 

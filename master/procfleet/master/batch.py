@@ -21,7 +21,7 @@ from .board import MAX_BACKLOG
 from .leases import Dispatcher, Feed
 from .journal import Journal, JournalledDispatcher, restore
 from .localworkers import LocalWorkers, check_worker_installed
-from .progress import LogProgress, make_progress
+from .progress import make_progress
 from .results import ResultWriter
 from .connections import start_server
 from .rpc import DispatcherService
@@ -332,8 +332,6 @@ class Batch:
     def _progress(self, elapsed: float) -> None:
         # Server threads change the dispatcher all the time: read it only through the
         # service's snapshot, under its lock.
-        if getattr(self, "progress", None) is None:
-            self.progress = LogProgress()
         self.progress.show(self.service.snapshot(), time.monotonic(), elapsed)
 
     def _report(self, outcome: str, elapsed: float) -> int:

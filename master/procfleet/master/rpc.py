@@ -331,10 +331,9 @@ class DispatcherService:
 
 def _log_calls(worker_id: str, sums: dict) -> None:
     """The debug line of a worker's calls over the last second or so (see call_tally)."""
-    fields = {key: round(value, 3) if type(value) is float else value
-              for key, value in sums.items()}
-    fields = {"calls": 0, "results": 0, "leased": 0, "polls": 0, "woke": 0, "polled": 0.0,
-              **fields}
+    fields = {"calls": 0, "results": 0, "leased": 0, "polls": 0, "woke": 0, "polled": 0.0}
+    fields.update((key, round(value, 3) if type(value) is float else value)
+                  for key, value in sums.items())
     log.debug("worker %s: %d calls in %.1f s: %d results in, %d tasks leased; %d long polls "
               "(%d woke with tasks, %.2f s waited)", worker_id, fields["calls"],
               fields["seconds"], fields["results"], fields["leased"], fields["polls"],
