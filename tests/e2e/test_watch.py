@@ -74,9 +74,15 @@ def test_a_terminal_gets_a_live_bar_with_running_and_queued_apart(authkey_env, t
     # both at once; how many run is as the worker said at its last call (on a loaded machine
     # a slot may not have begun its next task yet when the worker calls in with results)
     assert any(running and queued for _, running, queued, _ in shown), shown
-    assert shown[-1] == (12, 0, 0, 1)                   # the last frame: all done
+    assert (12, 0, 0, 1) in shown                       # the closing frame: all done
     assert "progress:" not in text                      # the bar instead of the log lines
+    # the local worker's lines come through the master, above the bar, not across it
+    assert re.search(r"^\S+ worker local-\S+: connected to master", text, re.M), text[-3000:]
+    assert not re.search(r"workers[^\n]*worker local-", text), text[-3000:]
     assert re.search(r"master: summary: \{", text)      # the closing line is still logged
+    # nothing of the bar after it (rich's own stand-in wrote a line another thread had
+    # rendered with a frame after the bar had stopped)
+    assert "queued on workers" not in screen.partition("master: summary: ")[2]
 
 
 def test_the_readme_demo_gives_every_worker_a_share(spawn, tmp_path):

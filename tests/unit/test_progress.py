@@ -2,11 +2,13 @@
 
 import io
 import logging
+import sys
+import threading
 
 import pytest
 
-from procfleet.master.progress import (BarProgress, LogProgress, RateMeter, bar_text, figures,
-                                       format_eta)
+from procfleet.master.progress import (BarProgress, LinesAbove, LogProgress, RateMeter, bar_text,
+                                       figures, format_eta)
 
 
 def snapshot(**changes) -> dict:
@@ -62,3 +64,41 @@ def test_the_bar_shows_done_failed_rate_eta_running_queued_and_workers():
               2.0)
     text = out.getvalue()
     assert "100/100 2 failed · 100.0/s · ETA 0:00 · 0 running · 0 queued on workers" in text
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_lines_from_other_threads_print_above_the_bar_and_none_after_it_stops(monkeypatch):
+    """While the bar runs sys.stderr is its stand-in: log lines and local workers' lines
+    from any thread come out whole, and once it stopped, plainly, with no frame after."""
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    bar = BarProgress(stream=None)
+    assert isinstance(sys.stderr, LinesAbove)
+
+    def chatter(name):
+        for i in range(50):
+            sys.stderr.write(f"{name} line {i}\n")
+
+    threads = [threading.Thread(target=chatter, args=(f"t{n}",)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for i in range(20):
+        bar.show(snapshot(finished=5 * i), float(i), float(i))
+    for t in threads:
+        t.join()
+    sys.stderr.write("half a ")
+    bar.close(snapshot(finished=100, ok=100, failed=0), 30.0, 30.0)
+    assert sys.stderr is screen
+    sys.stderr.write("line, then the summary\n")
+    bar.stop()                                          # again: nothing more
+    text = screen.getvalue()
+    for n in range(4):
+        for i in range(50):
+            assert f"t{n} line {i}\n" in text
+    closing = text.index("half a line, then the summary")
+    assert "queued on workers" not in text[closing:]
+    assert "100/100" in text[:closing]

@@ -252,18 +252,19 @@ class Batch:
         host, port = server.address
         log.info("serving %d tasks on %s (lease timeout %g s, max attempts %d)",
                  d.total, format_address((host, port)), s.lease_timeout, s.max_attempts)
+        self.progress = make_progress(time.monotonic())
         local = None
-        if s.local_workers:
-            connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-            local = LocalWorkers(s.local_workers, format_address((connect_host, port)),
-                                 log_format=s.log_format)
-            log.info("started %d local workers", s.local_workers)
-        started = time.monotonic()
-        self.done_at_start = d.finished
-        deadline = started + s.timeout if s.timeout else None
-        self.progress = make_progress(started)
-        outcome = failure = None
         try:
+            if s.local_workers:
+                connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1",
+                                "::": "::1"}.get(host, host)
+                local = LocalWorkers(s.local_workers, format_address((connect_host, port)),
+                                     log_format=s.log_format, relay_stderr=self.progress.draws)
+                log.info("started %d local workers", s.local_workers)
+            started = time.monotonic()
+            self.done_at_start = d.finished
+            deadline = started + s.timeout if s.timeout else None
+            outcome = failure = None
             while outcome is None:
                 try:
                     self._tick()

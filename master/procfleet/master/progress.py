@@ -5,6 +5,7 @@ they are due to show it; the figures (rate, ETA) come from plain functions of it
 import logging
 import os
 import sys
+import threading
 from collections import deque
 
 from procfleet.shared.logs import json_logs
@@ -63,6 +64,8 @@ def format_eta(seconds: float | None) -> str:
 class LogProgress:
     """A progress line every `interval` seconds."""
 
+    draws = False       # nothing on the terminal to keep other writers off
+
     def __init__(self, interval: float = PROGRESS_INTERVAL, start: float = 0.0) -> None:
         self.interval = interval
         self.next = start + interval
@@ -88,8 +91,13 @@ class LogProgress:
 
 
 class BarProgress:
-    """A live bar on stderr, drawn every `interval` seconds; log lines print above it (rich
-    puts a stand-in on sys.stderr while it runs, which the log handler writes to)."""
+    """A live bar on stderr, drawn every `interval` seconds. While it runs, sys.stderr is a
+    stand-in (LinesAbove) that prints each whole line above the bar: the log handler and the
+    local workers' relays write there. One lock orders those lines, the frames and the end:
+    with rich's own stand-in, a line rendered by another thread just before the bar stopped
+    was written after it, with a stale frame."""
+
+    draws = True        # local workers' lines come through sys.stderr, not across the bar
 
     def __init__(self, interval: float = BAR_INTERVAL, start: float = 0.0, stream=None) -> None:
         from rich.console import Console
@@ -98,12 +106,16 @@ class BarProgress:
         self.interval = interval
         self.next = start
         self.rate = RateMeter()
-        console = Console(file=stream, stderr=stream is None)
+        self.lock = threading.RLock()
+        self.stream = sys.stderr if stream is None else stream
         self.bar = Progress(TextColumn("[bold]batch"), BarColumn(),
-                            TextColumn("{task.fields[text]}"), console=console,
-                            auto_refresh=False, redirect_stderr=True, redirect_stdout=False)
+                            TextColumn("{task.fields[text]}"), console=Console(file=self.stream),
+                            auto_refresh=False, redirect_stderr=False, redirect_stdout=False)
         self.task = self.bar.add_task("batch", total=None, text="starting")
+        self.live = True
         self.bar.start()
+        if stream is None:
+            sys.stderr = LinesAbove(self)
 
     def due(self, now: float) -> bool:
         return now >= self.next
@@ -111,9 +123,11 @@ class BarProgress:
     def show(self, snapshot: dict, now: float, elapsed: float) -> None:
         self.next = now + self.interval
         f = figures(snapshot, elapsed, self.rate.update(now, snapshot["finished"]))
-        self.bar.update(self.task, total=f["total"] or None, completed=f["finished"],
-                        text=bar_text(f))
-        self.bar.refresh()
+        with self.lock:
+            if self.live:
+                self.bar.update(self.task, total=f["total"] or None, completed=f["finished"],
+                                text=bar_text(f))
+                self.bar.refresh()
 
     def close(self, snapshot: dict, now: float, elapsed: float) -> None:
         """The last frame, left on the screen above the summary line."""
@@ -122,7 +136,47 @@ class BarProgress:
 
     def stop(self) -> None:
         """Give the terminal back (sys.stderr, the cursor); safe to call again."""
-        self.bar.stop()
+        with self.lock:
+            if not self.live:
+                return
+            self.live = False
+            self.bar.stop()
+            stand_in = sys.stderr
+            if isinstance(stand_in, LinesAbove) and stand_in.bar is self:
+                sys.stderr = self.stream
+                if stand_in.partial:
+                    self.stream.write(stand_in.partial)
+
+    def print_lines(self, lines: list[str]) -> None:
+        """Under the lock: whole lines above the bar, or straight out once it stopped."""
+        if self.live:
+            for line in lines:
+                self.bar.console.print(line, markup=False, highlight=False, emoji=False,
+                                       soft_wrap=True)
+        else:
+            self.stream.write("".join(line + "\n" for line in lines))
+
+
+class LinesAbove:
+    """sys.stderr while a BarProgress runs: whole lines go above the bar, one writer at a
+    time; the rest of what a stream offers is the real stderr's."""
+
+    def __init__(self, bar: BarProgress) -> None:
+        self.bar = bar
+        self.partial = ""
+
+    def write(self, text: str) -> int:
+        with self.bar.lock:
+            *lines, self.partial = (self.partial + text).split("\n")
+            if lines:
+                self.bar.print_lines(lines)
+        return len(text)
+
+    def flush(self) -> None:
+        self.bar.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.bar.stream, name)
 
 
 def bar_text(f: dict) -> str:
