@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 workers=${1:-${WORKERS:-4}}
+# The demo starts once every worker has joined, so each gets its share (compose passes it on).
+export PROCFLEET_WAIT_WORKERS=${PROCFLEET_WAIT_WORKERS:-$workers}
 
 # Ctrl-C reaches compose too, which stops the containers; a handler (not an ignore, which compose
 # would inherit) keeps this shell alive to remove them even if compose dies of the signal.
@@ -33,9 +35,12 @@ if [ "${state%% *}" = exited ] && [ "${state##* }" != "$code" ]; then
     code=${state##* }
 fi
 
-# The results live on the master's `state` volume, beside its journal.
+# The results live on the master's `state` volume, beside its journal and the summary.
 if [ -n "$master" ] && docker cp "$master:/var/lib/procfleet/results.jsonl" results.jsonl 2>/dev/null; then
     say "results: results.jsonl ($(wc -l < results.jsonl) lines)"
+fi
+if [ -n "$master" ] && docker cp "$master:/var/lib/procfleet/summary.json" summary.json 2>/dev/null; then
+    say "summary: summary.json"
 fi
 
 # A finished batch (0, 1) no longer needs its journal; an unfinished one keeps it to resume.

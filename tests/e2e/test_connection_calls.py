@@ -45,7 +45,7 @@ class Service:
     def hello(self, worker_id, info):
         return {"state": RUN}
 
-    def exchange(self, worker_id, batch, outcomes, want, wait, cursor=None):
+    def exchange(self, worker_id, batch, outcomes, want, wait, cursor=None, started=None):
         if wait:
             self.stopped.wait(wait)      # a long poll: the master holds the call `wait` s
         return [], RUN
@@ -138,7 +138,7 @@ def test_a_refused_first_request_closes_only_its_connection(server, caplog, requ
     attacker.send(OPENING[request_kind](ident))
     assert_refused_and_closed(attacker, caplog, server)
     # the worker's connection, a new one and the dispatcher itself are all still there
-    assert tuple(worker.exchange("w", "b", [], 1, 0.0, ("s", 1, 0))) == ([], RUN)
+    assert tuple(worker.exchange("w", "b", [], 1, 0.0, ("s", 1, 0), 0)) == ([], RUN)
     assert connect(server.address, KEY, timeout=PROMPT).ping() == {"state": RUN}
     assert dispatcher_id(server) == ident
     assert "Traceback" not in caplog.text
@@ -203,7 +203,7 @@ def test_a_refused_call_on_a_served_connection_closes_only_it(server, service, c
     assert_refused_and_closed(attacker, caplog, server)
     assert not service.stopped.is_set(), "a peer ended the batch"
     assert worker.ping() == {"state": RUN}
-    assert tuple(worker.exchange("w", "b", [], 1, 0.0, ("s", 1, 0))) == ([], RUN)
+    assert tuple(worker.exchange("w", "b", [], 1, 0.0, ("s", 1, 0), 0)) == ([], RUN)
 
 
 def test_a_refusal_line_shows_a_hostile_name_on_one_short_line(server, caplog):
@@ -261,7 +261,7 @@ def test_a_long_poll_and_a_steady_caller_outlive_the_idle_timeout(server):
     worker = connect(server.address, KEY, timeout=PROMPT)
     started = time.monotonic()
     # held by the master for 3 idle timeouts: the server reads nothing while it serves a call
-    assert tuple(worker.exchange("w", "b", [], 1, 3 * SHORT_IDLE, ("s", 1, 0))) == ([], RUN)
+    assert tuple(worker.exchange("w", "b", [], 1, 3 * SHORT_IDLE, ("s", 1, 0), 0)) == ([], RUN)
     assert time.monotonic() - started >= 3 * SHORT_IDLE
     deadline = time.monotonic() + 4 * SHORT_IDLE
     calls = 0

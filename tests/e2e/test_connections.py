@@ -46,7 +46,7 @@ class FakeService:
     def hello(self, worker_id, info):
         return {"protocol": info.get("protocol"), "state": RUN}
 
-    def exchange(self, worker_id, batch, outcomes, want, wait, cursor=None):
+    def exchange(self, worker_id, batch, outcomes, want, wait, cursor=None, started=None):
         with self.lock:
             self.outcomes.extend(outcomes)
         return [(i, str(i), "square", [i], {}, None) for i in range(want)], RUN
@@ -101,7 +101,7 @@ def test_a_real_client_calls_every_method(server):
     proxy = connect(server.address, KEY, timeout=PROMPT)
     assert proxy.hello("w-1", {"protocol": 1})["state"] == RUN
     tasks, state = proxy.exchange("w-1", "b", [(0, "ok", '{"v":[1,2]}', None)], 3, 0.0,
-                                   ("s", 1, 0))
+                                   ("s", 1, 0), 0)
     assert state == RUN and [t[0] for t in tasks] == [0, 1, 2]
     assert proxy.release("w-1", [1, 2]) == 2
     assert proxy.ping() == {"state": RUN}
@@ -168,7 +168,7 @@ def test_a_code_running_pickle_is_refused_as_the_old_wire_and_never_unpickled(
     assert server.old_wire_peers == 1 and server.rejected_messages == 0
     assert not marker.exists()
     # everyone else is still served
-    assert proxy.exchange("w-1", "b", [], 2, 0.0, ("s", 2, 1))[1] == RUN
+    assert proxy.exchange("w-1", "b", [], 2, 0.0, ("s", 2, 1), 0)[1] == RUN
     assert "Traceback" not in logs.text
 
 
@@ -339,7 +339,7 @@ def test_a_flood_of_idle_and_garbage_connections_does_not_stop_a_real_client(ser
                 if stop.wait(0.002):        # leave the server's threads some of the GIL
                     return
                 tasks, state = proxy.exchange("w-1", "b", [(0, "ok", "0", None)], 4, 0.0,
-                                              ("s", calls[0] + 1, calls[0]))
+                                              ("s", calls[0] + 1, calls[0]), 0)
                 assert state == RUN and len(tasks) == 4
                 calls[0] += 1
         except Exception as exc:   # reported by the assertion below

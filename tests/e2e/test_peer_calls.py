@@ -54,7 +54,7 @@ class Intruder:
     def exchange(self, outcomes: list, want: int = 0) -> tuple:
         self.calls += 1
         return self.proxy.exchange(self.id, self.batch, outcomes, want, 0,
-                                   ("s1", self.calls, self.calls - 1))
+                                   ("s1", self.calls, self.calls - 1), 0)
 
     def refused(self, method: str, *args, by: str | None = None) -> str:
         """Call `method`, which must be refused (`by` MESSAGE, SCHEMA or SERVICE, if given);
@@ -62,7 +62,7 @@ class Intruder:
         has closed the connection: the intruder connects again, as a worker would."""
         if method == "exchange":
             self.calls += 1
-            args = (*args, ("s1", self.calls, self.calls - 1))
+            args = (*args, ("s1", self.calls, self.calls - 1), 0)
         limit = sys.getrecursionlimit()
         sys.setrecursionlimit(10_000)       # so that a value 1,500 deep can be sent
         try:

@@ -158,3 +158,15 @@ def test_a_batch_reading_stdin_runs_tasks_before_the_producer_ends(authkey_env, 
         master.kill()
     assert '<stdin>:4: "args" must be an array' in master.stderr
     assert_exactly_once(read_results(results), {i: i * i for i in range(3)})
+
+
+def test_submit_writes_its_summary_as_json_too(cluster, spawn, tmp_path):
+    address, _master = cluster
+    tasks = write_tasks(tmp_path / "t.jsonl", squares(50))
+    path = tmp_path / "summary.json"
+    client = spawn("submit", tasks, "--master", address, "--results", tmp_path / "r.jsonl",
+                   "--summary-json", path)
+    assert client.wait() == 0, client.tail()
+    written = json.loads(path.read_text())
+    assert written == summary(client, actor="submit")
+    assert (written["tasks"], written["ok"], written["unfinished"]) == (50, 50, 0)

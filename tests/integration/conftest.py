@@ -98,6 +98,16 @@ class Cluster:
         return [json.loads(line) for line in text.splitlines(keepends=True)
                 if line.endswith("\n") and line.strip()]
 
+    def summary(self, path: str = "/var/lib/procfleet/summary.json") -> dict | None:
+        """The master's --summary-json file (docker-compose.yml sets it), or None before the
+        batch ended."""
+        try:
+            chunks, _ = self.master.get_archive(path)
+        except Exception:     # docker.errors.NotFound
+            return None
+        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+            return json.loads(tar.extractfile(tar.getmembers()[0]).read().decode())
+
     def master_stderr(self) -> str:
         return self.master.logs(stdout=False, stderr=True).decode()
 

@@ -2,6 +2,7 @@
 
 import re
 import time
+from collections import Counter
 from datetime import datetime, timezone
 
 import pytest
@@ -12,18 +13,40 @@ from procs import assert_exactly_once, summary_of as summary, wait_until
 WRONG_KEY = "not-the-cluster-key-0123"
 
 
+def assert_every_worker_worked(c, records: list[dict], workers: int) -> None:
+    """Each worker container delivered some results (their ids are HOSTNAME-PID)."""
+    delivered = Counter(r["worker"].rsplit("-", 1)[0] for r in records)
+    hostnames = {w.attrs["Config"]["Hostname"] for w in c.containers("worker")}
+    assert set(delivered) == hostnames and len(hostnames) == workers, \
+        f"results per worker {dict(delivered)}, containers {hostnames}"
+
+
+@pytest.mark.docker
+def test_make_up_demo_gives_every_worker_a_share(cluster):
+    """What `make up` runs: the compose file's own demo (100 tasks of 0.1 s), the batch
+    waiting for the 4 workers (scripts/up.sh sets PROCFLEET_WAIT_WORKERS to WORKERS). It once
+    went whole to the first worker in 0.01 s, the other three joining after it ended."""
+    c = cluster(workers=4, PROCFLEET_WAIT_WORKERS=4)
+    assert c.master.wait(timeout=180)["StatusCode"] == 0, c.master_stderr()
+    records = c.results()
+    assert_exactly_once(records, {str(i): i * i for i in range(100)})
+    assert_every_worker_worked(c, records, 4)
+    written = c.summary()
+    assert written == summary(c.master_stderr())        # --summary-json: the closing line's
+    assert written["workers"] == 4 and written["work_seconds"] >= 1.0, written
+
+
 @pytest.mark.docker
 @pytest.mark.parametrize("workers", [1, 4, 8])
 def test_scaled_cluster_delivers_every_result_exactly_once(cluster, workers):
-    n = 400    # 0.02 s each: long enough that every worker container joins in
-    c = cluster(workers=workers, PROCFLEET_DEMO=n, PROCFLEET_DEMO_SLEEP=0.02)
+    n = 400    # 0.02 s each, starting once every worker container has joined
+    c = cluster(workers=workers, PROCFLEET_DEMO=n, PROCFLEET_DEMO_SLEEP=0.02,
+                PROCFLEET_WAIT_WORKERS=workers)
     assert c.master.wait(timeout=180)["StatusCode"] == 0, c.master_stderr()
     records = c.results()
     assert_exactly_once(records, {str(i): i * i for i in range(n)})
+    assert_every_worker_worked(c, records, workers)
     delivered = {r["worker"] for r in records}
-    hostnames = {w.attrs["Config"]["Hostname"] for w in c.containers("worker")}
-    assert {d.rsplit("-", 1)[0] for d in delivered} <= hostnames
-    assert len(delivered) >= (workers + 1) // 2, f"only {delivered} of {workers} workers worked"
     stats = summary(c.master_stderr())
     print(f"\n{workers} workers: {len(records)} results, "
           f"{stats['duplicates_dropped']:.0f} duplicates dropped, "

@@ -227,3 +227,21 @@ def test_a_new_job_is_shared_among_every_worker_that_asks_for_work():
     job = board.open_job(JobOptions())
     put(board, job, 80)
     assert [len(board.lease(w, 100)) for w in "abcd"] == [20, 15, 12, 9]
+
+
+def test_a_service_snapshot_has_running_and_queued_on_workers_across_jobs():
+    """Each worker says how many of its tasks began, whichever jobs they belong to."""
+    from procfleet.master.service import JobService
+    board, _ = make()
+    service = JobService(board, heartbeat_interval=10.0)
+    a, b = board.open_job(JobOptions()), board.open_job(JobOptions())
+    put(board, a, 10)
+    put(board, b, 10)
+    held, _ = service.exchange("w", service.batch, [], 6, 0, None, 0)
+    assert {job_of(t) for t in held} == {a.number, b.number}
+    service.exchange("w", service.batch, [], 0, 0, None, 2)
+    snap = service.snapshot()
+    assert (snap["running"], snap["queued_on_workers"], snap["pending"]) == (2, 4, 14)
+    service.exchange("w", service.batch, [ok(t) for t in held[:5]], 0, 0, None, 9)  # holds 1
+    snap = service.snapshot()
+    assert (snap["running"], snap["queued_on_workers"]) == (1, 0)

@@ -155,10 +155,10 @@ def test_status_renders_a_batch_and_a_service_as_tables():
               "state": "working", "held": 8, "ok": 120, "failed": 2, "last_seen_s": 0.3,
               "rate": 40.25}
     batch = {"state": "run", "batch": "abc", "mode": "batch", "total": 1000, "finished": 122,
-             "ok": 120, "failed": 2, "running": 8, "pending": 870, "alive_workers": 1,
-             "elapsed_s": 3.0, "workers": [worker]}
+             "ok": 120, "failed": 2, "running": 5, "queued_on_workers": 3, "pending": 870,
+             "alive_workers": 1, "elapsed_s": 3.0, "workers": [worker]}
     text = render("m:50000", batch)
-    assert "122/1000 done (120 ok, 2 failed)" in text
+    assert "122/1000 done (120 ok, 2 failed), 5 running, 3 queued on workers" in text
     header, row = text.splitlines()[2:4]
     assert header.split() == ["worker", "address", "python", "conc", "state", "held", "ok",
                               "failed", "seen", "rate/s"]
@@ -166,8 +166,9 @@ def test_status_renders_a_batch_and_a_service_as_tables():
                            "0.3s", "ago", "40.2"]
     service = {"state": "run", "mode": "service", "jobs": [
         {"job": "0123456789abcdef", "label": "a.jsonl", "submitted": 5, "finished": 1, "ok": 1,
-         "failed": 0, "running": 2, "closed": True}], "jobs_done": 3, "jobs_abandoned": 0,
-        "ok": 41, "failed": 0, "running": 2, "pending": 2, "alive_workers": 0, "workers": []}
+         "failed": 0, "leased": 2, "closed": True}], "jobs_done": 3, "jobs_abandoned": 0,
+        "ok": 41, "failed": 0, "running": 1, "queued_on_workers": 1, "pending": 2,
+        "alive_workers": 0, "workers": []}
     text = render("m:50000", service)
     assert "1 jobs open, 3 done" in text and "0123456789ab  a.jsonl" in text
     assert text.endswith("no workers yet")

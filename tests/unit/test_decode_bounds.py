@@ -224,12 +224,12 @@ TEMPLATES = {
     "create": [None, "create", ["dispatcher"], {}],
     "accept_connection": [None, "accept_connection", ["MainProcess|worker-3"], {}],
     "hello": ["7f3a2b1c", "hello",
-              ["w-3f2a", {"protocol": 4, "python": "3.12.1", "concurrency": 4,
+              ["w-3f2a", {"protocol": 5, "python": "3.12.1", "concurrency": 4,
                           "load": 0.5, "draining": False, "session": None}], {}],
     "exchange": ["7f3a2b1c", "exchange",
                  ["w-3f2a", "batch-1",
                   [[0, "ok", '{"a":[1,2.5,null,true]}', None],
-                   [1, "error", None, "RuntimeError: kaput"]], 32, 1.0, ["s-1", 3, 2]], {}],
+                   [1, "error", None, "RuntimeError: kaput"]], 32, 1.0, ["s-1", 3, 2], 7], {}],
     "release": ["7f3a2b1c", "release", ["w-3f2a", [1, 2, 3]], {}],
     "goodbye": ["7f3a2b1c", "goodbye", ["w-3f2a"], {}],
     "ping": ["7f3a2b1c", "ping", [], {}],
@@ -265,7 +265,7 @@ def request_with(name: str, path: tuple, value: bytes) -> bytes:
 
 def exchange_with(outcomes: list) -> bytes:
     return MAGIC + msgspec.msgpack.encode(
-        ["7f3a2b1c", "exchange", ["w-3f2a", "batch-1", outcomes, 32, 1.0, ["s-1", 3, 2]], {}])
+        ["7f3a2b1c", "exchange", ["w-3f2a", "batch-1", outcomes, 32, 1.0, ["s-1", 3, 2], 7], {}])
 
 
 # --- the measurement itself ----------------------------------------------------------------------

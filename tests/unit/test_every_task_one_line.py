@@ -55,7 +55,7 @@ arguments = st.one_of(json_values, st.integers(min_value=1, max_value=150).map(n
 
 def exchange_outcomes(held: list[tuple], cursor: tuple) -> list[tuple]:
     """The outcomes of an exchange call, sent and decoded as the master's server does it."""
-    request = ("ident", "exchange", ("w", "batch", held, 4, 0.0, cursor), {})
+    request = ("ident", "exchange", ("w", "batch", held, 4, 0.0, cursor, 0), {})
     _ident, name, raw, _kwds = codec.decode(codec.encode(request), ENVELOPE)
     return decode_args(CALLS, name, raw, "a dispatcher method")[2]
 

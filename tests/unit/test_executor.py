@@ -282,6 +282,20 @@ def test_take_unstarted_hands_back_queued_tasks_which_then_never_run(make_execut
     assert executor.outstanding() == 0
 
 
+def test_unstarted_counts_what_no_task_process_has_begun(make_executor, tmp_path):
+    """What the worker reports as started (held minus this): with 2 slots busy, 3 of 5
+    tasks wait, whether queued here or already sent to a child."""
+    executor = make_executor(concurrency=2)
+    gate = tmp_path / "gate"
+    executor.submit([named(i, "test_wait_for_gate", str(tmp_path / f"pid{i}"), str(gate))
+                     for i in range(5)])
+    wait_until(lambda: len(list(tmp_path.glob("pid?"))) == 2, WAIT, "two tasks to run")
+    assert executor.unstarted() == 3 and executor.outstanding() == 5
+    gate.touch()
+    gather(executor, 5)
+    assert executor.unstarted() == 0
+
+
 @linux_only
 def test_close_kills_a_hanging_child_within_its_bound(make_executor, tmp_path):
     executor = make_executor()

@@ -12,6 +12,7 @@ from procfleet.master.leases import Dispatcher
 from procfleet.master.rpc import DispatcherService
 from procfleet.master.service import JobService
 from procfleet.shared.protocol import CRASH, ERROR, OK, Task
+from procfleet.shared.manager import PROTOCOL_VERSION
 
 B = "batch-1"
 
@@ -33,7 +34,7 @@ def rows_by_id(service):
 
 def test_each_result_that_ends_a_task_counts_for_the_worker_that_sent_it():
     service, d, clock = make(6, max_attempts=1)
-    service.hello("a", {"protocol": 4, "python": "3.12.8", "concurrency": 2, "session": "s"})
+    service.hello("a", {"protocol": PROTOCOL_VERSION, "python": "3.12.8", "concurrency": 2, "session": "s"})
     a, _ = service.exchange("a", B, [], 4, 0)
     b, _ = service.exchange("b", B, [], 2, 0)
     service.exchange("a", B, [ok(a[0]), ok(a[1]), (a[2][0], ERROR, None, "boom")], 0, 0)
@@ -97,7 +98,7 @@ def test_a_service_adds_each_workers_figures_over_its_jobs_closed_ones_too():
     clock = FakeClock()
     board = JobBoard(lease_timeout=5.0, clock=clock)
     service = JobService(board, heartbeat_interval=1.0)
-    service.hello("a", {"protocol": 4, "python": "3.13.1", "concurrency": 4})
+    service.hello("a", {"protocol": PROTOCOL_VERSION, "python": "3.13.1", "concurrency": 4})
     first, second = board.open_job(JobOptions(label="one")), board.open_job(JobOptions())
     for job in (first, second):
         board.put(job, [Task(0, i, "square", [i], {}) for i in range(3)], [20] * 3)

@@ -29,7 +29,7 @@ def test_lease_hands_out_each_task_once_in_order():
     assert [t.id for t in a] == ["0", "1"]
     assert [t.id for t in b] == ["2", "3"]          # a holds tasks: 4 pending over 2 is 2 each
     assert {t.id for t in a}.isdisjoint({t.id for t in b})
-    assert d.running() == len(a) + len(b)
+    assert d.held() == len(a) + len(b)
 
 
 def test_fair_share_caps_a_lease_near_the_end():
@@ -92,7 +92,7 @@ def test_heartbeat_keeps_a_lease_alive():
         clock.advance(4)
         d.touch("a")
         assert d.expire() == []
-    assert d.running() == 1
+    assert d.held() == 1
 
 
 def test_silent_worker_is_expired_and_its_tasks_requeued_first():
@@ -298,7 +298,7 @@ def test_a_result_from_a_worker_that_does_not_hold_the_task_is_taken_once():
     a = d.lease("a", 1)
     d.complete("b", [ok(a[0])])                      # e.g. b had it before a restart
     assert [r["worker"] for r in records(d)] == ["b"]
-    assert not d.workers["a"].held and d.running() == 0
+    assert not d.workers["a"].held and d.held() == 0
     d.complete("a", [ok(a[0])])
     assert d.counters.duplicates == 1
     assert [t.seq for t in d.lease("c", 5)] == [1]           # it is not leased again
@@ -308,7 +308,7 @@ def test_an_error_on_a_first_lease_keeps_its_attempt_count():
     d, clock = make(2, retries=1, rng=lambda: 0.0)
     a = d.lease("a", 1)
     d.complete("a", [Outcome(a[0].seq, ERROR, None, "RuntimeError: x")])
-    assert d.running() == 0                              # a holds it no more
+    assert d.held() == 0                              # a holds it no more
     clock.advance(MAX_RETRY_DELAY)
     d.leased_log = []
     assert d.lease("b", 1) == a                          # its retry
@@ -322,7 +322,7 @@ def test_a_lease_whose_reply_was_lost_is_requeued_at_the_workers_next_call():
     assert d.begin_call("a", "s1", 1, 0)
     lost = d.lease("a", 2, call=1)                  # this reply never reaches a
     assert d.begin_call("a", "s1", 2, 0)            # a's next call: the last reply it got is 0
-    assert d.counters.unacked == 2 and d.running() == 0
+    assert d.counters.unacked == 2 and d.held() == 0
     again = d.lease("b", 2)
     assert [t.seq for t in again] == [t.seq for t in lost]      # first in line, in order
     d.complete("b", [ok(t) for t in again])
@@ -334,7 +334,7 @@ def test_a_lease_whose_reply_arrived_stays_with_the_worker():
     d.begin_call("a", "s1", 1, 0)
     held = d.lease("a", 2, call=1)
     assert d.begin_call("a", "s1", 2, 1)
-    assert d.counters.unacked == 0 and d.running() == 2
+    assert d.counters.unacked == 0 and d.held() == 2
     assert d.workers["a"].unacked == {}
     d.complete("a", [ok(t) for t in held])
     assert d.finished == 2
@@ -347,7 +347,7 @@ def test_a_call_that_arrives_after_a_later_one_leases_nothing():
     assert d.begin_call("a", "s1", 3, 1)
     assert not d.begin_call("a", "s1", 2, 1)        # late, on a connection a gave up
     assert d.lease("a", 2, call=2) == []
-    assert d.running() == 1
+    assert d.held() == 1
 
 
 def test_a_long_poll_overtaken_by_the_workers_next_call_leases_nothing():
@@ -377,9 +377,9 @@ def test_a_new_process_under_a_known_id_loses_what_the_old_one_held():
     held = d.lease("a", 2, call=1)
     d.begin_call("a", "old", 2, 1)
     assert d.new_session("a", "old") == 0           # a reconnect of the same process
-    assert d.running() == 2
+    assert d.held() == 2
     assert d.new_session("a", "new") == 2           # the container restarted: same id
-    assert d.running() == 0 and d.counters.requeued == 2
+    assert d.held() == 0 and d.counters.requeued == 2
     assert d.begin_call("a", "new", 1, 0)           # its calls count from 1 again
     assert [t.seq for t in d.lease("a", 3, call=1)] == [t.seq for t in held] + [2]
     assert not d.begin_call("a", "old", 3, 2)       # the old process's late call is stale

@@ -13,6 +13,7 @@ from fakes import FakeClock, ParkingCondition, tasks
 from procfleet.master import rpc as rpc_module
 from procfleet.master.leases import Dispatcher
 from procfleet.master.batch import Batch
+from procfleet.master.progress import LogProgress
 from procfleet.master.rpc import DispatcherService
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
 from procfleet.shared.protocol import (CRASH, ERROR, MAX_DEPTH, MAX_ERROR_CHARS, MAX_OUTCOMES,
@@ -183,7 +184,7 @@ def test_a_malformed_cursor_is_refused():
         except (TypeError, ValueError):
             continue
         raise AssertionError(f"cursor {cursor!r} was accepted")
-    assert service.dispatcher.running() == 0
+    assert service.dispatcher.held() == 0
 
 
 def nested(depth):
@@ -239,7 +240,7 @@ def test_a_bad_outcome_refuses_the_whole_call_and_changes_nothing(bad):
     assert "\n" not in str(refused.value) and len(str(refused.value)) < 300
     _leased, results, _events = service.tick()
     d = service.dispatcher
-    assert results == [] and d.finished == 0 and d.counters.ok == 0 and d.running() == 3
+    assert results == [] and d.finished == 0 and d.counters.ok == 0 and d.held() == 3
     assert service.exchange("a", B, good, 0, 0) == ([], STOP)     # a good call ends it
     _leased, results, _events = service.tick()
     assert len(results) == d.counters.ok == 3 and d.counters.duplicates == 0
@@ -318,7 +319,7 @@ def test_exchange_arguments_are_checked(args):
     service, _ = make()
     with pytest.raises((TypeError, ValueError)):
         service.exchange(*args)
-    assert service.dispatcher.workers == {} and service.dispatcher.running() == 0
+    assert service.dispatcher.workers == {} and service.dispatcher.held() == 0
 
 
 @pytest.mark.parametrize("seqs", [[10 ** 5000], [-1], [2], [True], list(range(MAX_OUTCOMES + 1)),
@@ -329,7 +330,7 @@ def test_release_is_all_or_nothing(seqs):
     held, _ = service.exchange("a", B, [], 2, 0)
     with pytest.raises((TypeError, ValueError)):
         service.release("a", [held[0][0], *seqs] if type(seqs) is list else seqs)
-    assert service.dispatcher.running() == 2 and service.dispatcher.counters.released == 0
+    assert service.dispatcher.held() == 2 and service.dispatcher.counters.released == 0
 
 
 def service_lines(caplog, level=logging.WARNING):
@@ -385,14 +386,15 @@ def test_progress_and_summary_read_a_snapshot_during_a_storm_of_joins(caplog, mo
     new ids crashed the master (dictionary changed size during iteration)."""
     from procfleet.master import leases as leases_module
     monkeypatch.setattr(leases_module, "MAX_IDLE_WORKERS", 10 ** 9)   # joins all let in
-    caplog.set_level(logging.INFO, logger="procfleet.master.batch")
+    caplog.set_level(logging.INFO, logger="procfleet.master")
     service, _ = make(n=10)
     d = service.dispatcher
     for i in range(3000):
         service.exchange(f"old-{i}", B, [], 0, 0)
     batch = Batch.__new__(Batch)
     batch.service, batch.dispatcher, batch.resumed, batch.done_at_start = service, d, False, 0
-    batch.settings = types.SimpleNamespace(timeout=1.0)
+    batch.settings = types.SimpleNamespace(timeout=1.0, summary_json=None)
+    batch.progress = LogProgress()
     stop = threading.Event()
     errors = []
 
@@ -433,11 +435,37 @@ def test_snapshot_is_plain_numbers_matching_the_dispatcher():
     service.exchange("a", B, [(held[0][0], OK, "0", None)], 0, 0)
     snap = service.snapshot()
     assert {k: snap[k] for k in ("total", "finished", "ok", "failed", "running",
-                                 "alive_workers", "workers")} == {
-        "total": 4, "finished": 1, "ok": 1, "failed": 0, "running": 2, "alive_workers": 1,
-        "workers": 1}
+                                 "queued_on_workers", "pending", "alive_workers", "workers")} == {
+        "total": 4, "finished": 1, "ok": 1, "failed": 0, "running": 0, "queued_on_workers": 2,
+        "pending": 1, "alive_workers": 1, "workers": 1}
     assert snap.pop("per_worker") == {"a": {"ok": 1, "failed": 0}}
-    assert all(type(v) in (int, float, type(None)) for v in snap.values())
+    assert all(type(v) in (int, float, bool, type(None)) for v in snap.values())
+
+
+def test_running_counts_what_workers_say_they_started_not_what_they_hold():
+    """"running" once counted every task leased, queued in a worker or not."""
+    service, _ = make(n=10)
+    service.exchange("a", B, [], 4, 0, None, 0)
+    service.exchange("b", B, [], 3, 0, None, 0)
+    snap = service.snapshot()
+    assert (snap["running"], snap["queued_on_workers"]) == (0, 7)
+    service.exchange("a", B, [], 0, 0, None, 1)          # a began one of its 4
+    service.exchange("b", B, [], 0, 0, None, 3)          # b all of its 3
+    snap = service.snapshot()
+    assert (snap["running"], snap["queued_on_workers"], snap["pending"]) == (4, 3, 3)
+    service.exchange("b", B, [], 0, 0, None, 50)         # more than it holds: counts 3
+    assert service.snapshot()["running"] == 4
+    service.goodbye("b")                                # what b held goes back: b runs nothing
+    snap = service.snapshot()
+    assert (snap["running"], snap["queued_on_workers"], snap["pending"]) == (1, 3, 6)
+
+
+@pytest.mark.parametrize("started", [-1, 2 ** 64, 1.5, "3", True])
+def test_a_bad_started_count_is_refused_before_anything_changes(started):
+    service, _ = make(n=4)
+    with pytest.raises((TypeError, ValueError), match="started"):
+        service.exchange("a", B, [], 2, 0, None, started)
+    assert service.dispatcher.held() == 0 and service.dispatcher.workers == {}
 
 
 def test_workers_that_only_said_hello_do_not_shrink_the_fair_share():

@@ -111,6 +111,9 @@ def master(**options):
      "--tasks and --results name the same file"),
     ({"demo": 1, "results_path": "r.jsonl", "journal_path": "r.jsonl"},
      "--results and --journal name the same file"),
+    ({"demo": 1, "results_path": "r.jsonl", "summary_json": "r.jsonl"},
+     "--results and --summary-json name the same file"),
+    ({"serve": True, "summary_json": "s.json"}, "--summary-json does not go with --serve"),
 ])
 def test_validate_refuses_options_that_do_not_go_together(tmp_path, monkeypatch, options,
                                                           message):
@@ -123,6 +126,7 @@ def test_validate_refuses_options_that_do_not_go_together(tmp_path, monkeypatch,
     {"demo": 1}, {"tasks_path": "-"}, {"demo": 0, "restart_on_crash": 1,
                                         "journal_path": "j.db", "results_path": "r.jsonl"},
     {"tasks_path": "t.jsonl", "results_path": "r.jsonl", "journal_path": "j.db"},
+    {"demo": 1, "summary_json": "summary.json"},
 ])
 def test_validate_accepts_options_that_go_together(tmp_path, monkeypatch, options):
     monkeypatch.chdir(tmp_path)

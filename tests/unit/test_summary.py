@@ -44,7 +44,7 @@ def ended_batch(n: int = 4) -> Batch:
     service.exchange("b", B, [(task[0], OK, str(task[0] ** 2), None)], 0, 0)
     batch = Batch.__new__(Batch)
     batch.service, batch.dispatcher, batch.resumed, batch.done_at_start = service, d, False, 0
-    batch.settings = types.SimpleNamespace(timeout=None)
+    batch.settings = types.SimpleNamespace(timeout=None, summary_json=None)
     return batch
 
 
@@ -61,6 +61,29 @@ def test_the_closing_line_is_one_json_object_with_every_figure(caplog):
     assert summary["work_seconds"] >= 0 and type(summary["tasks_per_s"]) is int
     # the duplicate and the stale result count for no worker: each task once, by its result
     assert summary["per_worker"] == {"a": {"ok": 3, "failed": 0}, "b": {"ok": 1, "failed": 0}}
+
+
+def test_summary_json_writes_the_object_of_the_closing_line(caplog, tmp_path):
+    """For tests and benchmarks: the summary without parsing a log."""
+    batch = ended_batch(4)
+    path = tmp_path / "summary.json"
+    path.write_text("an earlier batch's")
+    batch.settings = types.SimpleNamespace(timeout=None, summary_json=str(path))
+    line = closing_line(caplog, batch)
+    assert json.loads(path.read_text()) == parse_summary(line)
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]    # no temporary left
+
+
+def test_an_unwritable_summary_json_is_logged_not_raised(caplog, tmp_path):
+    """The batch is over and its results are written: its exit code stays the batch's."""
+    batch = ended_batch(2)
+    path = tmp_path / "no such folder" / "summary.json"
+    batch.settings = types.SimpleNamespace(timeout=None, summary_json=str(path))
+    with caplog.at_level(logging.INFO, logger="procfleet.master.batch"):
+        assert batch._report("done", 1.0) == 0
+    assert any(r.levelno == logging.ERROR and f"--summary-json {path}: cannot write it"
+               in r.getMessage() for r in caplog.records)
+    assert not path.parent.exists()
 
 
 def test_the_readme_shows_the_fields_the_master_writes_in_their_order(caplog):

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import select
 import signal
 import sys
@@ -20,6 +21,7 @@ from .board import MAX_BACKLOG
 from .leases import Dispatcher, Feed
 from .journal import Journal, JournalledDispatcher, restore
 from .localworkers import LocalWorkers, check_worker_installed, reachable_host
+from .progress import make_progress
 from .results import ResultWriter
 from .connections import start_server
 from .rpc import DispatcherService
@@ -34,8 +36,6 @@ REPLY_GRACE = 2.0
 
 #: how often the master checks leases, writes results and looks at its local workers
 TICK = 0.1
-#: how often a long batch logs its progress
-PROGRESS_INTERVAL = 5.0
 #: the GIL hand-off interval in the master (CPython's default is 5 ms): one server thread per
 #: worker waits for the GIL after every socket read and write, so under load a shorter interval
 #: keeps a round trip from queueing behind another thread's 5 ms slice
@@ -65,6 +65,24 @@ def summarize(snapshot: dict, *, ok: int, failed: int, seconds: float, work_seco
 def format_summary(summary: dict) -> str:
     """The summary as the master logs it: `summary: ` and the object as JSON, on one line."""
     return SUMMARY + json.dumps(summary)
+
+
+def write_summary_json(path: str, summary: dict) -> None:
+    """Write `summary` to `path` as one JSON object (--summary-json), whole or not at all: a
+    reader never sees half a file (written beside it, then renamed over it). A failure is
+    logged, not raised: the batch is over and its results are written."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("--summary-json %s: cannot write it: %s", path, exc.strerror or exc)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def parse_summary(text: str, actor: str = "master") -> dict | None:
@@ -244,16 +262,17 @@ class Batch:
         host, port = server.address
         log.info("serving %d tasks on %s (lease timeout %g s, max attempts %d)",
                  d.total, format_address((host, port)), s.lease_timeout, s.max_attempts)
+        self.progress = make_progress(time.monotonic())
         local = None
-        if s.local_workers:
-            local = LocalWorkers(s.local_workers, format_address((reachable_host(host), port)))
-            log.info("started %d local workers", s.local_workers)
-        started = time.monotonic()
-        self.done_at_start = d.finished
-        deadline = started + s.timeout if s.timeout else None
-        next_progress = started + PROGRESS_INTERVAL
-        outcome = failure = None
         try:
+            if s.local_workers:
+                local = LocalWorkers(s.local_workers, format_address((reachable_host(host), port)),
+                                     log_format=s.log_format, relay_stderr=self.progress.draws)
+                log.info("started %d local workers", s.local_workers)
+            started = time.monotonic()
+            self.done_at_start = d.finished
+            deadline = started + s.timeout if s.timeout else None
+            outcome = failure = None
             while outcome is None:
                 try:
                     self._tick()
@@ -263,8 +282,7 @@ class Batch:
                 now = time.monotonic()
                 outcome, failure = self._ending(now, deadline, local)
                 if outcome is None:
-                    if now >= next_progress:
-                        next_progress = now + PROGRESS_INTERVAL
+                    if self.progress.due(now):
                         self._progress(now - started)
                     self.service.wait_for_change(TICK)
             if outcome != "write failed":
@@ -272,10 +290,14 @@ class Batch:
                     self._tick()
                 except ProcfleetError as exc:
                     failure = exc
-            elapsed = time.monotonic() - started
+            self.service.flush_debug()
+            now = time.monotonic()
+            elapsed = now - started
+            self.progress.close(self.service.snapshot(), now, elapsed)
             code = self._report(outcome, elapsed)
             self._stop_workers(server)
         finally:
+            self.progress.stop()    # the terminal back, whatever ended the loop
             if local is not None:
                 local.stop()        # still serving: a late local worker hears STOP too
         if failure is not None:
@@ -319,10 +341,7 @@ class Batch:
     def _progress(self, elapsed: float) -> None:
         # Server threads change the dispatcher all the time: read it only through the
         # service's snapshot, under its lock.
-        s = self.service.snapshot()
-        log.info("progress: %d/%d done (%d ok, %d failed), %d running, %d workers, %.1f s",
-                 s["finished"], s["total"], s["ok"], s["failed"], s["running"],
-                 s["alive_workers"], elapsed)
+        self.progress.show(self.service.snapshot(), time.monotonic(), elapsed)
 
     def _report(self, outcome: str, elapsed: float) -> int:
         s = self.service.snapshot()
@@ -345,8 +364,11 @@ class Batch:
         first = s["first_lease_at"]
         work = time.monotonic() - first if first is not None else 0.0
         rate = (s["finished"] - self.done_at_start) / work if work > 0 else 0.0
-        log.info("%s", format_summary(summarize(s, ok=ok, failed=failed, seconds=elapsed,
-                                                work_seconds=work, tasks_per_s=rate)))
+        summary = summarize(s, ok=ok, failed=failed, seconds=elapsed, work_seconds=work,
+                            tasks_per_s=rate)
+        log.info("%s", format_summary(summary), extra={"summary": summary})
+        if self.settings.summary_json:
+            write_summary_json(self.settings.summary_json, summary)
         if unfinished:
             return EXIT_UNFINISHED
         return EXIT_TASKS_FAILED if failed else EXIT_OK

@@ -76,7 +76,7 @@ class Job:
         c = d.counters
         return {"job": self.id, "label": self.options.label, "submitted": d.total,
                 "closed": self.closed, "finished": d.finished, "ok": c.ok, "failed": c.failed,
-                "cancelled": c.cancelled, "running": d.running(), "retried": c.retried,
+                "cancelled": c.cancelled, "leased": d.held(), "retried": c.retried,
                 "requeued": c.requeued, "crashed": c.crashed,
                 "duplicates_dropped": c.duplicates, "done": self.done}
 
@@ -128,8 +128,19 @@ class JobBoard:
     def has_pending(self) -> bool:
         return any(job.leasable() for job in self.jobs.values())
 
-    def running(self) -> int:
-        return sum(job.dispatcher.running() for job in self.jobs.values())
+    def held(self) -> int:
+        return sum(job.dispatcher.held() for job in self.jobs.values())
+
+    def started(self) -> int:
+        """Tasks that have begun running, over every job: what each worker said it started,
+        capped at what it holds in all jobs together."""
+        count = 0
+        for worker in self.registry.workers.values():
+            if worker.started:
+                held = sum(len(job.dispatcher.workers[worker.id].held)
+                           for job in self.jobs.values() if worker.id in job.dispatcher.workers)
+                count += min(worker.started, held)
+        return count
 
     def admit(self, worker_id: str) -> str | None:
         return self.registry.admit(worker_id)

@@ -32,7 +32,7 @@ def master(**options):
         settings.validate()
     except ProcfleetError as exc:
         fail(exc)
-    configure_logging(settings.verbose, "master")
+    configure_logging(settings.verbose, "master", settings.log_format)
     if settings.restart_on_crash:
         sys.exit(supervise(settings.restart_on_crash))
     if settings.supervisor_pid and not die_with_supervisor(settings.supervisor_pid):

@@ -78,6 +78,9 @@ class WorkerState:
     address: str = ""
     python: str = ""
     concurrency: int | None = None
+    # how many of the tasks it holds have begun running, as it said in its last exchange (the
+    # rest wait in its queue); read capped at what it holds now (Dispatcher.started)
+    started: int = 0
 
 
 @dataclass(slots=True)
@@ -202,8 +205,14 @@ class Dispatcher:
     def has_pending(self) -> bool:
         return self.pending() > 0
 
-    def running(self) -> int:
+    def held(self) -> int:
+        """Tasks leased to workers and not yet finished: running or queued in a worker."""
         return sum(len(w.held) for w in self.workers.values())
+
+    def started(self) -> int:
+        """Of the tasks workers hold, those that have begun running (as each worker last
+        said; a worker holding fewer since, after a requeue say, counts no more than that)."""
+        return sum(min(w.started, len(w.held)) for w in self.workers.values() if w.started)
 
     def admit(self, worker_id: str) -> str | None:
         """Why `worker_id`, not seen before, may not join now, or None if it may (a known id

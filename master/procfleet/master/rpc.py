@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 
+from procfleet.shared.logs import Tally
 from procfleet.shared.manager import PROTOCOL_VERSION, RUN, STOP
 from procfleet.shared.protocol import (MAX_OUTCOMES, MAX_WIRE_INT, check_count,
                                       check_name, check_outcomes, check_worker_id, describe)
@@ -62,6 +63,8 @@ class DispatcherService:
         }
         self.events: dict[str, ThrottledCounter] = {}   # the dispatcher's events, by kind
         self.watch = Watch(clock)           # rates and history for status and the dashboard
+        # with -v: each worker's calls, summed into a debug line per worker per second at most
+        self.call_tally = Tally(clock=clock) if log.isEnabledFor(logging.DEBUG) else None
 
     # -- exposed to workers ---------------------------------------------------------------
     def hello(self, worker_id: str, info: dict) -> dict:
@@ -100,15 +103,16 @@ class DispatcherService:
         return {**reply, "state": RUN}
 
     def exchange(self, worker_id: str, batch: str, outcomes: list, want: int,
-                 wait: float, cursor: tuple | None = None) -> tuple:
+                 wait: float, cursor: tuple | None = None, started: int | None = None) -> tuple:
         """Take finished outcomes, lease up to `want` tasks (waiting up to `wait` s for some).
 
         `cursor` is (session, call number, number of the last call whose reply arrived): with it
         the master requeues at once what it leased in replies that were lost, and leases
-        nothing to a call that arrives after a later one (Dispatcher.begin_call)."""
+        nothing to a call that arrives after a later one (Dispatcher.begin_call). `started`:
+        how many of the tasks the worker holds, `outcomes` taken, have begun running."""
         ours = batch == self.batch
         self._checked("exchange", _check_exchange, worker_id, batch, outcomes, want, wait,
-                      cursor, self.dispatcher.total if ours else MAX_WIRE_INT)
+                      cursor, self.dispatcher.total if ours else MAX_WIRE_INT, started)
         call = None
         if not ours:
             # Results of another batch (a worker that outlived its master): never ours.
@@ -132,6 +136,10 @@ class DispatcherService:
                 if d.done:
                     self.cond.notify_all()
                 self._completed()
+            if started is not None and (worker := d.workers.get(worker_id)) is not None:
+                worker.started = started        # known since its hello
+            if self.call_tally is not None:     # counted before a STOP reply returns
+                self._debug_calls(worker_id, calls=1, results=len(outcomes))
             if self._finished():
                 return self._stop(worker_id)
             if self.started:
@@ -140,15 +148,35 @@ class DispatcherService:
                 tasks = []
                 if want > 0:
                     d.wants(worker_id)      # it shares in the batch once it starts
+            polled = None
             if not tasks and want > 0 and wait > 0:
+                polled = d.clock()
                 self.cond.wait_for(lambda: (self.started and d.has_pending()) or self._finished(),
                                    timeout=min(wait, MAX_LONG_POLL, self.heartbeat_interval))
                 if self._finished():
                     return self._stop(worker_id)
                 tasks = d.lease(worker_id, want, call) if self.started else []
+                polled = d.clock() - polled
             if tasks:
                 self._leased()
+            if self.call_tally is not None:
+                polls = polled is not None
+                self._debug_calls(worker_id, leased=len(tasks), polls=int(polls),
+                                  woke=int(polls and bool(tasks)), polled=polled or 0.0)
             return [tuple(t) for t in tasks], RUN
+
+    def _debug_calls(self, worker_id: str, **counts) -> None:
+        sums = self.call_tally.add(worker_id, **counts)
+        if sums is not None:
+            _log_calls(worker_id, sums)
+
+    def flush_debug(self) -> None:
+        """Log the calls tallied since each worker's last debug line (the batch is over)."""
+        if self.call_tally is not None:
+            with self.cond:
+                pending = self.call_tally.due(everything=True)
+            for worker_id, sums in pending:
+                _log_calls(worker_id, sums)
 
     def release(self, worker_id: str, seqs: list) -> int:
         """A draining worker hands back tasks it has not started."""
@@ -193,7 +221,8 @@ class DispatcherService:
         c = d.counters
         first = d.first_lease_at
         return {"mode": "batch", "total": d.total, "finished": d.finished, "ok": c.ok,
-                "failed": c.failed, "running": d.running(), "pending": d.pending(),
+                "failed": c.failed, "running": d.started(),
+                "queued_on_workers": d.held() - d.started(), "pending": d.pending(),
                 "requeued": c.requeued, "retried": c.retried,
                 "duplicates_dropped": c.duplicates,
                 "alive_workers": len(d.alive_workers()),
@@ -275,8 +304,11 @@ class DispatcherService:
         them all the time): for the progress and summary lines."""
         with self.cond:
             d = self.dispatcher
+            held, running = d.held(), d.started()
             return {"total": d.total, "finished": d.finished, **d.counters.as_dict(),
-                    "running": d.running(), "alive_workers": len(d.alive_workers()),
+                    "running": running, "queued_on_workers": held - running,
+                    "pending": d.pending(), "open_input": d.open_input,
+                    "alive_workers": len(d.alive_workers()),
                     "workers": d.seen_workers(), "first_lease_at": d.first_lease_at,
                     "refused_calls": self.notes["refused"].total,
                     "per_worker": {w.id: {"ok": w.ok, "failed": w.failed}
@@ -293,6 +325,9 @@ class DispatcherService:
                 self.cond.notify_all()     # also wakes long polls when a retry comes due
             leased, results, events = d.take_leased(), d.take_results(), d.take_events()
             self._watch(results)
+            quiet = self.call_tally.due() if self.call_tally is not None else ()
+        for worker_id, sums in quiet:
+            _log_calls(worker_id, sums)
         return leased, results, self._throttled(events)
 
     def _watch(self, results: list) -> None:
@@ -379,6 +414,17 @@ class DispatcherService:
         return [], STOP
 
 
+def _log_calls(worker_id: str, sums: dict) -> None:
+    """The debug line of a worker's calls over the last second or so (see call_tally)."""
+    fields = {"calls": 0, "results": 0, "leased": 0, "polls": 0, "woke": 0, "polled": 0.0}
+    fields.update((key, round(value, 3) if type(value) is float else value)
+                  for key, value in sums.items())
+    log.debug("worker %s: %d calls in %.1f s: %d results in, %d tasks leased; %d long polls "
+              "(%d woke with tasks, %.2f s waited)", worker_id, fields["calls"],
+              fields["seconds"], fields["results"], fields["leased"], fields["polls"],
+              fields["woke"], fields["polled"], extra={"worker": worker_id, **fields})
+
+
 _NOT_A_SERVICE = ("this master runs one batch (--tasks or --demo); submit jobs to a master "
                   "started with --serve")
 
@@ -409,7 +455,8 @@ def _check_hello(worker_id, info) -> None:
             raise TypeError(f"info[{key!r}] is text, a number or None, not {describe(value)}")
 
 
-def _check_exchange(worker_id, batch, outcomes, want, wait, cursor, seq_limit) -> None:
+def _check_exchange(worker_id, batch, outcomes, want, wait, cursor, seq_limit,
+                    started=None) -> None:
     check_worker_id(worker_id)
     check_name("batch", batch)
     check_count("want", want)
@@ -423,6 +470,8 @@ def _check_exchange(worker_id, batch, outcomes, want, wait, cursor, seq_limit) -
         check_name("a cursor's session", cursor[0])
         check_count("a cursor's call number", cursor[1])
         check_count("a cursor's acked call number", cursor[2])
+    if started is not None:
+        check_count("started", started)
     check_outcomes(outcomes, seq_limit)
 
 

@@ -55,7 +55,7 @@ CALL_ARGS = {
     "hello": tuple[WorkerId, Info],
     "exchange": tuple[WorkerId, Name, Annotated[list[Outcome],
                                                 msgspec.Meta(max_length=MAX_OUTCOMES)],
-                      Count, Wait, Cursor],
+                      Count, Wait, Cursor, Count],
     "release": tuple[WorkerId, Seqs],
     "goodbye": tuple[WorkerId],
     "ping": tuple[()],

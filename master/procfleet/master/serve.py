@@ -50,7 +50,8 @@ def run_service(settings: MasterSettings, interrupt: Interrupt | None = None,
                  format_address((host, port)), settings.lease_timeout)
         if settings.local_workers:
             local = LocalWorkers(settings.local_workers, format_address((reachable_host(host), port)),
-                                 imports=imports, authkey=settings.authkey, env=worker_env)
+                                 imports=imports, authkey=settings.authkey, env=worker_env,
+                                 log_format=settings.log_format)
             log.info("started %d local workers", settings.local_workers)
         if ready is not None:
             ready((host, port))
@@ -87,7 +88,8 @@ def _loop(service: JobService, interrupt: Interrupt, local) -> None:
             status = (s["jobs"], s["jobs_done"], s["jobs_abandoned"], s["alive_workers"])
             if status != last_status:
                 last_status = status
-                log.info("status: %d jobs open (%d running tasks, %d waiting), %d done, %d "
-                         "abandoned, %d workers", s["jobs"], s["running"], s["pending"],
-                         s["jobs_done"], s["jobs_abandoned"], s["alive_workers"])
+                log.info("status: %d jobs open (%d running tasks, %d queued on workers, %d "
+                         "waiting), %d done, %d abandoned, %d workers", s["jobs"], s["running"],
+                         s["queued_on_workers"], s["pending"], s["jobs_done"],
+                         s["jobs_abandoned"], s["alive_workers"])
         service.wait_for_change(TICK)

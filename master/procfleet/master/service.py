@@ -133,12 +133,12 @@ class JobService(DispatcherService):
         b = self.board
         ok, failed = b.totals()
         jobs = [{key: f[key] for key in ("job", "label", "submitted", "finished", "ok",
-                                         "failed", "running", "closed")}
+                                         "failed", "leased", "closed")}
                 for f in (job.figures() for job in b.jobs.values())]
         return {"mode": "service", "jobs": jobs, "jobs_done": b.jobs_done,
                 "jobs_abandoned": b.jobs_abandoned, "ok": ok, "failed": failed,
-                "running": b.running(), "pending": b.pending(),
-                "alive_workers": len(b.alive_workers())}
+                "running": b.started(), "queued_on_workers": b.held() - b.started(),
+                "pending": b.pending(), "alive_workers": len(b.alive_workers())}
 
     def _worker_parts(self) -> list[dict]:
         return [job.dispatcher.workers for job in self.board.jobs.values()]
@@ -159,9 +159,11 @@ class JobService(DispatcherService):
     def snapshot(self) -> dict:
         with self.lock:
             b = self.board
+            running = b.started()
             return {"jobs": len(b.jobs), "jobs_done": b.jobs_done,
                     "jobs_abandoned": b.jobs_abandoned, "dropped_results": b.dropped_results,
-                    "running": b.running(), "pending": b.pending(),
+                    "running": running, "queued_on_workers": b.held() - running,
+                    "pending": b.pending(),
                     "alive_workers": len(b.alive_workers()), "workers": b.seen_workers(),
                     "refused_calls": self.notes["refused"].total}
 

@@ -7,8 +7,8 @@ from dataclasses import field
 import click
 
 from procfleet.shared.errors import ConfigError
-from procfleet.shared.settings import (MASTER_OPTION, VERBOSE_OPTION, Address, Option,
-                                       Seconds, settings_class)
+from procfleet.shared.settings import (LOG_FORMAT_OPTION, MASTER_OPTION, VERBOSE_OPTION,
+                                       Address, Option, Seconds, settings_class)
 
 from .supervise import ENV_SUPERVISOR_PID
 
@@ -81,9 +81,14 @@ MASTER_OPTIONS = (
            help="Serve Prometheus metrics (/metrics) and a read-only dashboard (/) over HTTP "
                 "here; a bare PORT is 127.0.0.1:PORT. Anyone who reaches it sees the figures "
                 "and task errors: keep it on loopback or behind an authenticating proxy."),
+    Option("summary_json", ("--summary-json",), "PROCFLEET_SUMMARY_JSON", metavar="PATH",
+           show_default="none",
+           help="Also write the closing summary (the JSON of the summary: log line) to PATH, "
+                "for scripts and tests."),
     Option("supervisor_pid", ("--supervisor-pid",), ENV_SUPERVISOR_PID, type=int,
            hidden=True, help="Set by --restart-on-crash for its batch process."),
     VERBOSE_OPTION,
+    LOG_FORMAT_OPTION,
 )
 
 
@@ -119,7 +124,8 @@ class MasterSettings:
                                   "rebuilds its results file from the journal")
         files = [(option, path) for option, path in (
             ("--tasks", self.tasks_path), ("--results", self.results_path),
-            ("--journal", self.journal_path)) if path and path != "-"]
+            ("--journal", self.journal_path), ("--summary-json", self.summary_json))
+            if path and path != "-"]
         for i, (first, a) in enumerate(files):
             for second, b in files[i + 1:]:
                 if same_file(a, b):
@@ -133,7 +139,8 @@ class MasterSettings:
             ("--tasks", self.tasks_path), ("--demo", self.demo),
             ("--results", None if self.results_path == "-" else self.results_path),
             ("--timeout", self.timeout), ("--wait-workers", self.wait_workers or None),
-            ("--restart-on-crash", self.restart_on_crash or None)) if value is not None]
+            ("--restart-on-crash", self.restart_on_crash or None),
+            ("--summary-json", self.summary_json)) if value is not None]
         if self.journal_path:
             raise ConfigError("--journal does not go with --serve: a service's jobs are not "
                               "journalled, so a master restart loses its running jobs (their "
@@ -164,7 +171,9 @@ SUBMIT_OPTIONS = (
     Option("connect_timeout", ("--connect-timeout",), "PROCFLEET_CONNECT_TIMEOUT",
            type=POSITIVE_SECONDS, default=30.0, metavar="SECONDS",
            help="Keep trying to reach the master this long before giving up (exit 3)."),
+    _job_option("summary_json"),
     VERBOSE_OPTION,
+    LOG_FORMAT_OPTION,
 )
 
 
@@ -188,6 +197,12 @@ class SubmitSettings:
                 and same_file(self.tasks_path, self.results_path):
             raise ConfigError(f"--results names the task file ({self.tasks_path}): it would "
                               "overwrite it; give --results another path")
+        if self.summary_json:
+            for option, path in (("the task file", self.tasks_path),
+                                 ("--results", self.results_path)):
+                if path != "-" and same_file(self.summary_json, path):
+                    raise ConfigError(f"--summary-json names {option} ({path}): it would "
+                                      "overwrite it; give --summary-json another path")
 
 
 def same_file(a: str, b: str) -> bool:

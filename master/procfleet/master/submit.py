@@ -21,7 +21,7 @@ from procfleet.shared.errors import (EXIT_OK, EXIT_TASKS_FAILED, EXIT_UNFINISHED
 from procfleet.shared.logs import configure_logging
 from procfleet.shared.settings import click_options, format_address, load_authkey
 
-from .batch import Interrupt, format_summary
+from .batch import Interrupt, format_summary, write_summary_json
 from .client import PUT_LINES, JobClient, MasterGone
 from .results import ResultWriter
 from .settings import SUBMIT_OPTIONS, SubmitSettings
@@ -53,7 +53,7 @@ def submit(tasks_path, **options):
         settings.validate()
     except ProcfleetError as exc:
         fail(exc)
-    configure_logging(settings.verbose, "submit")
+    configure_logging(settings.verbose, "submit", settings.log_format)
     try:
         code = run_submit(settings)
     except ProcfleetError as exc:
@@ -175,10 +175,10 @@ class Job:
                 outcome = "timeout"
             elif now >= next_progress:
                 next_progress = now + PROGRESS_INTERVAL
-                log.info("progress: %d/%d%s done (%d ok, %d failed), %d running, %d workers, "
-                         "%.1f s", figures["finished"], figures["submitted"],
+                log.info("progress: %d/%d%s done (%d ok, %d failed), %d leased to workers, "
+                         "%d workers, %.1f s", figures["finished"], figures["submitted"],
                          "" if figures["closed"] else "+", figures["ok"], figures["failed"],
-                         figures["running"], figures["workers"], now - started)
+                         figures["leased"], figures["workers"], now - started)
         return self._report(outcome, figures, time.monotonic() - started)
 
     def _report(self, outcome: str, figures: dict, elapsed: float) -> int:
@@ -203,7 +203,9 @@ class Job:
                    "crashed": figures.get("crashed", 0), "workers": figures.get("workers", 0),
                    "seconds": round(elapsed, 2),
                    "tasks_per_s": round(figures.get("finished", 0) / elapsed) if elapsed else 0}
-        log.info("%s", format_summary(summary))
+        log.info("%s", format_summary(summary), extra={"summary": summary})
+        if self.settings.summary_json:
+            write_summary_json(self.settings.summary_json, summary)
         if outcome == "bad input":
             return EXIT_USAGE
         if outcome != "done" or unfinished:

@@ -16,7 +16,8 @@ from .codec import OldWireFormat
 #: 2: tasks addressed by seq, outcomes with a kind, batch ids, `release`
 #: 3: exchanges carry a cursor (session, call, acked) so lost lease replies are taken back
 #: 4: the msgpack wire (codec.WIRE_VERSION); ok results travel as their JSON text
-PROTOCOL_VERSION = 4
+#: 5: exchanges say how many of the worker's held tasks have started (running vs queued)
+PROTOCOL_VERSION = 5
 
 #: typeid under which the master serves its dispatcher
 DISPATCHER = "dispatcher"
@@ -44,12 +45,14 @@ class DispatcherProxy(BaseProxy):
         return self._callmethod("hello", (worker_id, info))
 
     def exchange(self, worker_id: str, batch: str, outcomes: list, want: int,
-                 wait: float, cursor: tuple) -> tuple:
+                 wait: float, cursor: tuple, started: int) -> tuple:
         """Hand back finished outcomes, lease up to `want` tasks; also the heartbeat.
 
         `cursor` = (session, call, acked): this worker process's session, this call's number,
-        and the number of the last call whose reply arrived."""
-        return self._callmethod("exchange", (worker_id, batch, outcomes, want, wait, cursor))
+        and the number of the last call whose reply arrived. `started`: how many of the tasks
+        this worker holds once `outcomes` are taken have begun running (the rest wait in it)."""
+        return self._callmethod("exchange", (worker_id, batch, outcomes, want, wait, cursor,
+                                             started))
 
     def release(self, worker_id: str, seqs: list) -> int:
         """Hand back leased tasks this worker will not run (it is draining)."""

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from .errors import ConfigError
+from .logs import LOG_FORMATS, TEXT
 from .transport import resolve
 
 ENV_AUTHKEY = "PROCFLEET_AUTHKEY"
@@ -221,6 +222,12 @@ MASTER_OPTION = Option(
 VERBOSE_OPTION = Option(
     "verbose", ("-v", "--verbose"), "PROCFLEET_VERBOSE", count=True, default=0,
     show_default=False, help="Log more (debug).")
+
+LOG_FORMAT_OPTION = Option(
+    "log_format", ("--log-format",), "PROCFLEET_LOG_FORMAT", type=click.Choice(LOG_FORMATS),
+    default=TEXT, metavar="text|json",
+    help="Log lines as text (HH:MM:SS actor: message) or one JSON object each (time, actor, "
+         "level, logger, message and fields), for log shippers.")
 
 PING_OPTIONS = (MASTER_OPTION,)
 

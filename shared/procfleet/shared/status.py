@@ -6,7 +6,7 @@ WORKER_COLUMNS = (("worker", "id"), ("address", "address"), ("python", "python")
                   ("failed", "failed"), ("seen", "last_seen_s"), ("rate/s", "rate"))
 JOB_COLUMNS = (("job", "job"), ("label", "label"), ("submitted", "submitted"),
                ("finished", "finished"), ("ok", "ok"), ("failed", "failed"),
-               ("running", "running"))
+               ("leased", "leased"))
 
 
 def table(rows: list[dict], columns) -> list[str]:
@@ -37,7 +37,8 @@ def render(address: str, status: dict) -> str:
     if status.get("mode") == "service":
         lines.append(f"master {address}: {status['state']}, service: {len(status['jobs'])} "
                      f"jobs open, {status['jobs_done']} done, {status['ok']} ok, "
-                     f"{status['failed']} failed, {status['running']} tasks held by workers, "
+                     f"{status['failed']} failed, {status['running']} running, "
+                     f"{status['queued_on_workers']} queued on workers, "
                      f"{status['pending']} waiting, {status['alive_workers']} workers")
         if status["jobs"]:
             lines += ["", *table(status["jobs"], JOB_COLUMNS)]
@@ -45,7 +46,8 @@ def render(address: str, status: dict) -> str:
         rate = status["finished"] / status["elapsed_s"] if status.get("elapsed_s") else 0.0
         lines.append(f"master {address}: {status['state']}, batch {status['batch']}: "
                      f"{status['finished']}/{status['total']} done ({status['ok']} ok, "
-                     f"{status['failed']} failed), {status['running']} held by workers, "
+                     f"{status['failed']} failed), {status['running']} running, "
+                     f"{status['queued_on_workers']} queued on workers, "
                      f"{status['pending']} waiting, {status['alive_workers']} workers, "
                      f"{status['elapsed_s']:.1f} s, {rate:.1f} tasks/s")
     workers = status.get("workers", [])

@@ -41,7 +41,8 @@ def worker(**options):
     The key comes from PROCFLEET_AUTHKEY or PROCFLEET_AUTHKEY_FILE.
     """
     options["worker_id"] = options["worker_id"] or f"{socket.gethostname()}-{os.getpid()}"
-    configure_logging(options["verbose"], f"worker {options['worker_id']}")
+    configure_logging(options["verbose"], f"worker {options['worker_id']}",
+                      options["log_format"])
     try:
         settings = WorkerSettings(authkey=load_authkey(), **options)
         resolve_host(settings.master[0], "--master")

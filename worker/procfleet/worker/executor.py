@@ -496,6 +496,18 @@ class Executor:
                 self._strikes.pop(task.seq, None)
         return tasks
 
+    def unstarted(self) -> int:
+        """Tasks submitted that no task process has begun: queued here, or sent to a child
+        that has not reached them. Read without stopping the slots: a moment's count."""
+        with self._cond:
+            count = len(self._queue)
+        for slot in self._slots:
+            child = slot.child
+            if child is not None:
+                # sent to the child and not yet started there: sent - started
+                count += max(0, child.received + len(child.inflight) - int(child.view[STARTED]))
+        return count
+
     def outstanding(self) -> int:
         """Tasks submitted and neither collected nor taken back, queued ones included."""
         with self._cond, self._results_lock:

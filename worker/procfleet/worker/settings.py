@@ -6,8 +6,8 @@ from dataclasses import field
 import click
 
 from procfleet.shared.protocol import MAX_WORKER_ID, check_worker_id
-from procfleet.shared.settings import (MASTER_OPTION, VERBOSE_OPTION, Option, Seconds,
-                                       settings_class)
+from procfleet.shared.settings import (LOG_FORMAT_OPTION, MASTER_OPTION, VERBOSE_OPTION,
+                                       Option, Seconds, settings_class)
 
 
 class WorkerId(click.ParamType):
@@ -59,6 +59,7 @@ WORKER_OPTIONS = (
            help=f"This worker's name in results and logs: printable, at most {MAX_WORKER_ID} "
                 "characters."),
     VERBOSE_OPTION,
+    LOG_FORMAT_OPTION,
 )
 
 

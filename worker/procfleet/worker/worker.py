@@ -15,6 +15,7 @@ import uuid
 
 from procfleet.shared.compat import untested_python_warning
 from procfleet.shared.errors import EXIT_OK, ProtocolMismatch
+from procfleet.shared.logs import Tally
 from procfleet.shared.manager import CONNECT_ERRORS, PROTOCOL_VERSION, STOP
 from procfleet.shared.protocol import RESULT_BATCH_BYTES, task_from_wire
 from procfleet.shared.settings import format_address
@@ -66,6 +67,8 @@ class Worker:
         self.session = uuid.uuid4().hex[:16]
         self.calls = 0
         self.acked = 0
+        # with -v: the exchanges, summed into a debug line a second at most
+        self.tally = Tally() if log.isEnabledFor(logging.DEBUG) else None
 
     # -- signals: the handler only sets flags --------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -166,8 +169,11 @@ class Worker:
                 continue
             wait = LONG_POLL if not leased and not unsent else 0.0
             sending = unsent[:first_batch(unsent)]
+            # What the master holds for us once `sending` is taken: `leased` (queued or begun)
+            # and the outcomes still unsent (begun, and over).
+            started = max(0, len(leased) - executor.unstarted()) + len(unsent) - len(sending)
             try:
-                tasks, state = self._exchange(proxy, sending, want, wait)
+                tasks, state = self._exchange(proxy, sending, want, wait, started)
             except CONNECT_ERRORS as exc:
                 log.warning("lost the master (%s); reconnecting", type(exc).__name__)
                 proxy = self._reconnect(executor, leased, unsent)
@@ -175,6 +181,9 @@ class Worker:
                     return EXIT_OK
                 continue
             last_call = time.monotonic()
+            if self.tally is not None:
+                self._debug_exchange(len(sending), len(tasks), len(leased) + len(unsent)
+                                     - len(sending), started)
             done += len(sending)
             del unsent[:len(sending)]
             if unsent:
@@ -187,6 +196,15 @@ class Worker:
                     leased[item[0]] = self.batch
                 executor.submit([task_from_wire(t) for t in tasks])
 
+    def _debug_exchange(self, sent: int, leased: int, held: int, started: int) -> None:
+        sums = self.tally.add(None, calls=1, results=sent, leased=leased)
+        if sums is not None:
+            log.debug("%d exchanges in %.1f s: %d results sent, %d tasks leased; holding %d "
+                      "(%d started)", sums["calls"], sums["seconds"], sums["results"],
+                      sums["leased"], held, started,
+                      extra={**sums, "seconds": round(sums["seconds"], 3), "held": held,
+                             "started": started})
+
     def _reconnect(self, executor: Executor, leased: dict, unsent: list):
         """Connect again (None if stopped meanwhile). A master of another batch (it restarted
         without a journal) knows nothing of what this worker holds: drop it."""
@@ -198,11 +216,11 @@ class Worker:
                 leased.pop(task.seq, None)
         return proxy
 
-    def _exchange(self, proxy, outcomes: list, want: int, wait: float) -> tuple:
+    def _exchange(self, proxy, outcomes: list, want: int, wait: float, started: int) -> tuple:
         """One numbered exchange call; (tasks, state)."""
         self.calls += 1
         reply = proxy.exchange(self.id, self.batch, [o[:4] for o in outcomes], want, wait,
-                               (self.session, self.calls, self.acked))
+                               (self.session, self.calls, self.acked), started)
         self.acked = self.calls
         return reply
 
@@ -234,7 +252,7 @@ class Worker:
         try:
             while unsent:
                 sending = unsent[:first_batch(unsent)]
-                self._exchange(proxy, sending, 0, 0.0)
+                self._exchange(proxy, sending, 0, 0.0, len(unsent) - len(sending))
                 del unsent[:len(sending)]
             proxy.goodbye(self.id)
         except CONNECT_ERRORS as exc:

@@ -39,7 +39,7 @@ const WORKER_CELLS = [
 ];
 const JOB_CELLS = [
   (j) => [j.job.slice(0, 12)], (j) => [j.label], (j) => [j.submitted], (j) => [j.finished],
-  (j) => [j.ok], (j) => [j.failed], (j) => [j.running],
+  (j) => [j.ok], (j) => [j.failed], (j) => [j.leased],
 ];
 
 function rates(history) {
@@ -100,7 +100,8 @@ function showFailures(failures) {
 
 function show(s) {
   const service = s.mode === "service";
-  const total = service ? s.ok + s.failed + s.running + s.pending : s.total;
+  const total = service ? s.ok + s.failed + s.running + s.queued_on_workers + s.pending
+    : s.total;
   const finished = service ? s.ok + s.failed : s.finished;
   $("what").textContent = service
     ? `service · ${s.jobs.length} jobs open · ${s.jobs_done} done`
@@ -111,6 +112,7 @@ function show(s) {
   text($("fig-ok"), s.ok);
   text($("fig-failed"), s.failed);
   text($("fig-running"), s.running);
+  text($("fig-queued"), s.queued_on_workers);
   text($("fig-pending"), s.pending);
   text($("fig-workers"), s.alive_workers);
   // over the last 10 s of samples, as the workers' rates
