@@ -18,14 +18,14 @@ VENV_STAMP := $(VENV)/.procfleet-installed
 help: ## Show this list
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_.-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-venv: $(VENV_STAMP) ## Dev venv: editable shared/master/worker + pytest, pytest-docker, docker
+venv: $(VENV_STAMP) ## Dev venv: editable shared/master/worker + pytest, pytest-docker, docker, kubernetes-validate
 
-# A real file, so the install re-runs only when a pyproject changes.
-$(VENV_STAMP): $(PYPROJECTS)
+# A real file, so the install re-runs only when a pyproject changes, or this list (the Makefile).
+$(VENV_STAMP): $(PYPROJECTS) Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --disable-pip-version-check \
 	    -e ./shared -e ./master -e ./worker --config-settings editable_mode=compat \
-	    pytest pytest-docker pytest-timeout docker hypothesis
+	    pytest pytest-docker pytest-timeout docker hypothesis kubernetes-validate
 	touch $@
 
 unit: venv ## Unit and end-to-end tests (no Docker)
