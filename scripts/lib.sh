@@ -25,3 +25,8 @@ serve_project() {
 }
 SERVE_FILES=(-f docker-compose.yml -f docker-compose.serve.yml)
 compose_serve() { compose -p "$(serve_project)" "${SERVE_FILES[@]}" "$@"; }
+
+# The two images, and the version they are tagged with beside `latest` (scripts/images.sh): the
+# package's, from master/pyproject.toml (all three packages share one version).
+IMAGE_NAMES=(procfleet-master procfleet-worker)
+package_version() { sed -n 's/^version = "\(.*\)"$/\1/p' master/pyproject.toml | head -n 1; }
