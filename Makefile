@@ -72,6 +72,11 @@ load: ## Load a tarball of make save (FILE=...) and tag its images latest too
 up: images .env ## Run the demo: master + WORKERS (4) workers; fails unless the master exits 0
 	scripts/up.sh $(WORKERS)
 
+# IMPORTS names the workers' task modules (PROCFLEET_IMPORTS), which the worker image must hold.
+run: images .env ## One batch of your own: TASKS=FILE [WORKERS=4] [IMPORTS=mod]; FILE.results.jsonl
+	@test -n "$(TASKS)" || { echo "make run: give TASKS=FILE (a JSON Lines task file)" >&2; exit 2; }
+	$(if $(IMPORTS),PROCFLEET_IMPORTS="$(IMPORTS)") scripts/run.sh "$(TASKS)" $(WORKERS)
+
 down: ## Stop and remove the compose containers and network
 	scripts/down.sh
 
