@@ -59,6 +59,7 @@ batch_outcome() {
     elif [ "$BATCH_CODE" != 0 ] && [ "$health" = unhealthy ]; then
         say "the master is $status but its health check (procfleet ping) fails; its last lines:"
         master_tail "$2"
+        BATCH_CODE=3    # stopped by `down` with its batch unfinished, not "some tasks failed"
     fi
 }
 
