@@ -28,6 +28,7 @@ compose_serve() { compose -p "$(serve_project)" "${SERVE_FILES[@]}" "$@"; }
 
 # The two images, and the version they are tagged with beside `latest` (scripts/images.sh): the
 # package's, from master/pyproject.toml (all three packages share one version).
+# shellcheck disable=SC2034  # used by the scripts that source this
 IMAGE_NAMES=(procfleet-master procfleet-worker)
 package_version() { sed -n 's/^version = "\(.*\)"$/\1/p' master/pyproject.toml | head -n 1; }
 
@@ -38,7 +39,8 @@ package_version() { sed -n 's/^version = "\(.*\)"$/\1/p' master/pyproject.toml |
 # master exits 2 before its first health check, and compose only says "container ... is
 # unhealthy" and starts no worker.
 # Usage: batch_outcome COMPOSE_CODE MASTER_CONTAINER_ID
-BATCH_CODE= MASTER_SAID=
+# shellcheck disable=SC2034  # read by the scripts that source this
+BATCH_CODE='' MASTER_SAID=''
 batch_outcome() {
     local status exit health workers=0 id
     local state='{{.State.Status}} {{.State.ExitCode}} {{with .State.Health}}{{.Status}}{{end}}'
@@ -78,5 +80,6 @@ master_tail() {
             print out $0 }')
     fi
     printf '%s\n' "$lines" | sed 's/^/  master | /' >&2
+    # shellcheck disable=SC2034  # read by the scripts that source this
     MASTER_SAID=$(printf '%s\n' "$lines" | sed '/^[[:space:]]*$/d' | tail -n 1)
 }
