@@ -126,6 +126,15 @@ def dockerfile_stage(stage: str) -> str:
     return re.split(r"^FROM ", text, flags=re.M)[{"base": 1, "master": 2, "worker": 3}[stage]]
 
 
+def same_value(value: str, default) -> bool:
+    if default is None:
+        return False
+    try:
+        return float(value) == float(default)
+    except (TypeError, ValueError):
+        return str(value) == str(default)
+
+
 def test_rendered_objects_are_valid_for_the_pinned_kubernetes(rendered):
     mode, docs, _ = rendered
     kinds = sorted(d["kind"] for d in docs)
@@ -189,8 +198,7 @@ def test_env_names_are_options_and_restate_no_default(rendered):
                 continue
             assert variable in table, f"{name}: {variable} is no option of procfleet {side}"
             assert variable in composed, f"{name}: {variable} is not set by the compose files"
-            default = table[variable].default
-            assert default is None or str(value) != str(default), \
+            assert not same_value(value, table[variable].default), \
                 f"{name}: {variable}={value} restates the default"
 
 
