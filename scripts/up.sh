@@ -16,13 +16,13 @@ results=${2:-results.jsonl}
 # would inherit) keeps this shell alive to remove them even if compose dies of the signal.
 trap : INT TERM
 
-# --exit-code-from implies --abort-on-container-exit: when the first container exits (often a
-# worker told that the batch is over), compose stops the rest; the master answers SIGTERM after
-# its batch with the batch's own exit code, which compose returns.
 # The volumes before: whether the master's journal volume is new tells a batch refused at start
 # (exit 2, nothing in it) from a resumed one (its journal is kept).
 volumes_before=$(docker volume ls -q 2>/dev/null)
 
+# --exit-code-from implies --abort-on-container-exit: when the first container exits (often a
+# worker told that the batch is over), compose stops the rest; the master answers SIGTERM after
+# its batch with the batch's own exit code, which compose returns.
 compose up --scale worker="$workers" --exit-code-from master
 code=$?
 
