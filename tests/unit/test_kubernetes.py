@@ -51,6 +51,8 @@ def kustomize_python(directory: Path) -> list[dict]:
     for label in spec.get("labels", []):
         for doc in docs:
             doc["metadata"].setdefault("labels", {}).update(label["pairs"])
+            if label.get("includeTemplates") and pod_spec(doc):
+                doc["spec"]["template"]["metadata"].setdefault("labels", {}).update(label["pairs"])
     images = {i["name"]: f"{i.get('newName', i['name'])}:{i['newTag']}" for i in spec.get("images", [])}
     for doc in docs:
         for container in pod_spec(doc).get("containers", []) if pod_spec(doc) else []:
