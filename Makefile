@@ -21,14 +21,14 @@ VENV_STAMP := $(VENV)/.procfleet-installed
 help: ## Show this list
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_.-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-venv: $(VENV_STAMP) ## Dev venv: editable shared/master/worker + pytest, pytest-docker, docker, kubernetes-validate
+venv: $(VENV_STAMP) ## Dev venv: editable packages + pytest, docker, selenium, kubernetes-validate
 
 # A real file, so the install re-runs only when a pyproject changes, or this list (the Makefile).
 $(VENV_STAMP): $(PYPROJECTS) Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --disable-pip-version-check \
 	    -e ./shared -e ./master -e ./worker --config-settings editable_mode=compat \
-	    pytest pytest-docker pytest-timeout docker hypothesis kubernetes-validate
+	    pytest pytest-docker pytest-timeout docker hypothesis selenium kubernetes-validate
 	touch $@
 
 unit: venv ## Unit and end-to-end tests (no Docker)
@@ -117,5 +117,5 @@ $(BENCH_STAMP): $(VENV_STAMP)
 bench: $(BENCH_STAMP) ## Full benchmarks (3 runs a case, rebuilds the images): docs/benchmarks.md + .png
 	$(VENV)/bin/python -m bench --full --build-images $(BENCH_ARGS)
 
-bench-quick: $(BENCH_STAMP) ## Short benchmark run (~1-2 min, indicative): docs/benchmarks.md + .png
+bench-quick: $(BENCH_STAMP) ## Short benchmark run (~4 min, indicative): docs/benchmarks.md + .png
 	$(VENV)/bin/python -m bench --quick $(BENCH_ARGS)

@@ -69,6 +69,19 @@ class Procfleet:
         self._help: str | None = None
         self._n = 0
 
+    @property
+    def python(self) -> str:
+        """The python this procfleet runs on (its script's #! line), for clients measured in a
+        process of their own; this python when the executable is no script."""
+        try:
+            with open(self.executable, "rb") as fh:
+                first = fh.readline().decode(errors="replace")
+        except OSError:
+            return sys.executable
+        python = first[2:].strip() if first.startswith("#!") else ""
+        return python if python and " " not in python and os.access(python, os.X_OK) \
+            else sys.executable
+
     def check(self) -> str:
         """`procfleet master --help` works; return the help text (RunFailed otherwise)."""
         if self._help is None:

@@ -1,6 +1,6 @@
 """docs/benchmarks.md and the console table: plain rendering of measured series and goals."""
 
-from .stats import Goal, Series
+from .stats import Goal, Series, percentile
 
 HEADER = """\
 # Benchmarks
@@ -9,9 +9,9 @@ This file is written by the benchmark suite; do not edit it by hand. Run it agai
 
 ```
 make bench          # full: every case {full_runs}× (median, min, max), 200,000 tiny tasks, the
-                    # compose cluster too (builds the images first when Docker is usable);
-                    # 15-25 minutes on 2 cores, most of it the per-call recipe and the 1M file
-make bench-quick    # the same cases once each with fewer tasks: 1-2 minutes, indicative only
+                    # compose cluster too (builds the images first when Docker is usable), and
+                    # the service cases; 25-35 minutes on 2 cores
+make bench-quick    # the same cases once each with fewer tasks: 3-4 minutes, indicative only
 ```
 
 Options go through `BENCH_ARGS` (`python -m bench --help` lists them), e.g. another procfleet
@@ -51,6 +51,8 @@ METHOD = """\
   master's "silent ... requeued" line.
 """
 
+
+SERVICE_TITLE = "## Service mode and FleetExecutor"
 
 def fmt(value: float | None, unit: str = "tasks/s") -> str:
     if value is None:
@@ -107,14 +109,74 @@ def machine_list(machine: dict[str, str]) -> str:
     return "\n".join(f"- {key}: {value}" for key, value in machine.items())
 
 
+def service_table(series: list[Series]) -> str:
+    lines = [_row(["measurement", "samples", "median", "p99", "min", "max", "unit", "note"]),
+             _row(["---", "---:", "---:", "---:", "---:", "---:", "---", "---"])]
+    for s in series:
+        lines.append(_row([s.label, str(s.runs), fmt(s.median, s.unit),
+                           fmt(percentile(s.values, 99), s.unit), fmt(s.min, s.unit),
+                           fmt(s.max, s.unit), s.unit, _status(s)]))
+    return "\n".join(lines)
+
+
+def goal_line(goal: Goal, fleet: Series | None, cli: Series | None) -> str:
+    """The executor goal with both of its figures, for the service section and the console."""
+    figures = ""
+    if fleet is not None and cli is not None and fleet.median and cli.median:
+        figures = (f"FleetExecutor.map {fmt(fleet.median)} tasks/s ÷ CLI batch "
+                   f"{fmt(cli.median)} tasks/s = ")
+    return f"{goal.status} {goal.name}: {figures}{goal.measured} (target {goal.target})" + \
+        (f" — {goal.note}" if goal.note else "")
+
+
+def service_section(series: list[Series], goal: Goal, provenance: str, method: str) -> str:
+    """The "Service mode and FleetExecutor" section: where it was measured, its figures, the
+    executor goal with both of its figures, and how each is measured."""
+    by_key = {s.key: s for s in series}
+    status, _, rest = goal_line(goal, by_key.get("map"), by_key.get("cli")).partition(" ")
+    return "\n".join([SERVICE_TITLE, "", provenance, "", service_table(series), "",
+                      f"**{status}** {rest}", "", method.rstrip("\n"), ""])
+
+
+def service_console(series: list[Series], goal: Goal) -> str:
+    out = [f"{'measurement':78} {'samples':>7} {'median':>9} {'p99':>9} {'min':>9} {'max':>9}"]
+    for s in series:
+        out.append(f"{s.label:78} {s.runs:>7} {fmt(s.median, s.unit):>9} "
+                   f"{fmt(percentile(s.values, 99), s.unit):>9} {fmt(s.min, s.unit):>9} "
+                   f"{fmt(s.max, s.unit):>9}  {s.unit} {_status(s)}")
+    by_key = {s.key: s for s in series}
+    out += ["", goal_line(goal, by_key.get("map"), by_key.get("cli"))]
+    return "\n".join(out)
+
+
+def splice_section(text: str, section: str) -> str:
+    """`text` (a report) with its service section replaced by `section`, or `section` put
+    before the notes (or the method, or at the end) when it has none."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    body = section.rstrip("\n") + "\n\n"
+    mine = [i for i in starts if lines[i].rstrip("\n") == SERVICE_TITLE]
+    if mine:
+        end = next((i for i in starts if i > mine[0]), len(lines))
+        return "".join(lines[:mine[0]]) + body + "".join(lines[end:])
+    for title in ("## Notes", "## How each number is measured"):
+        at = next((i for i in starts if lines[i].rstrip("\n") == title), None)
+        if at is not None:
+            return "".join(lines[:at]) + body + "".join(lines[at:])
+    return text.rstrip("\n") + ("\n\n" if text.strip() else "") + body
+
+
 def render(machine: dict[str, str], throughput: list[Series], other: list[Series],
-           goals: list[Goal], notes: list[str], plot: str | None, full_runs: int = 3) -> str:
+           goals: list[Goal], notes: list[str], plot: str | None, full_runs: int = 3,
+           service: str | None = None) -> str:
     parts = [HEADER.format(full_runs=full_runs), "## This run\n", machine_list(machine), "",
              "## Throughput\n", throughput_table(throughput), "",
              "## Scaling, memory, recovery\n", other_table(other), "",
              "## Goals\n", "Ratios are of medians measured in this run.\n", goals_table(goals), ""]
     if plot:
         parts += ["## Throughput against workers\n", f"![throughput against workers]({plot})", ""]
+    if service:
+        parts += [service.rstrip("\n"), ""]
     if notes:
         parts += ["## Notes\n", "\n".join(f"- {n}" for n in notes), ""]
     parts += [METHOD]

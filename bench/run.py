@@ -11,11 +11,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from . import compose, plot, report
+from . import compose, plot, report, service
 from .machine import REPO, load_average, machine_info
 from .procfleet import Procfleet, default_bin
 from .procs import kill_all
-from .suite import FULL, QUICK, Plan, build_suite, evaluate_goals, run_cases, say
+from .suite import (FULL, QUICK, Plan, build_suite, evaluate_goals, run_cases, say,
+                    service_skip)
 
 #: a 1-minute load average above this × cores at start is noted as a busy machine
 BUSY_LOAD = 0.5
@@ -25,7 +26,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_const", const=QUICK, dest="plan",
-                      help="every case once with fewer tasks (1-2 minutes)")
+                      help="every case once with fewer tasks (3-4 minutes)")
     mode.add_argument("--full", action="store_const", const=FULL, dest="plan",
                       help="every case 3 times at the goals' sizes (the default)")
     p.add_argument("--runs", type=int, help="runs per case (default: 3 full, 1 quick)")
@@ -42,7 +43,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--only", metavar="KEYS",
                    help="comma-separated case keys or prefixes to run (the others are listed as "
                         "skipped); keys: procfleet-N, recipe-batched-N, recipe-percall-N, "
-                        "journal-4, pool-1, pool-1000, compose-4, distributed, memory-N, recovery")
+                        "journal-4, pool-1, pool-1000, compose-4, distributed, memory-N, recovery, "
+                        "service-executor, service-latency, service-fairness, service-abandoned "
+                        "(`service` for the four)")
     p.add_argument("--note", action="append", default=[], metavar="TEXT",
                    help="a line for the report's notes, e.g. which build of procfleet this is")
     p.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md",
@@ -98,6 +101,10 @@ def _run(args, argv: list[str], workdir: Path) -> int:
         notes.append("Recovery seen through: " + ", ".join(
             f"{how} ({n} of {len(suite.recovery_seen)} runs)" for how, n in seen.items()) + ".")
     goals = evaluate_goals(suite, plan)
+    service_plan = service.plan_for(plan)
+    served = service.run(pf, service_plan, service_skip(args, pf))
+    executor_goal = service.goal(served)
+    goals.append(executor_goal)
 
     png = args.output.with_suffix(".png")
     why_not = plot.plot_scaling(suite.scaling, png, f"tasks/s against workers ({plan.name} run, "
@@ -107,14 +114,25 @@ def _run(args, argv: list[str], workdir: Path) -> int:
         notes.append(f"No plot: {why_not}.")
     machine["load average at end"] = load_average()
     machine["suite wall time"] = f"{time.monotonic() - started:.0f} s"
-    failed = [s for s in suite.throughput + suite.other if s.errors]
+    failed = [s for s in suite.throughput + suite.other + served.series if s.errors]
+    told = set()            # a service group's error is on each of its figures: once here
     for s in failed:
-        notes.extend(f"{s.label}: {' '.join(err.split())[:600]}" for err in s.errors)
+        for err in s.errors:
+            if err not in told:
+                told.add(err)
+                notes.append(f"{s.label}: {' '.join(err.split())[:600]}")
+    alone = "python -m bench.service" + (" --quick" if service_plan.name == "quick" else "")
+    provenance = (f"Measured in this run at {service_plan.name} sizes ({served.seconds:.0f} s of "
+                  f"it); `{alone}` measures them alone.")
+    section = report.service_section(served.series, executor_goal, provenance,
+                                     service.method(service_plan))
     text = report.render(machine, suite.throughput, suite.other, goals, notes,
-                         None if why_not else png.name, FULL.runs)
+                         None if why_not else png.name, FULL.runs, service=section)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
     print(report.console(suite.throughput, suite.other, goals))
+    print()
+    print(report.service_console(served.series, executor_goal))
     say(f"wrote {args.output}" + ("" if why_not else f" and {png}"))
     if failed:
         say(f"{len(failed)} case(s) failed: " + ", ".join(s.key for s in failed))

@@ -1,5 +1,6 @@
 """The pure parts of the suite: measured series, goals and ratios."""
 
+import math
 import statistics
 from dataclasses import dataclass, field
 
@@ -39,6 +40,15 @@ class Series:
     def ok(self) -> bool:
         """At least one good run and no failed one: a case that lost results does not count."""
         return bool(self.values) and not self.errors and self.skipped is None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The nearest-rank q-th percentile (0 < q <= 100): a value that was measured, never an
+    interpolation; None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def ratio(numerator: Series | None, denominator: Series | None) -> float | None:

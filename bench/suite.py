@@ -208,6 +208,19 @@ def selected(args, key: str) -> bool:
     return any(key.startswith(k.strip()) for k in args.only.split(",") if k.strip())
 
 
+def service_skip(args, pf: Procfleet):
+    """For bench.service.run: why a group (key service-GROUP) is left out, or None."""
+    def skip(group: str) -> str | None:
+        if not selected(args, f"service-{group}"):
+            return f"not in --only {args.only}"
+        try:
+            pf.check()
+        except RunFailed as exc:
+            return f"procfleet unusable: {exc}"
+        return None
+    return skip
+
+
 def compose_skip(args, notes: list[str]) -> str | None:
     images = tuple(args.compose_images) if args.compose_images else compose.IMAGES
     if args.build_images and not args.compose_images and compose.unusable_reason(()) is None:

@@ -64,6 +64,9 @@ class FakeService:
     def ping(self):
         return {"state": RUN}
 
+    def status(self):
+        return {"state": RUN, "workers": [{"id": "w-1", "rate": 1.5}]}
+
 
 @pytest.fixture
 def server(monkeypatch):
@@ -103,8 +106,10 @@ def test_a_real_client_calls_every_method(server):
     assert proxy.release("w-1", [1, 2]) == 2
     assert proxy.ping() == {"state": RUN}
     assert proxy.goodbye("w-1") is None
+    assert proxy.status() == {"state": RUN, "workers": [{"id": "w-1", "rate": 1.5}]}
     assert set(DISPATCHER_METHODS) == {"hello", "exchange", "release", "goodbye", "ping",
-                                       "job_open", "job_put", "job_results", "job_cancel",
+                                       "status", "job_open", "job_put", "job_results",
+                                       "job_cancel",
                                        "job_close"}
     assert server.rejected_messages == 0 and server.auth_failures == 0
 

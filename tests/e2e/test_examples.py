@@ -83,6 +83,6 @@ def test_blog_master_with_workers_joining_from_elsewhere(run_example, spawn, aut
     ran = 0
     for worker in workers:
         assert worker.wait(RUN_TIMEOUT) == 0, worker.stderr
-        _, m = worker.wait_for(r"the batch is over after (\d+) tasks here", 1)
+        _, m = worker.wait_for(r"after (\d+) tasks here; exiting", 1)
         ran += int(m.group(1))
     assert ran == n

@@ -235,3 +235,11 @@ def test_a_worker_stopped_past_its_lease_and_every_future_resolves_once(service,
                 workers[0].signal(signal.SIGCONT)
     assert got == [i * i for i in range(200)]
     assert len(runs(path)) >= 200
+
+
+def test_map_of_many_tiny_tasks_is_chunked_and_keeps_order_and_errors():
+    with FleetExecutor(local_workers=2) as ex:
+        assert list(ex.map(square, range(30_000))) == [i * i for i in range(30_000)]
+        with pytest.raises(TypeError):             # square("x") raised on a worker
+            list(ex.map(square, list(range(5000)) + ["x"] + list(range(5000))))
+        assert list(ex.map(square, range(50), chunksize=1)) == [i * i for i in range(50)]

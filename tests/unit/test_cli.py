@@ -31,7 +31,8 @@ def command_names(help_text: str) -> set[str]:
 
 def test_help_lists_and_dispatches_the_installed_subcommands():
     """The subcommands come from the procfleet.commands entry points: listed and reachable."""
-    assert command_names(run(["--help"]).output) == {"master", "ping", "submit", "worker"}
+    assert command_names(run(["--help"]).output) == {"master", "ping", "status", "submit",
+                                                   "worker"}
     for name, first_line in [("master", "Serve a batch of tasks to workers"),
                              ("worker", "Lease tasks from a master"),
                              ("submit", "Submit a JSON Lines task file")]:
@@ -130,6 +131,46 @@ def test_worker_bad_concurrency(authkey_env):
 def test_ping_without_master_is_exit_3(authkey_env):
     result = run(["ping", "--master", "127.0.0.1:1"])
     assert result.exit_code == 3 and "not reachable" in result.output
+
+
+@pytest.mark.parametrize("args", [[], ["--json"], ["--watch"], ["--watch", "0.5", "--json"]])
+def test_status_without_master_is_exit_3(authkey_env, args):
+    result = run(["status", "--master", "127.0.0.1:1", *args])
+    assert result.exit_code == 3 and "not reachable" in result.output
+
+
+def test_status_without_key_is_exit_2(no_key):
+    result = run(["status", "--master", "127.0.0.1:1"])
+    assert result.exit_code == 2 and "PROCFLEET_AUTHKEY" in result.output
+
+
+def test_status_watch_takes_an_optional_number_of_seconds(authkey_env):
+    result = run(["status", "--watch", "0"])
+    assert result.exit_code == 2 and "--watch" in result.output
+
+
+def test_status_renders_a_batch_and_a_service_as_tables():
+    from procfleet.shared.status import render
+    worker = {"id": "w-1", "address": "10.0.0.2:41000", "python": "3.12.8", "concurrency": 4,
+              "state": "working", "held": 8, "ok": 120, "failed": 2, "last_seen_s": 0.3,
+              "rate": 40.25}
+    batch = {"state": "run", "batch": "abc", "mode": "batch", "total": 1000, "finished": 122,
+             "ok": 120, "failed": 2, "running": 8, "pending": 870, "alive_workers": 1,
+             "elapsed_s": 3.0, "workers": [worker]}
+    text = render("m:50000", batch)
+    assert "122/1000 done (120 ok, 2 failed)" in text
+    header, row = text.splitlines()[2:4]
+    assert header.split() == ["worker", "address", "python", "conc", "state", "held", "ok",
+                              "failed", "seen", "rate/s"]
+    assert row.split() == ["w-1", "10.0.0.2:41000", "3.12.8", "4", "working", "8", "120", "2",
+                           "0.3s", "ago", "40.2"]
+    service = {"state": "run", "mode": "service", "jobs": [
+        {"job": "0123456789abcdef", "label": "a.jsonl", "submitted": 5, "finished": 1, "ok": 1,
+         "failed": 0, "running": 2, "closed": True}], "jobs_done": 3, "jobs_abandoned": 0,
+        "ok": 41, "failed": 0, "running": 2, "pending": 2, "alive_workers": 0, "workers": []}
+    text = render("m:50000", service)
+    assert "1 jobs open, 3 done" in text and "0123456789ab  a.jsonl" in text
+    assert text.endswith("no workers yet")
 
 
 @pytest.mark.parametrize("worker_id", ["line\nbreak", "x" * 129, "", "tab\there"])

@@ -233,6 +233,7 @@ TEMPLATES = {
     "release": ["7f3a2b1c", "release", ["w-3f2a", [1, 2, 3]], {}],
     "goodbye": ["7f3a2b1c", "goodbye", ["w-3f2a"], {}],
     "ping": ["7f3a2b1c", "ping", [], {}],
+    "status": ["7f3a2b1c", "status", [], {}],
 }
 
 

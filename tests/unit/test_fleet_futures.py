@@ -88,3 +88,27 @@ def test_a_task_line_is_a_task_file_line():
 def test_arguments_that_cannot_travel_are_a_type_error(args, says):
     with pytest.raises(TypeError, match=says):
         task_line(0, "t", args, {})
+
+
+def test_map_chunks_stay_single_for_slow_results_and_grow_for_fast_ones():
+    from fakes import FakeClock
+
+    from procfleet.master.executor import CHUNKS_PER_SECOND, MAX_AUTO_CHUNK, ChunkSizer
+    clock = FakeClock()
+    sizer = ChunkSizer(clock)
+    assert sizer.size() == 1                     # nothing measured yet
+    for _ in range(10):                          # 10 results a second: slow tasks
+        clock.advance(0.1)
+        sizer.record(1)
+    assert sizer.size() == 1
+    for _ in range(1000):                        # 100,000 items a second, for a second
+        clock.advance(0.001)
+        sizer.record(100)
+    assert 100_000 // CHUNKS_PER_SECOND <= sizer.size() <= 100_000 // CHUNKS_PER_SECOND + 1
+    for _ in range(10_000):                      # far faster: capped
+        clock.advance(0.0001)
+        sizer.record(1000)
+    assert sizer.size() == MAX_AUTO_CHUNK
+    clock.advance(10)                            # results stopped: the old rate is forgotten
+    sizer.record(1)
+    assert sizer.size() == 1

@@ -10,13 +10,13 @@ from click.testing import CliRunner
 from procfleet.master import cli as master_cli
 from procfleet.master.settings import MASTER_OPTIONS, SUBMIT_OPTIONS, MasterSettings
 from procfleet.shared.cli import main
-from procfleet.shared.settings import PING_OPTIONS
+from procfleet.shared.settings import PING_OPTIONS, STATUS_OPTIONS
 from procfleet.worker import cli as worker_cli
 from procfleet.worker.settings import WORKER_OPTIONS, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"master": MASTER_OPTIONS, "worker": WORKER_OPTIONS, "ping": PING_OPTIONS,
-          "submit": SUBMIT_OPTIONS}
+          "submit": SUBMIT_OPTIONS, "status": STATUS_OPTIONS}
 
 
 def invoke(args, env=None):
@@ -108,7 +108,7 @@ def shown_default(option) -> str:
     return str(option.default)
 
 
-@pytest.mark.parametrize("command", ["master", "worker", "submit"])
+@pytest.mark.parametrize("command", ["master", "worker", "submit", "status"])
 def test_readme_option_table_matches_the_options(command):
     rows = readme_rows(command)
     expected = {o.flag: (o.envvar, shown_default(o)) for o in TABLES[command] if not o.hidden}

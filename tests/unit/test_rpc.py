@@ -436,6 +436,7 @@ def test_snapshot_is_plain_numbers_matching_the_dispatcher():
                                  "alive_workers", "workers")} == {
         "total": 4, "finished": 1, "ok": 1, "failed": 0, "running": 2, "alive_workers": 1,
         "workers": 1}
+    assert snap.pop("per_worker") == {"a": {"ok": 1, "failed": 0}}
     assert all(type(v) in (int, float, type(None)) for v in snap.values())
 
 

@@ -59,6 +59,8 @@ def test_the_closing_line_is_one_json_object_with_every_figure(caplog):
         "tasks": 4, "ok": 4, "failed": 0, "unfinished": 0, "duplicates_dropped": 1, "stale": 1,
         "workers": 2, "seconds": 2.5}
     assert summary["work_seconds"] >= 0 and type(summary["tasks_per_s"]) is int
+    # the duplicate and the stale result count for no worker: each task once, by its result
+    assert summary["per_worker"] == {"a": {"ok": 3, "failed": 0}, "b": {"ok": 1, "failed": 0}}
 
 
 def test_the_readme_shows_the_fields_the_master_writes_in_their_order(caplog):

@@ -19,12 +19,13 @@ from procfleet.shared.tuning import tune_gc
 from .board import MAX_BACKLOG
 from .leases import Dispatcher, Feed
 from .journal import Journal, JournalledDispatcher, restore
-from .localworkers import LocalWorkers, check_worker_installed
+from .localworkers import LocalWorkers, check_worker_installed, reachable_host
 from .results import ResultWriter
 from .connections import start_server
 from .rpc import DispatcherService
 from .settings import MasterSettings
 from .taskfile import DemoSource, StdinStream, open_source
+from .web import start_web
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ SUMMARY = "summary: "
 def summarize(snapshot: dict, *, ok: int, failed: int, seconds: float, work_seconds: float,
               tasks_per_s: float) -> dict:
     """The batch's summary object, from a service snapshot (README, "The summary line"):
-    `ok` and `failed` cover the whole batch (a resumed one's too), the rest this run."""
+    `ok` and `failed` cover the whole batch (a resumed one's too), the rest this run
+    (`per_worker` too: each worker id's results that ended a task, ok or failed)."""
     s = snapshot
     return {"tasks": s["total"], "ok": ok, "failed": failed,
             "unfinished": s["total"] - s["finished"], "duplicates_dropped": s["duplicates"],
@@ -56,7 +58,8 @@ def summarize(snapshot: dict, *, ok: int, failed: int, seconds: float, work_seco
             "retried": s["retried"], "crashed": s["crashed"], "stale": s["stale"],
             "workers": s["workers"], "workers_lost": s["workers_lost"],
             "refused_calls": s["refused_calls"], "seconds": round(seconds, 2),
-            "work_seconds": round(work_seconds, 2), "tasks_per_s": round(tasks_per_s)}
+            "work_seconds": round(work_seconds, 2), "tasks_per_s": round(tasks_per_s),
+            "per_worker": s.get("per_worker", {})}
 
 
 def format_summary(summary: dict) -> str:
@@ -216,6 +219,11 @@ class Batch:
         if self.writer is None:
             self.writer = ResultWriter(s.results_path, resumable=self.journal is not None)
         server = start_server(self.service, s.bind, s.authkey)
+        try:
+            web = start_web(self.service, server, s.metrics) if s.metrics else None
+        except BaseException:
+            server.close()
+            raise
         if isinstance(self.source, StdinStream):
             threading.Thread(target=feed_stream, args=(self.source, self.service),
                              name="procfleet-stdin", daemon=True).start()
@@ -226,6 +234,8 @@ class Batch:
                 self.writer.write_lines(self.journal.results())
             return self._serve(server)
         finally:
+            if web is not None:
+                web.close()
             server.close()
 
     def _serve(self, server) -> int:
@@ -236,8 +246,7 @@ class Batch:
                  d.total, format_address((host, port)), s.lease_timeout, s.max_attempts)
         local = None
         if s.local_workers:
-            connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-            local = LocalWorkers(s.local_workers, format_address((connect_host, port)))
+            local = LocalWorkers(s.local_workers, format_address((reachable_host(host), port)))
             log.info("started %d local workers", s.local_workers)
         started = time.monotonic()
         self.done_at_start = d.finished

@@ -102,6 +102,9 @@ class JobBoard:
         self.jobs_abandoned = 0
         self.events: list[tuple[str, str]] = []
         self.ready_jobs: set[str] = set()       # jobs with new result lines since last asked
+        self.failures: deque = deque(maxlen=20)  # the latest failed result lines, any job's
+        self.dropped = Counters()               # the counters of the jobs no longer open
+        self.durations = None                   # each job's Dispatcher.durations
 
     # -- what DispatcherService reads -------------------------------------------------------
     total = 2 ** 63 - 1           # the seq limit of a worker's outcomes: any job's
@@ -130,6 +133,20 @@ class JobBoard:
 
     def admit(self, worker_id: str) -> str | None:
         return self.registry.admit(worker_id)
+
+    def totals(self) -> tuple[int, int]:
+        """(ok, failed) results of every job since the service started."""
+        jobs = self.jobs.values()
+        return (self.dropped.ok + sum(job.dispatcher.counters.ok for job in jobs),
+                self.dropped.failed + sum(job.dispatcher.counters.failed for job in jobs))
+
+    def counter_totals(self) -> dict[str, int]:
+        """Each of leases.Counters over every job since the service started."""
+        totals = self.dropped.as_dict()
+        for job in self.jobs.values():
+            for name, count in job.dispatcher.counters.as_dict().items():
+                totals[name] += count
+        return totals
 
     def seen_workers(self) -> int:
         return self.registry.seen_workers()
@@ -291,6 +308,7 @@ class JobBoard:
                        max_attempts=options.max_attempts, retries=options.retries,
                        retry_backoff=options.retry_backoff, sizes=BigLineSizes(),
                        clock=self.clock, **({"rng": self.rng} if self.rng else {}))
+        d.durations = self.durations
         job = Job(uuid.uuid4().hex, number, options, d, self.clock(), base=number << JOB_BITS)
         self.jobs[number] = job
         self.by_id[job.id] = job
@@ -345,6 +363,14 @@ class JobBoard:
             return
         del self.by_id[job.id]
         self.ready_jobs.discard(job.id)
+        # A worker's figures outlive the job (procfleet status): they go to its registry entry.
+        for part in job.dispatcher.workers.values():
+            known = self.registry.workers.get(part.id)
+            if known is not None:
+                known.ok += part.ok
+                known.failed += part.failed
+        for name, count in job.dispatcher.counters.as_dict().items():
+            setattr(self.dropped, name, getattr(self.dropped, name) + count)
         if abandoned:
             self.jobs_abandoned += 1
         elif job.done:
@@ -354,6 +380,7 @@ class JobBoard:
         ready = job.dispatcher.take_results()
         if ready:
             job.outbox.extend(line for _seq, line, _ok in ready)
+            self.failures.extend(line for _seq, line, ok in ready if not ok)
             self.ready_jobs.add(job.id)
         elif job.done:
             self.ready_jobs.add(job.id)        # nothing new, but its client waits for the end

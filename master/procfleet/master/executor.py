@@ -16,16 +16,20 @@ arrives as a list, dict keys as text).
 """
 
 import ast
+import atexit
 import builtins
 import collections
 import functools
 import inspect
+import itertools
 import json
+import math
 import os
 import secrets
 import sys
 import threading
 import time
+import weakref
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 
@@ -38,11 +42,18 @@ from procfleet.shared.tasks import MAP_CHUNK, registry
 
 from .batch import Interrupt
 from .client import PUT_LINES, JobClient, MasterGone
+from .localworkers import reachable_host
 from .serve import run_service
 from .settings import MasterSettings
 
-#: tasks of one map() in flight at once: inputs are read this far ahead of the results
+#: items of one map() in flight at once: inputs are read this far ahead of the results
 MAP_WINDOW = 10_000
+#: map's own chunks (chunksize=None): tasks finishing per second it aims at, the most items in
+#: one task, and the seconds of results the item rate is measured over (at least MIN_RATE_SPAN)
+CHUNKS_PER_SECOND = 2_000
+MAX_AUTO_CHUNK = 256
+RATE_WINDOW = 0.5
+MIN_RATE_SPAN = 0.05
 #: how long an embedded service gets to open its port
 START_TIMEOUT = 30.0
 
@@ -109,6 +120,7 @@ class FleetExecutor(Executor):
             raise ConfigError("FleetExecutor(master=...) is a client of a running master: "
                               "bind= and local_workers= belong to that master, not here")
         self.imports = tuple(imports)
+        self.task_timeout = task_timeout
         self._embedded = master is None
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
@@ -124,8 +136,7 @@ class FleetExecutor(Executor):
             self.address = self._start_service(local_workers, bind or "127.0.0.1:0", key,
                                                lease_timeout)
             host, port = self.address
-            connect_to = ({"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host),
-                          port)
+            connect_to = (reachable_host(host), port)
         else:
             self.address = connect_to = parse_address(master, "FleetExecutor(master=...)")
         options = {"label": label, "max_attempts": max_attempts, "retries": retries,
@@ -145,6 +156,10 @@ class FleetExecutor(Executor):
                                            daemon=True)
         self._feeder.start()
         self._collector.start()
+        if self._embedded:
+            # A program that ends without shutdown() still stops its master and local workers
+            # (else they would wait out their connect timeout for a master that is gone).
+            atexit.register(_stop_at_exit, weakref.ref(self))
 
     # -- the executor's API ---------------------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs) -> FleetFuture:
@@ -152,25 +167,20 @@ class FleetExecutor(Executor):
         travel (a lambda, a closure, a value that is not JSON...)."""
         return self._submit(self._task_name(fn), args, kwargs)
 
-    def map(self, fn, *iterables, timeout: float | None = None, chunksize: int = 1):
-        """Results of fn over the inputs, in order. Inputs are read lazily, at most MAP_WINDOW
-        tasks ahead of the results; `chunksize` items travel and run as one task."""
-        if chunksize < 1:
+    def map(self, fn, *iterables, timeout: float | None = None,
+            chunksize: int | None = None):
+        """Results of fn over the inputs, in order; `timeout` as the standard library's.
+        Inputs are read lazily, at most MAP_WINDOW items ahead of the results. `chunksize`
+        items travel and run as one task; by default (None) map sizes its chunks itself: one
+        item a task while results come slowly, more as they come fast (ChunkSizer), so tiny
+        tasks do not pay a task's overhead each. chunksize=1: every item its own task (its
+        own retries and timeout)."""
+        if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1")
-        name = self._task_name(fn)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        items = zip(*iterables)
-        if chunksize == 1:
-            submit = functools.partial(self._submit_args, name)
-        else:
-            items = _chunks(items, chunksize)
-            submit = _chunk_submitter(self, name)
-        window = collections.deque()
-        for item in items:                      # start the first window now, as stdlib does
-            window.append(submit(item))
-            if len(window) >= max(1, MAP_WINDOW // chunksize):
-                break
-        return self._map_results(window, items, submit, deadline, chunksize > 1)
+        run = _MapRun(self, self._task_name(fn), zip(*iterables), chunksize,
+                      None if timeout is None else time.monotonic() + timeout)
+        run.refill()                             # the first window starts now, as stdlib's
+        return run.results()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -201,17 +211,15 @@ class FleetExecutor(Executor):
                                 f"FleetExecutor(..., imports=[{module!r}])")
         return name
 
-    def _submit_args(self, name: str, args: tuple) -> FleetFuture:
-        return self._submit(name, args, {})
-
-    def _submit(self, name: str, args, kwargs: dict) -> FleetFuture:
+    def _submit(self, name: str, args, kwargs: dict, timeout: float | None = None) \
+            -> FleetFuture:
         with self._lock:
             if self._broken:
                 raise BrokenFleet(self._broken)
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             seq = self._next_seq
-            line = task_line(seq, name, args, kwargs)
+            line = task_line(seq, name, args, kwargs, timeout)
             self._next_seq = seq + 1
             future = FleetFuture(self, seq, line)
             self._futures[seq] = future
@@ -219,25 +227,6 @@ class FleetExecutor(Executor):
             if len(self._queue) == 1:
                 self._wake.notify()
         return future
-
-    def _map_results(self, window, items, submit, deadline, chunked):
-        try:
-            while window:
-                future = window.popleft()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                try:
-                    value = future.result(remaining)
-                except FuturesTimeout:
-                    raise FuturesTimeout() from None
-                item = next(items, _END)
-                if item is not _END:
-                    window.append(submit(item))
-                if chunked:
-                    yield from value
-                else:
-                    yield value
-        finally:
-            self._cancel_many(window)
 
     def _cancel_many(self, futures) -> None:
         """cancel() for many futures, in one call to the master."""
@@ -385,6 +374,13 @@ class FleetExecutor(Executor):
             event.wait(0.1)
 
 
+def _stop_at_exit(ref) -> None:
+    executor = ref()
+    if executor is not None and executor._service_thread is not None:
+        executor._break("the program is exiting")
+        executor._stop_service()
+
+
 class BrokenFleet(ProcfleetError):
     """The executor lost its master: no future of it can resolve any more."""
 
@@ -432,10 +428,14 @@ def _unsendable(fn) -> str | None:
     return None
 
 
-def task_line(seq: int, name: str, args, kwargs: dict) -> str:
-    """The task-file line of one call; TypeError if its arguments cannot travel."""
+def task_line(seq: int, name: str, args, kwargs: dict, timeout: float | None = None) -> str:
+    """The task-file line of one call (`timeout`: its own, else the job's); TypeError if its
+    arguments cannot travel."""
+    record = {"id": seq, "task": name, "args": args, "kwargs": kwargs}
+    if timeout is not None:
+        record["timeout"] = timeout
     try:
-        line = _dumps({"id": seq, "task": name, "args": args, "kwargs": kwargs})
+        line = _dumps(record)
     except (TypeError, ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise TypeError(f"{name}: an argument cannot travel to a worker ({reason}); arguments "
@@ -519,21 +519,85 @@ def _worker_env() -> dict:
     return env
 
 
-def _chunks(items, size: int):
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+class ChunkSizer:
+    """How many items map puts in its next task: one until results arrive, then as many as
+    keep its tasks finishing at about CHUNKS_PER_SECOND, at the item rate of the results of
+    the last RATE_WINDOW seconds (at most MAX_AUTO_CHUNK). Slow tasks stay one item a task;
+    a million tiny ones travel a few hundred at a time."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self.recent: collections.deque[tuple[float, int]] = collections.deque()
+        self.items = 0          # items in `recent`
+
+    def record(self, items: int) -> None:
+        """`items` results arrived now."""
+        now = self.clock()
+        self.recent.append((now, items))
+        self.items += items
+        while self.recent and now - self.recent[0][0] > RATE_WINDOW:
+            self.items -= self.recent.popleft()[1]
+
+    def size(self) -> int:
+        if not self.recent:
+            return 1
+        span = max(self.clock() - self.recent[0][0], MIN_RATE_SPAN)
+        rate = self.items / span
+        return max(1, min(MAX_AUTO_CHUNK, math.ceil(rate / CHUNKS_PER_SECOND)))
 
 
-def _chunk_submitter(executor: FleetExecutor, name: str):
-    def submit(chunk):
-        return executor._submit(MAP_CHUNK, (name, chunk), {})
-    return submit
+class _MapRun:
+    """One map(): its window of tasks in flight (future, item count, chunked?), kept full as
+    results are taken."""
+
+    def __init__(self, executor: FleetExecutor, name: str, items, chunksize: int | None,
+                 deadline: float | None) -> None:
+        self.executor, self.name, self.items = executor, name, iter(items)
+        self.chunksize, self.deadline = chunksize, deadline
+        self.sizer = ChunkSizer() if chunksize is None else None
+        self.window: collections.deque = collections.deque()
+        self.in_flight = 0
+
+    def refill(self) -> None:
+        """Submit items until MAP_WINDOW are in flight or the inputs end."""
+        executor, items = self.executor, self.items
+        while self.in_flight < MAP_WINDOW:
+            size = self.chunksize or self.sizer.size()
+            if size == 1 and self.chunksize is None or self.chunksize == 1:
+                item = next(items, _END)
+                if item is _END:
+                    return
+                self.window.append((executor._submit(self.name, item, {}), 1, False))
+                self.in_flight += 1
+                continue
+            chunk = list(itertools.islice(items, size))
+            if not chunk:
+                return
+            timeout = executor.task_timeout * len(chunk) if executor.task_timeout else None
+            future = executor._submit(MAP_CHUNK, (self.name, chunk), {}, timeout)
+            self.window.append((future, len(chunk), True))
+            self.in_flight += len(chunk)
+
+    def results(self):
+        window = self.window
+        try:
+            while window:
+                future, count, chunked = window.popleft()
+                remaining = None if self.deadline is None else self.deadline - time.monotonic()
+                try:
+                    value = future.result(remaining)
+                except FuturesTimeout:
+                    raise FuturesTimeout() from None
+                self.in_flight -= count
+                if self.sizer is not None:
+                    self.sizer.record(count)
+                self.refill()
+                if chunked:
+                    yield from value
+                else:
+                    yield value
+        finally:
+            self.executor._cancel_many([future for future, _count, _chunked in window])
 
 
 _END = object()

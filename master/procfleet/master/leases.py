@@ -69,6 +69,15 @@ class WorkerState:
     last_call: int = 0
     unacked: dict = field(default_factory=dict)   # call number -> [seq, ...]
     asked_at: float = float("-inf")   # when it last asked for tasks (see Dispatcher.sharers)
+    # What `procfleet status` and the dashboard show (figures.py): results it gave that ended
+    # their task, when it joined, how it left, and what its hello said.
+    ok: int = 0
+    failed: int = 0
+    joined_at: float = 0.0
+    left: bool = False                # said goodbye (not alive, but not lost either)
+    address: str = ""
+    python: str = ""
+    concurrency: int | None = None
 
 
 @dataclass(slots=True)
@@ -173,6 +182,9 @@ class Dispatcher:
         self.first_lease_at: float | None = None   # when work started: the clock of throughput
         # (kind, human-readable note) for the log, drained by the owner (who throttles by kind)
         self.events: list[tuple[str, str]] = []
+        # lease-to-result seconds of each task, when someone watches them (figures.Durations:
+        # --metrics); None costs the hot path one test per task
+        self.durations = None
 
     #: more tasks may still come (extend): not done until the source says it ended
     open_input = False
@@ -316,9 +328,10 @@ class Dispatcher:
         now = self.clock()
         worker = self.workers.get(worker_id)
         if worker is None:
-            worker = self.workers[worker_id] = WorkerState(worker_id, now)
+            worker = self.workers[worker_id] = WorkerState(worker_id, now, joined_at=now)
         elif not worker.alive:
             worker.alive = True
+            worker.left = False
             self.events.append(("back", f"worker {worker_id} is back after its leases expired"))
         worker.last_seen = now
         return worker
@@ -427,6 +440,7 @@ class Dispatcher:
         count = min(want, -(-pending // (sharers or self.sharers())))
         leased = []
         held, log, sizes = worker.held, self.leased_log, self.sizes
+        now = worker.last_seen          # held maps each seq to when it was leased
         budget = LEASE_BYTES
         while self.requeued and len(leased) < count:
             state = self._next_requeued()
@@ -442,7 +456,7 @@ class Dispatcher:
                 budget -= size
             state.attempts += 1
             state.holder = worker_id
-            held[seq] = None
+            held[seq] = now
             leased.append(state.task)
             if log is not None:
                 log.append(seq)
@@ -452,7 +466,7 @@ class Dispatcher:
                 fresh = self._within(fresh, budget, first=not leased)
             seqs = [task[0] for task in fresh]
             self.active.update(zip(seqs, fresh))
-            held.update(dict.fromkeys(seqs))
+            held.update(dict.fromkeys(seqs, now))
             leased += fresh
             if log is not None:
                 log += seqs
@@ -519,6 +533,8 @@ class Dispatcher:
         held, active, flags = worker.held, self.active, self.done_flags
         below = self.done_below
         seqs, tasks, texts = [], [], []
+        durations = self.durations
+        leased_at = [] if durations is not None else None
         try:
             for outcome in outcomes:
                 seq = outcome[0]
@@ -534,7 +550,10 @@ class Dispatcher:
                         except (TypeError, ValueError, RecursionError):
                             self._complete_one(worker, outcome)    # ResultNotJSON
                             continue
-                    del held[seq]
+                    if leased_at is None:
+                        del held[seq]
+                    else:
+                        leased_at.append(held.pop(seq))
                     del active[seq]
                     flags[seq - below] = 1
                     seqs.append(seq)
@@ -550,10 +569,13 @@ class Dispatcher:
                 self._ready += zip(seqs, lines, repeat(True))
                 self.finished += len(seqs)
                 self.counters.ok += len(seqs)
+                worker.ok += len(seqs)
+                if leased_at:
+                    durations.observe_since(worker.last_seen, leased_at)
 
     def _complete_one(self, worker: WorkerState, outcome: tuple, encoded: bool = False) -> None:
         seq, worker_id = outcome[0], worker.id
-        worker.held.pop(seq, None)
+        leased_at = worker.held.pop(seq, None)
         if not 0 <= seq < self.total:
             self.events.append(("unknown task", f"worker {worker_id} sent a result for task "
                                 f"#{seq}, which this batch does not have: ignored"))
@@ -570,9 +592,11 @@ class Dispatcher:
             if holder is not None:
                 holder.held.pop(seq, None)
         state.holder = None
+        if self.durations is not None and leased_at is not None:
+            self.durations.observe_since(worker.last_seen, (leased_at,))
         if outcome[1] == OK:
             self._finish(state, *self.lines.line(state.task, outcome, attempts=state.attempts,
-                                                 worker=worker_id, encoded=encoded))
+                                                 worker=worker_id, encoded=encoded), worker)
         else:
             self._settle(state, Outcome(*outcome), worker_id)
 
@@ -620,7 +644,7 @@ class Dispatcher:
                                              f"{state.errors + 1} tries; --retries "
                                              f"{self.retries})")
         self._finish(state, *self.lines.line(state.task, outcome, attempts=state.attempts,
-                                             worker=worker_id))
+                                             worker=worker_id), self.workers.get(worker_id))
 
     def release(self, worker_id: str, seqs: Iterable[int]) -> int:
         """A worker hands tasks back on purpose; they do not count as lost."""
@@ -642,6 +666,7 @@ class Dispatcher:
         worker = self.touch(worker_id)
         returned = self.release(worker_id, list(worker.held))
         worker.alive = False
+        worker.left = True
         return returned
 
     # -- the master's own ticks ---------------------------------------------------------------
@@ -673,7 +698,8 @@ class Dispatcher:
                 self._finish(state, *self.lines.line(
                     state.task, None, attempts=state.attempts, worker=worker.id,
                     error=f"WorkerLost: worker lost {state.lost} times "
-                          f"(last holder {worker.id}, lease timeout {self.lease_timeout:g} s)"))
+                          f"(last holder {worker.id}, lease timeout {self.lease_timeout:g} s)"),
+                    worker)
             else:
                 requeue.append(seq)
         worker.held.clear()
@@ -688,7 +714,10 @@ class Dispatcher:
             while self.delayed and self.delayed[0][0] <= now:
                 self.requeued.append(heapq.heappop(self.delayed)[1])
 
-    def _finish(self, state: TaskState, ok: bool, line: str) -> None:
+    def _finish(self, state: TaskState, ok: bool, line: str,
+                worker: WorkerState | None = None) -> None:
+        """`state`'s task ended with `line`; `worker`, whose result (or loss) ended it, is
+        credited with it."""
         seq = state.task.seq
         del self.active[seq]
         self.done_flags[seq - self.done_below] = 1
@@ -697,4 +726,9 @@ class Dispatcher:
             self.counters.ok += 1
         else:
             self.counters.failed += 1
+        if worker is not None:
+            if ok:
+                worker.ok += 1
+            else:
+                worker.failed += 1
         self._ready.append((seq, line, ok))

@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 EXIT_GRACE = 5.0
 
 
+def reachable_host(host: str) -> str:
+    """Where a process on this machine reaches a master bound to `host`: loopback for a
+    wildcard bind (0.0.0.0, ::), the host itself otherwise."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
 def check_worker_installed() -> None:
     if not entry_points(group="procfleet.commands", name="worker"):
         raise ConfigError("--local-workers needs procfleet-worker installed here "

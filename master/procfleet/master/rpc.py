@@ -10,6 +10,7 @@ ValueError or TypeError, which the manager sends back to the caller, and leaves 
 was. Log lines a peer can cause are throttled per kind (admission.ThrottledCounter).
 """
 
+import json
 import logging
 import threading
 
@@ -18,6 +19,7 @@ from procfleet.shared.protocol import (MAX_OUTCOMES, MAX_WIRE_INT, check_count,
                                       check_name, check_outcomes, check_worker_id, describe)
 
 from .admission import ThrottledCounter
+from .figures import MAX_STATUS_WORKERS, Watch, done_by_worker, worker_rows
 from .leases import Dispatcher
 from .schemas import MAX_INFO_ITEMS, MAX_WAIT
 from .peers import current_peer
@@ -59,6 +61,7 @@ class DispatcherService:
             "left": ThrottledCounter("leave", "leaves", burst=64, refill=1.0, clock=clock),
         }
         self.events: dict[str, ThrottledCounter] = {}   # the dispatcher's events, by kind
+        self.watch = Watch(clock)           # rates and history for status and the dashboard
 
     # -- exposed to workers ---------------------------------------------------------------
     def hello(self, worker_id: str, info: dict) -> dict:
@@ -83,6 +86,7 @@ class DispatcherService:
                     self.cond.notify_all()
             else:
                 self.dispatcher.touch(worker_id)
+            _remember_hello(self.dispatcher.workers[worker_id], info)
             if self._finished():
                 return {**reply, "state": self._stop(worker_id)[1]}
             if not self.started and len(self.dispatcher.alive_workers()) >= self.wait_workers:
@@ -172,6 +176,67 @@ class DispatcherService:
             return {"state": STOP if self._finished() else RUN, "total": d.total,
                     "done": d.finished, "workers": len(d.alive_workers())}
 
+    def status(self, limit: int | None = MAX_STATUS_WORKERS) -> dict:
+        """What `procfleet status` and the dashboard show: the batch's figures and the
+        worker table (figures.worker_rows: at most `limit` rows, None for all; a peer's call
+        takes no argument), read under the lock."""
+        with self.cond:
+            d = self.dispatcher
+            return {"state": STOP if self._finished() else RUN, "batch": self.batch,
+                    **self._work_figures(),
+                    "workers": worker_rows(d.workers, self._worker_parts(), self.watch,
+                                           d.clock(), limit)}
+
+    def _work_figures(self) -> dict:
+        """(Under the lock) the batch's part of status()."""
+        d = self.dispatcher
+        c = d.counters
+        first = d.first_lease_at
+        return {"mode": "batch", "total": d.total, "finished": d.finished, "ok": c.ok,
+                "failed": c.failed, "running": d.running(), "pending": d.pending(),
+                "requeued": c.requeued, "retried": c.retried,
+                "duplicates_dropped": c.duplicates,
+                "alive_workers": len(d.alive_workers()),
+                "elapsed_s": round(d.clock() - first, 1) if first is not None else 0.0}
+
+    def _worker_parts(self) -> list[dict]:
+        """The other worker tables whose figures add to the dispatcher's own (a service's
+        jobs); a batch has none."""
+        return []
+
+    def recent_failures(self) -> list[dict]:
+        """The latest failed results (id, task, worker, error), newest first."""
+        with self.cond:
+            lines = list(self.watch.failures)
+        failures = []
+        for line in reversed(lines):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            failures.append({key: record.get(key) for key in ("id", "task", "worker", "error")})
+        return failures
+
+    def counter_totals(self) -> dict[str, int]:
+        """Every counter of leases.Counters, for the whole run (the metrics)."""
+        with self.cond:
+            return self.dispatcher.counters.as_dict()
+
+    def watch_durations(self, durations) -> None:
+        """From now on, observe each task's lease-to-result seconds into `durations`."""
+        with self.cond:
+            self.dispatcher.durations = durations
+
+    def durations_snapshot(self, durations) -> tuple:
+        with self.cond:
+            return durations.snapshot()
+
+    def history(self) -> list[tuple[float, int, int]]:
+        """(seconds ago, ok, failed) samples of the whole batch, oldest first."""
+        with self.cond:
+            now = self.dispatcher.clock()
+            return [(round(now - t, 1), ok, failed) for t, ok, failed in self.watch.history]
+
     # -- exposed to clients: only a service (--serve) has jobs ------------------------------
     def job_open(self, options: dict) -> dict:
         raise ValueError(_NOT_A_SERVICE)
@@ -213,7 +278,9 @@ class DispatcherService:
             return {"total": d.total, "finished": d.finished, **d.counters.as_dict(),
                     "running": d.running(), "alive_workers": len(d.alive_workers()),
                     "workers": d.seen_workers(), "first_lease_at": d.first_lease_at,
-                    "refused_calls": self.notes["refused"].total}
+                    "refused_calls": self.notes["refused"].total,
+                    "per_worker": {w.id: {"ok": w.ok, "failed": w.failed}
+                                   for w in d.workers.values()}}
 
     def tick(self) -> tuple[list, list, list[str]]:
         """Expire silent workers; return (leased since the last tick, (seq, result, ok?) to
@@ -225,7 +292,23 @@ class DispatcherService:
             if d.expire() or d.has_pending():
                 self.cond.notify_all()     # also wakes long polls when a retry comes due
             leased, results, events = d.take_leased(), d.take_results(), d.take_events()
+            self._watch(results)
         return leased, results, self._throttled(events)
+
+    def _watch(self, results: list) -> None:
+        """(Under the lock) keep the latest failures, and sample the figures once a second."""
+        failures = self.watch.failures
+        for _seq, line, ok in results:
+            if not ok:
+                failures.append(line)
+        if self.watch.due():
+            d = self.dispatcher
+            self.watch.sample(done_by_worker(d.workers, self._worker_parts()), *self._totals())
+
+    def _totals(self) -> tuple[int, int]:
+        """(ok, failed) results so far (under the lock)."""
+        c = self.dispatcher.counters
+        return c.ok, c.failed
 
     def _throttled(self, events: list[tuple[str, str]]) -> list[str]:
         lines = []
@@ -270,11 +353,12 @@ class DispatcherService:
             self.cond.wait_for(lambda: not not_told(), timeout)
             return not_told()
 
-    def _checked(self, method: str, check, *args) -> None:
-        """Run `check` on a call's arguments; a refused call is logged (throttled) and its
-        ValueError/TypeError goes back to the caller, before anything changed."""
+    def _checked(self, method: str, check, *args):
+        """Run `check` on a call's arguments and return what it returns; a refused call is
+        logged (throttled) and its ValueError/TypeError goes back to the caller, before
+        anything changed."""
         try:
-            check(*args)
+            return check(*args)
         except (TypeError, ValueError) as exc:
             self._note("refused", logging.WARNING, "refused %s() from %s: %s", method,
                        current_peer(), exc)
@@ -299,6 +383,14 @@ _NOT_A_SERVICE = ("this master runs one batch (--tasks or --demo); submit jobs t
                   "started with --serve")
 
 _INFO_NOTES = frozenset({"joined", "draining", "left"})
+
+
+def _remember_hello(worker, info: dict) -> None:
+    """Keep what a worker's hello said about it (checked already), for status."""
+    worker.address = current_peer()
+    python, concurrency = info.get("python"), info.get("concurrency")
+    worker.python = python if type(python) is str else ""
+    worker.concurrency = concurrency if type(concurrency) is int else None
 
 
 def _check_hello(worker_id, info) -> None:

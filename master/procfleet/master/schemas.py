@@ -59,6 +59,7 @@ CALL_ARGS = {
     "release": tuple[WorkerId, Seqs],
     "goodbye": tuple[WorkerId],
     "ping": tuple[()],
+    "status": tuple[()],
     # a client's job (procfleet.master.service)
     "job_open": tuple[JobOptions],
     "job_put": tuple[Name, TaskLines, bool, Wait],

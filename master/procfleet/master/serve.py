@@ -11,9 +11,10 @@ from procfleet.shared.tuning import tune_gc
 from .batch import REPLY_GRACE, SWITCH_INTERVAL, TICK, Interrupt
 from .board import JobBoard
 from .connections import start_server
-from .localworkers import LocalWorkers, check_worker_installed
+from .localworkers import LocalWorkers, check_worker_installed, reachable_host
 from .service import JobService
 from .settings import MasterSettings
+from .web import start_web
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,15 @@ def run_service(settings: MasterSettings, interrupt: Interrupt | None = None,
     board = JobBoard(lease_timeout=settings.lease_timeout)
     service = JobService(board, heartbeat_interval=settings.heartbeat_interval)
     server = start_server(service, settings.bind, settings.authkey)
-    local = None
+    local = web = None
     try:
+        if settings.metrics:
+            web = start_web(service, server, settings.metrics)
         host, port = server.address
         log.info("serving jobs on %s (lease timeout %g s); submit with `procfleet submit`",
                  format_address((host, port)), settings.lease_timeout)
         if settings.local_workers:
-            connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-            local = LocalWorkers(settings.local_workers, format_address((connect_host, port)),
+            local = LocalWorkers(settings.local_workers, format_address((reachable_host(host), port)),
                                  imports=imports, authkey=settings.authkey, env=worker_env)
             log.info("started %d local workers", settings.local_workers)
         if ready is not None:
@@ -65,6 +67,8 @@ def run_service(settings: MasterSettings, interrupt: Interrupt | None = None,
     finally:
         if local is not None:
             local.stop()
+        if web is not None:
+            web.close()
         server.close()
 
 

@@ -38,6 +38,7 @@ class JobService(DispatcherService):
                          batch="service-" + uuid.uuid4().hex[:12])
         self.board = board
         self.clients = threading.Condition(self.lock)     # clients waiting for results
+        self.watch.failures = board.failures
 
     # -- exposed to clients -------------------------------------------------------------------
     def job_open(self, options: dict) -> dict:
@@ -128,6 +129,33 @@ class JobService(DispatcherService):
                     "total": sum(j.dispatcher.total for j in b.jobs.values()),
                     "done": b.finished, "workers": len(b.alive_workers()), "jobs": len(b.jobs)}
 
+    def _work_figures(self) -> dict:
+        b = self.board
+        ok, failed = b.totals()
+        jobs = [{key: f[key] for key in ("job", "label", "submitted", "finished", "ok",
+                                         "failed", "running", "closed")}
+                for f in (job.figures() for job in b.jobs.values())]
+        return {"mode": "service", "jobs": jobs, "jobs_done": b.jobs_done,
+                "jobs_abandoned": b.jobs_abandoned, "ok": ok, "failed": failed,
+                "running": b.running(), "pending": b.pending(),
+                "alive_workers": len(b.alive_workers())}
+
+    def _worker_parts(self) -> list[dict]:
+        return [job.dispatcher.workers for job in self.board.jobs.values()]
+
+    def _totals(self) -> tuple[int, int]:
+        return self.board.totals()
+
+    def counter_totals(self) -> dict[str, int]:
+        with self.lock:
+            return self.board.counter_totals()
+
+    def watch_durations(self, durations) -> None:
+        with self.lock:
+            self.board.durations = durations
+            for job in self.board.jobs.values():
+                job.dispatcher.durations = durations
+
     def snapshot(self) -> dict:
         with self.lock:
             b = self.board
@@ -155,13 +183,6 @@ class JobService(DispatcherService):
         if self.board.ready_jobs:
             self.clients.notify_all()
 
-    def _checked(self, method: str, check, *args):
-        try:
-            return check(*args)
-        except (TypeError, ValueError) as exc:
-            self._note("refused", logging.WARNING, "refused %s() from %s: %s", method,
-                       current_peer(), exc)
-            raise
 
 
 def _job_options(options) -> JobOptions:

@@ -14,6 +14,16 @@ from .supervise import ENV_SUPERVISOR_PID
 
 POSITIVE_SECONDS = Seconds(min=0, min_open=True)
 
+
+class WebAddress(Address):
+    """HOST:PORT, or a bare PORT meaning 127.0.0.1:PORT (loopback unless a host is named)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().isdigit():
+            value = f"127.0.0.1:{value.strip()}"
+        return super().convert(value, param, ctx)
+
+
 MASTER_OPTIONS = (
     Option("tasks_path", ("--tasks",), "PROCFLEET_TASKS", metavar="PATH",
            help="JSON Lines task file, '-' for stdin. Exactly one of --tasks, --demo or "
@@ -66,6 +76,11 @@ MASTER_OPTIONS = (
            type=click.IntRange(min=0, max=10_000), default=0, metavar="N",
            help="Lease nothing until N workers have joined, so they all start together "
                 "(like Locust's --expect-workers)."),
+    Option("metrics", ("--metrics",), "PROCFLEET_METRICS", type=WebAddress(),
+           metavar="[HOST:]PORT", show_default="off",
+           help="Serve Prometheus metrics (/metrics) and a read-only dashboard (/) over HTTP "
+                "here; a bare PORT is 127.0.0.1:PORT. Anyone who reaches it sees the figures "
+                "and task errors: keep it on loopback or behind an authenticating proxy."),
     Option("supervisor_pid", ("--supervisor-pid",), ENV_SUPERVISOR_PID, type=int,
            hidden=True, help="Set by --restart-on-crash for its batch process."),
     VERBOSE_OPTION,

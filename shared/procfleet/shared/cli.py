@@ -4,19 +4,26 @@ The master image installs `procfleet-master`, the worker image `procfleet-worker
 subcommand through the `procfleet.commands` entry-point group, so neither image carries the other.
 """
 
+import json
 import sys
+import time
 from importlib.metadata import entry_points
+from multiprocessing.managers import RemoteError
 from typing import NoReturn
 
 import click
 from click.core import ParameterSource
 
 from . import __version__
-from .errors import EXIT_USAGE, ProcfleetError
-from .manager import connect
-from .settings import PING_OPTIONS, PingSettings, click_options, format_address, load_authkey
+from .errors import EXIT_USAGE, MasterUnreachable, ProcfleetError
+from .manager import CONNECT_ERRORS, connect
+from .settings import (PING_OPTIONS, STATUS_OPTIONS, PingSettings, StatusSettings, click_options,
+                       format_address, load_authkey)
+from .status import render
 
 ENTRY_POINT_GROUP = "procfleet.commands"
+#: what --watch prints before each redraw on a terminal: cursor home, clear the screen
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
 KNOWN_PACKAGES = {"master": "procfleet-master", "submit": "procfleet-master",
                   "worker": "procfleet-worker"}
 PREFIX = "procfleet: error: "
@@ -151,6 +158,48 @@ def ping(**options):
     jobs = f", {info['jobs']} jobs open" if "jobs" in info else ""     # a service (--serve)
     click.echo(f"master {format_address(settings.master)}: {info['state']}, "
                f"{info['done']}/{info['total']} tasks done, {info['workers']} workers{jobs}")
+
+
+@main.command(cls=Command)
+@click_options(STATUS_OPTIONS)
+def status(**options):
+    """Show a master's batch (or a service's jobs) and its workers: address, Python,
+    concurrency, state, tasks held, ok, failed, last seen, rate.
+
+    Exit 0 when it answers, 2 for a wrong or missing key, 3 when nobody answers.
+    """
+    settings = StatusSettings(**options)
+    address = format_address(settings.master)
+    redraw = settings.watch is not None and not settings.json and sys.stdout.isatty()
+    try:
+        proxy = connect(settings.master, load_authkey())
+        while True:
+            reply = _status_of(proxy, address)
+            if settings.json:
+                click.echo(json.dumps(reply))
+            else:
+                click.echo((CLEAR_SCREEN if redraw else "") + render(address, reply)
+                           + ("" if redraw or settings.watch is None else "\n"))
+            if settings.watch is None:
+                return
+            time.sleep(settings.watch)
+    except ProcfleetError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+def _status_of(proxy, address: str) -> dict:
+    """The master's status reply; MasterUnreachable once it is gone or refuses the call."""
+    try:
+        return proxy.status()
+    except RemoteError as exc:      # '#TRACEBACK': a master of a release without status
+        raise MasterUnreachable(f"master {address} refused status ({one_line(str(exc)).strip()}"
+                                f"); an older release? procfleet ping works with any") from None
+    except CONNECT_ERRORS as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) \
+            or str(exc) or type(exc).__name__
+        raise MasterUnreachable(f"master {address} stopped answering: {reason}") from None
 
 
 if __name__ == "__main__":  # python -m procfleet.shared.cli; children: -m procfleet.shared

@@ -21,7 +21,7 @@ PROTOCOL_VERSION = 4
 #: typeid under which the master serves its dispatcher
 DISPATCHER = "dispatcher"
 #: the dispatcher's methods a peer may call
-DISPATCHER_METHODS = ("hello", "exchange", "release", "goodbye", "ping",
+DISPATCHER_METHODS = ("hello", "exchange", "release", "goodbye", "ping", "status",
                       "job_open", "job_put", "job_results", "job_cancel", "job_close")
 
 #: what `exchange` tells a worker to do next
@@ -67,6 +67,10 @@ class DispatcherProxy(BaseProxy):
 
     def ping(self) -> dict:
         return self._callmethod("ping")
+
+    def status(self) -> dict:
+        """The batch's (or a service's jobs') figures and the worker table (procfleet status)."""
+        return self._callmethod("status")
 
     # -- a client's job, on a master started with --serve (procfleet.master.service) --------
     def job_open(self, options: dict) -> dict:

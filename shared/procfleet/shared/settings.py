@@ -155,6 +155,7 @@ class Option:
     multiple: bool = False
     count: bool = False
     is_flag: bool = False           # an on/off switch: --serve
+    flag_value: Any = None          # the value of the option given alone: --watch [SECONDS]
     hidden: bool = False
 
     @property
@@ -175,7 +176,8 @@ class Option:
         if self.is_flag:
             return bool
         kinds = {click.IntRange: int, Seconds: float, Address: tuple[str, int]}
-        kind = int if self.count or self.type is int else kinds.get(type(self.type), str)
+        kind = int if self.count or self.type is int else next(
+            (k for t, k in kinds.items() if isinstance(self.type, t)), str)
         if self.multiple:
             return tuple[kind, ...]
         return kind if self.count or self.default is not None else kind | None
@@ -185,6 +187,8 @@ class Option:
             *self.flags, self.field, type=self.type, default=self.default, envvar=self.envvar,
             show_envvar=True, help=self.help, metavar=self.metavar, count=self.count,
             **({"is_flag": True} if self.is_flag else {}),
+            **({"is_flag": False, "flag_value": self.flag_value}
+               if self.flag_value is not None else {}),
             multiple=self.multiple, hidden=self.hidden, show_default=self.show_default)
 
 
@@ -224,3 +228,18 @@ PING_OPTIONS = (MASTER_OPTION,)
 @settings_class(PING_OPTIONS)
 class PingSettings:
     """`procfleet ping`'s settings."""
+
+
+STATUS_OPTIONS = (
+    MASTER_OPTION,
+    Option("json", ("--json",), "PROCFLEET_STATUS_JSON", is_flag=True, default=False,
+           show_default=False, help="Print one JSON object (one a line with --watch)."),
+    Option("watch", ("--watch",), "PROCFLEET_STATUS_WATCH", type=Seconds(min=0.1),
+           flag_value=2.0, metavar="[SECONDS]", show_default="off; alone: 2",
+           help="Print the status again every SECONDS (2 if not given) until Ctrl-C."),
+)
+
+
+@settings_class(STATUS_OPTIONS)
+class StatusSettings:
+    """`procfleet status`'s settings."""

@@ -180,7 +180,7 @@ class Worker:
             if unsent:
                 unsent_since = 0.0          # the rest goes out in the next call, at once
             if state == STOP:
-                log.info("the batch is over after %d tasks here; exiting", done)
+                log.info("the master says stop (its batch is over, or it is stopping) after %d tasks here; exiting", done)
                 return EXIT_OK
             if tasks:
                 for item in tasks:
