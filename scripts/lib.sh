@@ -58,6 +58,11 @@ batch_outcome() {
             master_tail "$2"
         fi
         BATCH_CODE=$exit
+        # Exit 2 is a refused configuration or input, said in the master's last line: keep it
+        # for the closing message even when compose showed it among the rest. (docker-compose
+        # v1 may even take a master that exited before its first poll for healthy and start
+        # the workers: its health check sees no running container.)
+        if [ "$exit" = 2 ] && [ -z "$MASTER_SAID" ]; then master_tail "$2" quiet; fi
     elif [ "$BATCH_CODE" != 0 ] && [ "$health" = unhealthy ]; then
         say "the master is $status but its health check (procfleet ping) fails; its last lines:"
         master_tail "$2"
@@ -65,9 +70,9 @@ batch_outcome() {
     fi
 }
 
-# The master's last log lines, indented, to stderr; the last non-empty one into MASTER_SAID.
-# A path the master knows the file by (MASTER_PATH, e.g. run.sh's mount) is shown as the
-# caller's (SHOWN_PATH).
+# The master's last log lines, indented, to stderr (not with a second argument `quiet`); the
+# last non-empty one into MASTER_SAID. A path the master knows the file by (MASTER_PATH, e.g.
+# run.sh's mount) is shown as the caller's (SHOWN_PATH).
 master_tail() {
     local lines
     lines=$(docker logs --tail 20 "$1" 2>&1)
@@ -79,7 +84,7 @@ master_tail() {
             }
             print out $0 }')
     fi
-    printf '%s\n' "$lines" | sed 's/^/  master | /' >&2
+    [ "${2:-}" = quiet ] || printf '%s\n' "$lines" | sed 's/^/  master | /' >&2
     # shellcheck disable=SC2034  # read by the scripts that source this
     MASTER_SAID=$(printf '%s\n' "$lines" | sed '/^[[:space:]]*$/d' | tail -n 1)
 }

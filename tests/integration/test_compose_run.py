@@ -97,14 +97,18 @@ def test_run_a_task_file_results_next_to_it_exactly_once(runner, tmp_path):
 @pytest.mark.docker
 @pytest.mark.parametrize("script", ["up.sh", "run.sh"])
 def test_a_refused_configuration_ends_with_the_masters_error(runner, tmp_path, script):
-    """The master exits 2 before its first health check; compose only says "unhealthy" and
-    starts no worker. What the user reads last is the master's own line."""
+    """The master exits 2 before its first health check; compose mostly says only "unhealthy"
+    and starts no worker (docker-compose v1 sometimes polls after the master has gone, takes
+    that for healthy and starts the workers). Either way, what the user reads last is the
+    master's own line."""
     tasks = write_tasks(tmp_path / "tasks.jsonl", [{"id": 1, "task": "square", "args": [2]}])
     args = ["1"] if script == "up.sh" else [tasks, "1"]
     done = runner.run(script, *args, PROCFLEET_TASK_TIMEOUT="-5")
     assert done.returncode == 2, done.stderr
-    output = done.stdout + done.stderr
-    assert "unhealthy" in output     # compose's own words: the path this test is about
+    unhealthy = "unhealthy" in done.stdout + done.stderr
+    if unhealthy:     # compose's own words: the path this test is about; the master's lines
+        assert "the master exited 2, and its last lines were:" in done.stderr
+    print(f"\ncompose {'said unhealthy' if unhealthy else 'started the workers'}")
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("up.sh: the master failed (exit 2): ")    # run.sh runs up.sh
     assert "--task-timeout" in last and "fix or unset PROCFLEET_TASK_TIMEOUT" in last
