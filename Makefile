@@ -9,23 +9,26 @@ WORKERS ?= 4
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 export PYTHON COMPOSE
 
+# The images' version tag (scripts/images.sh), the packages' version.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' master/pyproject.toml)
+
 PYPROJECTS := shared/pyproject.toml master/pyproject.toml worker/pyproject.toml
 VENV_STAMP := $(VENV)/.procfleet-installed
 
-.PHONY: help venv unit integration chaos test base-image wheels images .env up down serve submit \
-    serve-down clean distclean
+.PHONY: help venv unit integration chaos test base-image wheels images push save load .env up run \
+    down serve submit serve-down clean distclean
 
 help: ## Show this list
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_.-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-venv: $(VENV_STAMP) ## Dev venv: editable shared/master/worker + pytest, pytest-docker, docker, selenium
+venv: $(VENV_STAMP) ## Dev venv: editable packages + pytest, docker, selenium, kubernetes-validate
 
-# A real file, so the install re-runs only when a pyproject changes.
-$(VENV_STAMP): $(PYPROJECTS)
+# A real file, so the install re-runs only when a pyproject changes, or this list (the Makefile).
+$(VENV_STAMP): $(PYPROJECTS) Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --disable-pip-version-check \
 	    -e ./shared -e ./master -e ./worker --config-settings editable_mode=compat \
-	    pytest pytest-docker pytest-timeout docker hypothesis selenium
+	    pytest pytest-docker pytest-timeout docker hypothesis selenium kubernetes-validate
 	touch $@
 
 unit: venv ## Unit and end-to-end tests (no Docker)
@@ -47,14 +50,32 @@ base-image: ## Build the local Debian base image procfleet-base:bookworm (mmdebs
 wheels: ## Download the images' wheels into build/wheels/ (offline image builds)
 	scripts/wheels.sh
 
-images: ## Build procfleet-master and -worker (Dockerfile targets; local base if no registry)
+images: ## Build procfleet-master and -worker, tagged latest and the version (local base if no registry)
 	scripts/images.sh
+
+# Images to other hosts: through a registry, or a tarball for hosts without one. TAG defaults to
+# the package version (master/pyproject.toml).
+push: ## Push both images to REGISTRY=host:port as :TAG (default the version) and :latest
+	@test -n "$(REGISTRY)" || { echo "make push: give REGISTRY=host:port" >&2; exit 2; }
+	scripts/push.sh "$(REGISTRY)" $(TAG)
+
+save: ## Both images :TAG into FILE (default build/procfleet-images-TAG.tar.gz)
+	scripts/save.sh $(if $(TAG),--tag "$(TAG)") $(FILE)
+
+load: ## Load a tarball of make save (FILE=...) and tag its images latest too
+	@test -n "$(FILE)" || { echo "make load: give FILE=procfleet-images-VERSION.tar.gz" >&2; exit 2; }
+	scripts/load.sh "$(FILE)"
 
 .env: ## Write .env with a random PROCFLEET_AUTHKEY unless it has one
 	scripts/env-file.sh .env
 
 up: images .env ## Run the demo: master + WORKERS (4) workers; fails unless the master exits 0
 	scripts/up.sh $(WORKERS)
+
+# IMPORTS names the workers' task modules (PROCFLEET_IMPORTS), which the worker image must hold.
+run: images .env ## One batch of your own: TASKS=FILE [WORKERS=4] [IMPORTS=mod]; FILE.results.jsonl
+	@test -n "$(TASKS)" || { echo "make run: give TASKS=FILE (a JSON Lines task file)" >&2; exit 2; }
+	$(if $(IMPORTS),PROCFLEET_IMPORTS="$(IMPORTS)") scripts/run.sh "$(TASKS)" $(WORKERS)
 
 down: ## Stop and remove the compose containers and network
 	scripts/down.sh
@@ -80,7 +101,8 @@ clean: ## down -v and serve-down, and remove the downloaded wheels and build out
 
 distclean: clean ## clean, and remove the venv and the images
 	rm -rf $(VENV)
-	-docker image rm procfleet-master:latest procfleet-worker:latest procfleet-base:bookworm
+	-docker image rm procfleet-master:latest procfleet-worker:latest procfleet-base:bookworm \
+	    procfleet-master:$(VERSION) procfleet-worker:$(VERSION)
 
 # Benchmarks (bench/, docs/benchmarks.md): outside `make test`, so the tests never need matplotlib;
 # it goes into the same venv through a stamp of its own. BENCH_ARGS passes options, e.g.

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Builds procfleet-master:latest and procfleet-worker:latest (the Dockerfile's `master` and
-# `worker` targets) through docker-compose.yml, with no network needed inside the builds: the
-# wheels come from the host (scripts/wheels.sh), and the base image is $PROCFLEET_BASE_IMAGE or
-# the Dockerfile's pinned default, pulled if absent; when it cannot be pulled, the local Debian
-# base (scripts/build-base-image.sh) stands in.
+# Builds procfleet-master and procfleet-worker (the Dockerfile's `master` and `worker` targets),
+# tagged `latest` and the package version (master/pyproject.toml), through docker-compose.yml,
+# with no network needed inside the builds: the wheels come from the host (scripts/wheels.sh),
+# and the base image is $PROCFLEET_BASE_IMAGE or the Dockerfile's pinned default, pulled if
+# absent; when it cannot be pulled, the local Debian base (scripts/build-base-image.sh) stands in.
 #
 # Usage: scripts/images.sh
 set -euo pipefail
@@ -32,4 +32,10 @@ start=$SECONDS
 # v1 builds with the legacy builder, which leaves a failed step's container behind unless told.
 if [ "$COMPOSE" = docker-compose ]; then build_opts=(--force-rm); else build_opts=(); fi
 with_any_key compose build "${build_opts[@]}" master worker
-say "built procfleet-master:latest and procfleet-worker:latest in $((SECONDS - start))s"
+# The version tag names what is in an image for another host (scripts/push.sh, save.sh) and for
+# deploy/kubernetes/; compose runs `latest`.
+version=$(package_version)
+for name in "${IMAGE_NAMES[@]}"; do
+    docker tag "$name:latest" "$name:$version"
+done
+say "built procfleet-master and procfleet-worker, tagged latest and $version, in $((SECONDS - start))s"
