@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from .errors import ConfigError
+from .permissions import is_permission_error, read_hint
 
 ENV_AUTHKEY = "PROCFLEET_AUTHKEY"
 ENV_AUTHKEY_FILE = "PROCFLEET_AUTHKEY_FILE"
@@ -40,7 +41,9 @@ def load_authkey(environ: Mapping[str, str] | None = None) -> bytes:
             with open(path, "rb") as fh:
                 value = fh.read().rstrip(b"\r\n").decode("utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read {ENV_AUTHKEY_FILE}={path!r}: {exc.strerror}") from None
+            why = f"; {read_hint(path)}" if is_permission_error(exc) else ""
+            raise ConfigError(f"cannot read {ENV_AUTHKEY_FILE}={path!r}: {exc.strerror}{why}"
+                              ) from None
         except UnicodeDecodeError:
             raise ConfigError(f"{ENV_AUTHKEY_FILE}={path!r} is not UTF-8 text") from None
         source = f"{ENV_AUTHKEY_FILE} ({path})"
