@@ -24,7 +24,7 @@ def read_hint(path: str) -> str:
     uid = os.geteuid()
     return (f"this process runs as uid {uid} and {_describe(path)}: make it readable by uid "
             f"{uid} (`chmod a+r` or `chown {uid}` the file; a file mounted into a container, "
-            "a compose secret's among them, keeps the host's owner and mode)")
+            "compose secrets included, keeps its owner and mode from the host)")
 
 
 def write_hint(path: str) -> str:
