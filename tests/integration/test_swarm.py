@@ -22,6 +22,7 @@ import pytest
 from procs import assert_exactly_once, summary_of, unavailable, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
+STACK_FILE = REPO / "deploy" / "stack.yml"
 #: one docker CLI call (deploy, scale, rm) may take this long
 CLI_TIMEOUT = 120
 #: `docker stack rm` returns at once; its containers stop within the 15 s stop_grace_period
@@ -101,6 +102,19 @@ class Stack:
         return [json.loads(line) for line in text.splitlines(keepends=True)
                 if line.endswith("\n") and line.strip()]
 
+    def up(self, workers: int, env: dict, *overrides) -> None:
+        """Deploy, or update, the stack: through scripts/stack-up.sh, or with compose files
+        laid over deploy/stack.yml through `docker stack deploy` itself."""
+        env = {"PROCFLEET_STACK": self.name, "PROCFLEET_AUTHKEY_SECRET": self.secret.name,
+               "WORKERS": str(workers), **{k: str(v) for k, v in env.items()}}
+        if overrides:
+            files = [arg for path in (STACK_FILE, *overrides) for arg in ("-c", path)]
+            docker("stack", "deploy", "--resolve-image", "never", *files, self.name,
+                   env={**os.environ, **env})
+            return
+        up = script("stack-up.sh", workers, env=env)
+        assert up.returncode == 0, f"stack-up.sh: exit {up.returncode}: {up.stderr}"
+
     def scale(self, workers: int) -> None:
         docker("service", "scale", "--detach", f"{self.name}_worker={workers}")
 
@@ -140,20 +154,18 @@ class Stack:
 
 @pytest.fixture
 def stack(docker_client, swarm, images):
-    """Factory: `stack(workers=4, **env)` deploys deploy/stack.yml (scripts/stack-up.sh) with a
-    new random key as its secret; every stack is removed afterwards, and nothing may be left."""
+    """Factory: `stack(workers=4, *overrides, **env)` deploys deploy/stack.yml (through
+    scripts/stack-up.sh, or with override files through docker) with a new random key as its
+    secret; every stack is removed afterwards, and nothing may be left."""
     made: list[Stack] = []
 
-    def deploy(workers: int = 4, **env) -> Stack:
+    def deploy(workers: int = 4, *overrides, **env) -> Stack:
         name = f"pfswarm{os.getpid()}x{next(_counter)}"
         secret = docker_client.secrets.create(name=f"{name}_authkey",
                                               data=secrets.token_urlsafe(24).encode())
         s = Stack(docker_client, name, secret)
         made.append(s)
-        up = script("stack-up.sh", workers, env={
-            "PROCFLEET_STACK": name, "PROCFLEET_AUTHKEY_SECRET": secret.name,
-            **{k: str(v) for k, v in env.items()}})
-        assert up.returncode == 0, f"stack-up.sh: exit {up.returncode}: {up.stderr}"
+        s.up(workers, env, *overrides)
         return s
 
     yield deploy
@@ -169,7 +181,7 @@ def test_the_docker_cli_takes_the_stack_file_as_written():
     if shutil.which("docker") is None:
         unavailable("no docker CLI here")
     config = subprocess.run(
-        ["docker", "stack", "config", "--compose-file", str(REPO / "deploy" / "stack.yml")],
+        ["docker", "stack", "config", "--compose-file", str(STACK_FILE)],
         capture_output=True, text=True, timeout=CLI_TIMEOUT,
         env={**os.environ, "PROCFLEET_AUTHKEY_SECRET": "pf-test-secret", "WORKERS": "3"})
     if config.returncode != 0 and "stack config" in config.stderr and "unknown" in config.stderr:
@@ -216,3 +228,39 @@ def test_stack_scaled_mid_batch_delivers_every_result_exactly_once(stack):
           f"{time.monotonic() - started:.1f} s; requeued {figures.get('requeued')}, duplicates "
           f"dropped {figures.get('duplicates_dropped')}; "
           f"{sum(unresolved.values())} workers waited for the master's name")
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_workers_deployed_before_the_master_join_once_its_name_exists(stack, tmp_path):
+    # The issue's case: in a stack, workers may start before the master's DNS name exists.
+    # Here they certainly do: the first deploy has no master task, the second (what
+    # `make stack-up` runs, the stack file alone) adds it.
+    n, workers = 40, 2
+    no_master = tmp_path / "no-master.yml"
+    no_master.write_text("services:\n  master:\n    deploy:\n      replicas: 0\n")
+    env = {"PROCFLEET_DEMO": n, "PROCFLEET_DEMO_SLEEP": 0.05, "PROCFLEET_WAIT_WORKERS": workers}
+    s = stack(workers, no_master, **env)
+    unresolved = "its name 'master' does not resolve"
+
+    def all_waiting():
+        retrying = [w for w in s.containers("worker") if unresolved in w.logs().decode()]
+        return len(retrying) == workers
+    wait_until(all_waiting, 90, f"{workers} workers retrying the master's name")
+    started = time.monotonic()
+    s.up(workers, env)
+    master = s.master
+    code = master.wait(timeout=240)["StatusCode"]
+    stderr = master.logs(stdout=False, stderr=True).decode()
+    assert code == 0, stderr[-3000:]
+    took = time.monotonic() - started
+    records = s.results()
+    assert_exactly_once(records, {str(i): i * i for i in range(n)})
+    assert summary_of(stderr)["workers"] == workers
+    logs = {w.name: w.logs().decode() for w in s.containers("worker")}
+    assert len(logs) == workers, "a worker was started again: it did not wait for the name"
+    for name, log in logs.items():
+        assert log.count(unresolved) == 1, f"{name} logged the name {log.count(unresolved)} times"
+        assert "connected to master master:50000" in log, log[-2000:]
+    print(f"\nswarm, master deployed last: {workers} workers waited for its name, joined, and "
+          f"{len(records)} results came exactly once; master exit 0 {took:.1f} s after its deploy")
