@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from docker import errors as docker_errors
 from procs import assert_exactly_once, summary_of, unavailable, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -244,8 +245,10 @@ def test_workers_deployed_before_the_master_join_once_its_name_exists(stack, tmp
     unresolved = "its name 'master' does not resolve"
 
     def all_waiting():
-        retrying = [w for w in s.containers("worker") if unresolved in w.logs().decode()]
-        return len(retrying) == workers
+        try:
+            return sum(unresolved in w.logs().decode() for w in s.containers("worker")) == workers
+        except docker_errors.APIError:   # a worker that exited is being removed meanwhile
+            return False
     wait_until(all_waiting, 90, f"{workers} workers retrying the master's name")
     started = time.monotonic()
     s.up(workers, env)
