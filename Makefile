@@ -94,6 +94,16 @@ submit: ## One job: TASKS=FILE [RESULTS=FILE, default FILE.results.jsonl] [SUBMI
 serve-down: ## Stop and remove the service-mode cluster
 	scripts/serve-down.sh
 
+# Docker Swarm (deploy/stack.yml, README "Deploy"): needs a swarm manager (`docker swarm init`).
+# STACK_ARGS=-v makes stack-down remove the stack's volume (journal and results) as well.
+.PHONY: stack-up stack-down
+
+stack-up: images .env ## Deploy deploy/stack.yml on this swarm: master + WORKERS (4) replicas, key as a secret
+	scripts/stack-up.sh $(WORKERS)
+
+stack-down: ## Remove the Swarm stack (STACK_ARGS=-v: its volume too; the secret stays)
+	scripts/stack-down.sh $(STACK_ARGS)
+
 clean: ## down -v and serve-down, and remove the downloaded wheels and build output
 	scripts/down.sh -v
 	scripts/serve-down.sh

@@ -103,10 +103,12 @@ def test_worker_without_key(no_key):
     assert result.exit_code == 2 and "PROCFLEET_AUTHKEY_FILE" in result.output
 
 
-def test_worker_unresolvable_master(authkey_env):
-    result = run(["worker", "--master", "no-such-host.invalid:50000"])
-    assert result.exit_code == 2
-    assert "cannot resolve host 'no-such-host.invalid'" in result.output
+def test_worker_unresolvable_master_is_retried_then_exit_3_naming_it(authkey_env):
+    # Not a configuration error at start: orchestrators create names late (tests/e2e/
+    # test_late_master_name.py has the retries for real); with no time to retry, exit 3 at once.
+    result = run(["worker", "--master", "no-such-host.invalid:50000", "--connect-timeout", "0"])
+    assert result.exit_code == 3, result.output
+    assert "its name 'no-such-host.invalid' does not resolve" in result.output
 
 
 def test_worker_bad_import_names_the_module(authkey_env):

@@ -1,12 +1,16 @@
-"""Connect retries: backoff with jitter, bounded by the timeout, no retry on a wrong key."""
+"""Connect retries: backoff with jitter, bounded by the timeout, no retry on a wrong key, a
+name that resolves late retried like a refused port and logged once."""
 
+import logging
 import random
+import socket
 import threading
 
 import pytest
 
-from procfleet.shared.errors import AuthenticationFailed, MasterUnreachable
-from procfleet.shared import connection
+from procfleet.shared import connection, manager
+from procfleet.shared.errors import (EXIT_UNFINISHED, AuthenticationFailed,
+                                     MasterNameUnresolved, MasterUnreachable)
 
 
 class FakeTime:
@@ -82,3 +86,59 @@ def test_stop_while_retrying_returns_none(monkeypatch):
     connect, calls = fake_connect(failures=10)
     monkeypatch.setattr(connection, "connect", connect)
     assert connection.connect_with_retry(("h", 1), b"k", 60, t, clock=t.clock) is None
+
+
+def failing_then_connecting(errors: list[Exception]):
+    calls = []
+
+    def connect(address, authkey, timeout):
+        calls.append(address)
+        if len(calls) <= len(errors):
+            raise errors[len(calls) - 1]
+        return "proxy"
+
+    return connect, calls
+
+
+def test_a_name_that_resolves_late_is_retried_and_logged_once(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger=connection.__name__)
+    t = FakeTime()
+    unresolved = MasterNameUnresolved("master master:50000 is not reachable: its name "
+                                      "'master' does not resolve (Name or service not known)")
+    refused = MasterUnreachable("master master:50000 is not reachable: Connection refused")
+    connect, calls = failing_then_connecting([unresolved] * 5 + [refused] * 3)
+    monkeypatch.setattr(connection, "connect", connect)
+    assert connection.connect_with_retry(("master", 50000), b"k", 60, t, clock=t.clock) == "proxy"
+    assert len(calls) == 9
+    # one line per kind of failure, not one per attempt
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [str(unresolved),
+                                                                      str(refused)]
+    assert "retrying for up to 60 s" in caplog.records[0].getMessage()
+
+
+def test_a_name_that_never_resolves_gives_up_naming_it(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger=connection.__name__)
+    t = FakeTime()
+    unresolved = MasterNameUnresolved("master nosuchhost.invalid:1 is not reachable: its name "
+                                      "'nosuchhost.invalid' does not resolve (Name or service "
+                                      "not known)")
+    connect, calls = failing_then_connecting([unresolved] * 10 ** 6)
+    monkeypatch.setattr(connection, "connect", connect)
+    with pytest.raises(MasterNameUnresolved) as raised:
+        connection.connect_with_retry(("nosuchhost.invalid", 1), b"k", 20, t, clock=t.clock)
+    message = str(raised.value)
+    assert "'nosuchhost.invalid' does not resolve" in message
+    assert "gave up after 20 s" in message and "check the name in --master" in message
+    assert raised.value.exit_code == EXIT_UNFINISHED
+    assert t.now == pytest.approx(20) and len(caplog.records) == 1
+
+
+def test_connect_says_which_name_does_not_resolve(monkeypatch):
+    def getaddrinfo(host, *_args, **_kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(MasterNameUnresolved,
+                       match=r"master late-master:50000 is not reachable: its name "
+                             r"'late-master' does not resolve \(Name or service not known\)"):
+        manager.connect(("late-master", 50000), b"k" * 16, timeout=1)

@@ -45,7 +45,6 @@ def capture(settings, *_):
 def settings_from_cli(monkeypatch, command, args, env=None):
     monkeypatch.setattr(master_cli, "run_master", capture)
     monkeypatch.setattr(worker_cli, "Worker", capture)
-    monkeypatch.setattr(worker_cli, "resolve_host", lambda *_: None)
     with pytest.raises(Captured) as captured:
         invoke([command, *args], env=env)
     return captured.value.args[0]

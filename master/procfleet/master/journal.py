@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 
 from procfleet.shared.errors import EXIT_UNFINISHED, ConfigError, ProcfleetError
+from procfleet.shared.permissions import is_permission_error, writable, write_hint
 
 from .leases import Dispatcher, TaskState
 
@@ -102,8 +103,12 @@ class Journal:
                 self.db.execute("ROLLBACK")
         except sqlite3.Error as exc:
             self.close()
+            # SQLite's write-ahead log is a file beside the journal: the folder must be writable
+            folder = os.path.dirname(path) or "."
+            fix = (write_hint(folder) if not writable(folder)
+                   else "give a writable new path, or remove the file")
             raise ConfigError(f"--journal {path}: cannot use it as an SQLite journal: {exc}; "
-                              "give a writable new path, or remove the file") from None
+                              f"{fix}") from None
 
     def open_batch(self, source_name: str, fingerprint: str, total: int) -> tuple[str, bool]:
         """Start or resume the batch; (batch id, resumed?). ConfigError for another batch."""
@@ -195,8 +200,9 @@ def _lock(path: str):
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
+        fix = write_hint(path) if is_permission_error(exc) else "give a writable path"
         raise ConfigError(f"--journal {path}: cannot open it for writing: "
-                          f"{exc.strerror or exc}; give a writable path") from None
+                          f"{exc.strerror or exc}; {fix}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

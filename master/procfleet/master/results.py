@@ -11,6 +11,7 @@ import stat
 import sys
 
 from procfleet.shared.errors import EXIT_UNFINISHED, ConfigError, ProcfleetError
+from procfleet.shared.permissions import is_permission_error, write_hint
 
 
 class ResultsWriteError(ProcfleetError):
@@ -93,8 +94,9 @@ def _open_locked(path: str) -> int:
         # O_NONBLOCK: a FIFO nobody reads is an error now, not a master that hangs
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK, 0o644)
     except OSError as exc:
-        raise ConfigError(f"--results {path}: cannot write it: {exc.strerror or exc}; give a "
-                          "writable path") from None
+        fix = write_hint(path) if is_permission_error(exc) else "give a writable path"
+        raise ConfigError(f"--results {path}: cannot write it: {exc.strerror or exc}; {fix}"
+                          ) from None
     os.set_blocking(fd, True)
     if stat.S_ISREG(os.fstat(fd).st_mode):
         try:

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 
 from procfleet.shared.errors import TaskFileError
+from procfleet.shared.permissions import is_permission_error, read_hint
 from procfleet.shared.protocol import (MAX_DEPTH, MAX_TASK_BYTES, SMALL_TASK_BYTES, Task,
                                       deeper_than)
 
@@ -231,7 +232,9 @@ def open_source(path: str, timeout: float | None = None):
     try:
         return FileSource(path, timeout)
     except OSError as exc:
-        raise TaskFileError(f"cannot read tasks file {path!r}: {exc.strerror or exc}") from None
+        why = f"; {read_hint(path)}" if is_permission_error(exc) else ""
+        raise TaskFileError(f"cannot read tasks file {path!r}: {exc.strerror or exc}{why}"
+                            ) from None
     except UnicodeDecodeError as exc:
         raise TaskFileError(f"{path}: not UTF-8 text ({exc.reason} at byte "
                             f"{_first_bad_byte(path)})") from None

@@ -21,12 +21,16 @@ def connect_with_retry(address: tuple[str, int], authkey: bytes, timeout: float,
                        clock=time.monotonic) -> DispatcherProxy | None:
     """Connect, retrying until `timeout` seconds have passed; None if `stop` was set meanwhile.
 
-    A wrong key (AuthenticationFailed) is not retried: no amount of waiting fixes it.
+    A name that does not resolve yet is retried like a refused port (orchestrators create a
+    service's DNS name after its clients may have started). Each kind of failure is logged
+    once, not once per attempt. A wrong key (AuthenticationFailed) is not retried: no amount
+    of waiting fixes it.
     """
     rng = rng or random.Random()
     started = clock()
     deadline = started + timeout
     attempt = 0
+    logged: set[type] = set()
     while not stop.is_set():
         attempt += 1
         try:
@@ -34,10 +38,11 @@ def connect_with_retry(address: tuple[str, int], authkey: bytes, timeout: float,
         except MasterUnreachable as exc:
             remaining = deadline - clock()
             if remaining <= 0:
-                raise MasterUnreachable(
+                raise type(exc)(
                     f"{exc}; gave up after {clock() - started:.0f} s and {attempt} attempts "
-                    "(is the master running? see --master and --connect-timeout)") from None
-            if attempt == 1:
+                    f"({exc.hint})") from None
+            if type(exc) not in logged:
+                logged.add(type(exc))
                 log.info("%s; retrying for up to %.0f s", exc, remaining)
             stop.wait(min(remaining, backoff_delay(attempt, INITIAL_BACKOFF, MAX_BACKOFF,
                                                    rng.random)))

@@ -28,6 +28,15 @@ class MasterUnreachable(ProcfleetError):
     """No master answered at the address within the connect timeout."""
 
     exit_code = EXIT_UNFINISHED
+    #: what to check, added when the retries give up
+    hint = "is the master running? see --master and --connect-timeout"
+
+
+class MasterNameUnresolved(MasterUnreachable):
+    """The master's host name does not resolve (yet: orchestrators create names late)."""
+
+    hint = ("check the name in --master; with Docker the master's container or service must "
+            "be on this network; see --connect-timeout")
 
 
 class ProtocolMismatch(ProcfleetError):

@@ -4,11 +4,13 @@ The master registers the dispatcher typeid with a callable (procfleet.master.con
 `FleetManager` as it is here, with the same typeid and no callable.
 """
 
+import socket
 from multiprocessing import AuthenticationError
 from multiprocessing.managers import BaseManager, BaseProxy
 
 from . import compat
-from .errors import AuthenticationFailed, MasterUnreachable, ProtocolMismatch
+from .errors import (AuthenticationFailed, MasterNameUnresolved, MasterUnreachable,
+                     ProtocolMismatch)
 from .settings import ENV_AUTHKEY, ENV_AUTHKEY_FILE, format_address
 from .transport import bounded_client, set_recv_timeout
 from .codec import OldWireFormat
@@ -134,8 +136,9 @@ def connect(address: tuple[str, int], authkey: bytes,
             timeout: float = ATTEMPT_TIMEOUT) -> DispatcherProxy:
     """Connect once, within `timeout` seconds, and return the dispatcher proxy.
 
-    Raises AuthenticationFailed for a wrong key, MasterUnreachable when nobody answers and
-    ProtocolMismatch for a master of another wire.
+    Raises AuthenticationFailed for a wrong key, MasterUnreachable when nobody answers
+    (MasterNameUnresolved when the host name does not resolve) and ProtocolMismatch for a
+    master of another wire.
     """
     manager = FleetManager(address, authkey, timeout=max(timeout, 0.1))
     try:
@@ -149,6 +152,10 @@ def connect(address: tuple[str, int], authkey: bytes,
             f"master {format_address(address)} does not speak this worker's wire: "
             f"{str(exc).replace('the peer', 'it', 1)}: run the master and its workers from "
             "the same procfleet release") from None
+    except socket.gaierror as exc:
+        raise MasterNameUnresolved(
+            f"master {format_address(address)} is not reachable: its name {address[0]!r} does "
+            f"not resolve ({exc.strerror or exc})") from None
     except CONNECT_ERRORS as exc:
         reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) \
             or str(exc) or type(exc).__name__

@@ -9,7 +9,6 @@ import dataclasses
 import inspect
 import math
 import os
-import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,7 +16,7 @@ import click
 
 from .errors import ConfigError
 from .logs import LOG_FORMATS, TEXT
-from .transport import resolve
+from .permissions import is_permission_error, read_hint
 
 ENV_AUTHKEY = "PROCFLEET_AUTHKEY"
 ENV_AUTHKEY_FILE = "PROCFLEET_AUTHKEY_FILE"
@@ -43,7 +42,9 @@ def load_authkey(environ: Mapping[str, str] | None = None) -> bytes:
             with open(path, "rb") as fh:
                 value = fh.read().rstrip(b"\r\n").decode("utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read {ENV_AUTHKEY_FILE}={path!r}: {exc.strerror}") from None
+            why = f"; {read_hint(path)}" if is_permission_error(exc) else ""
+            raise ConfigError(f"cannot read {ENV_AUTHKEY_FILE}={path!r}: {exc.strerror}{why}"
+                              ) from None
         except UnicodeDecodeError:
             raise ConfigError(f"{ENV_AUTHKEY_FILE}={path!r} is not UTF-8 text") from None
         source = f"{ENV_AUTHKEY_FILE} ({path})"
@@ -87,24 +88,6 @@ def _split_address(text: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} in {text!r} is outside 0-65535")
     return host, port
-
-
-def resolve_host(host: str, option: str, timeout: float = 10.0) -> None:
-    """Fail with a clear message when DNS says `host` does not exist.
-
-    Only a definite "no such name" is a configuration error; a temporary DNS failure or a
-    slow answer is left to the connect retries.
-    """
-    try:
-        resolve(host, 0, timeout)
-    except socket.gaierror as exc:
-        if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
-            raise ConfigError(
-                f"{option}: cannot resolve host {host!r} ({exc.strerror}); check the name "
-                "(with Docker, the master's container must exist on the same network)"
-            ) from None
-    except OSError:
-        pass
 
 
 def format_address(address: tuple) -> str:

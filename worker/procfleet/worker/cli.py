@@ -10,7 +10,7 @@ import click
 from procfleet.shared.cli import Command, fail
 from procfleet.shared.errors import ConfigError, ProcfleetError
 from procfleet.shared.logs import configure_logging
-from procfleet.shared.settings import click_options, load_authkey, resolve_host
+from procfleet.shared.settings import click_options, load_authkey
 from procfleet.shared.tasks import registry
 
 from .settings import WORKER_OPTIONS, WorkerSettings
@@ -37,7 +37,8 @@ def worker(**options):
 
     \b
     Exit codes: 0 the master said the batch is done, or SIGTERM after draining;
-    2 configuration error, including a wrong key; 3 the master stayed unreachable.
+    2 configuration error, including a wrong key; 3 the master stayed unreachable (or its
+    name did not resolve) for --connect-timeout seconds.
     The key comes from PROCFLEET_AUTHKEY or PROCFLEET_AUTHKEY_FILE.
     """
     options["worker_id"] = options["worker_id"] or f"{socket.gethostname()}-{os.getpid()}"
@@ -45,7 +46,6 @@ def worker(**options):
                       options["log_format"])
     try:
         settings = WorkerSettings(authkey=load_authkey(), **options)
-        resolve_host(settings.master[0], "--master")
         import_task_modules(settings.imports)
         w = Worker(settings, registry)
         w.install_signal_handlers()

@@ -49,7 +49,8 @@ WORKER_OPTIONS = (
                 "comma-separated list)."),
     Option("connect_timeout", ("--connect-timeout",), "PROCFLEET_CONNECT_TIMEOUT",
            type=Seconds(min=0), default=60.0, metavar="SECONDS",
-           help="Keep retrying an unreachable master this long, then exit 3."),
+           help="Keep retrying an unreachable master, or a name that does not resolve "
+                "yet, this long; then exit 3."),
     # Keep in step with the images' STOPSIGNAL and compose's stop_grace_period (15 s).
     Option("drain_timeout", ("--drain-timeout",), "PROCFLEET_DRAIN_TIMEOUT",
            type=Seconds(min=0), default=10.0, metavar="SECONDS",
