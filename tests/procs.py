@@ -2,12 +2,14 @@
 wrapper of the tests and the benchmarks), and what the tests check them with: ports, task files,
 results files read back, exactly-once."""
 
+import io
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -84,6 +86,19 @@ def free_port() -> int:
 def master_port(master: Proc) -> int:
     _, m = master.wait_for(r"serving \d+ tasks on [\d.]+:(\d+)")
     return int(m.group(1))
+
+
+def container_results(container, path: str = "/var/lib/procfleet/results.jsonl") -> list[dict]:
+    """The whole result lines so far of the results file at `path` in a Docker SDK container
+    (none before the master created it)."""
+    try:
+        chunks, _ = container.get_archive(path)
+    except Exception:     # docker.errors.NotFound before the master created it
+        return []
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+        text = tar.extractfile(tar.getmembers()[0]).read().decode()
+    return [json.loads(line) for line in text.splitlines(keepends=True)
+            if line.endswith("\n") and line.strip()]
 
 
 def read_results(path: Path) -> list[dict]:

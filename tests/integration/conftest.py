@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from procs import unavailable
+from procs import container_results, unavailable
 from pytest_docker.plugin import get_docker_services
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,14 +89,7 @@ class Cluster:
 
     def results(self, path: str = "/var/lib/procfleet/results.jsonl") -> list[dict]:
         """The master's results file so far (complete lines only), read out of its container."""
-        try:
-            chunks, _ = self.master.get_archive(path)
-        except Exception:     # docker.errors.NotFound before the master created it
-            return []
-        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
-            text = tar.extractfile(tar.getmembers()[0]).read().decode()
-        return [json.loads(line) for line in text.splitlines(keepends=True)
-                if line.endswith("\n") and line.strip()]
+        return container_results(self.master, path)
 
     def summary(self, path: str = "/var/lib/procfleet/summary.json") -> dict | None:
         """The master's --summary-json file (docker-compose.yml sets it), or None before the

@@ -7,20 +7,18 @@ init`) and leaves it again afterwards; an engine already in one is used as it is
 The images are the local ones (`--resolve-image never`): no registry is needed on one node.
 """
 
-import io
 import itertools
-import json
 import os
 import secrets
 import shutil
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
 from docker import errors as docker_errors
-from procs import assert_exactly_once, summary_of, unavailable, wait_until
+from procs import (assert_exactly_once, container_results, summary_of, unavailable,
+                   wait_until)
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_FILE = REPO / "deploy" / "stack.yml"
@@ -94,14 +92,7 @@ class Stack:
 
     def results(self) -> list[dict]:
         """The master's results file so far (whole lines), read out of its container."""
-        try:
-            chunks, _ = self.master.get_archive("/var/lib/procfleet/results.jsonl")
-        except Exception:     # docker.errors.NotFound before the master created it
-            return []
-        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
-            text = tar.extractfile(tar.getmembers()[0]).read().decode()
-        return [json.loads(line) for line in text.splitlines(keepends=True)
-                if line.endswith("\n") and line.strip()]
+        return container_results(self.master)
 
     def up(self, workers: int, env: dict, *overrides) -> None:
         """Deploy, or update, the stack: through scripts/stack-up.sh, or with compose files
