@@ -33,17 +33,16 @@ master=$(with_any_key compose ps -a -q master 2>/dev/null | head -n 1)
 batch_outcome "$code" "$master"
 code=$BATCH_CODE
 
-# The results live on the master's `state` volume, beside its journal and the summary
-# (summary.json, or RESULTS' name with .summary.json for a results path of make run).
+# The results live on the master's `state` volume, beside its journal and the summary (which
+# `make up` copies out too; `make run` leaves only the results next to the task file).
 if [ -n "$master" ] && docker cp "$master:/var/lib/procfleet/results.jsonl" "$results.partial" 2>/dev/null; then
     mv -f "$results.partial" "$results"
     say "results: $results ($(wc -l < "$results") lines)"
 fi
 rm -f "$results.partial"
-summary_file=summary.json
-[ "$results" = results.jsonl ] || summary_file="${results%.jsonl}.summary.json"
-if [ -n "$master" ] && docker cp "$master:/var/lib/procfleet/summary.json" "$summary_file" 2>/dev/null; then
-    say "summary: $summary_file"
+if [ "$results" = results.jsonl ] && [ -n "$master" ] \
+        && docker cp "$master:/var/lib/procfleet/summary.json" summary.json 2>/dev/null; then
+    say "summary: summary.json"
 fi
 
 # A finished batch (0, 1) no longer needs its journal; an unfinished one keeps it to resume.
