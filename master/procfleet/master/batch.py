@@ -103,6 +103,17 @@ def parse_summary(text: str, actor: str = "master") -> dict | None:
     return None
 
 
+def log_stopped_early(outcome: str, cause: float | int, unfinished: int, total: int) -> None:
+    """The error line of a batch or job that --timeout (`cause`: its seconds) or a signal
+    (`cause`: its number) ended unfinished."""
+    if outcome == "timeout":
+        log.error("--timeout %g s passed with %d of %d tasks unfinished", cause, unfinished,
+                  total)
+    else:
+        log.error("interrupted (signal %d) with %d of %d tasks unfinished", cause, unfinished,
+                  total)
+
+
 def prefix_actor(prefix: str) -> str:
     """`master` of a log line's prefix `HH:MM:SS master`."""
     return prefix.partition(" ")[2]
@@ -350,12 +361,9 @@ class Batch:
         ok, failed = s["ok"], s["failed"]
         if self.resumed:    # the summary covers the whole batch, before the restart too
             ok, failed = self._totals_with_journal(s["finished"])
-        if outcome == "timeout":
-            log.error("--timeout %g s passed with %d of %d tasks unfinished",
-                      self.settings.timeout, unfinished, total)
-        elif outcome == "interrupted":
-            log.error("interrupted (signal %d) with %d of %d tasks unfinished",
-                      self.interrupt.signum, unfinished, total)
+        if outcome in ("timeout", "interrupted"):
+            log_stopped_early(outcome, self.settings.timeout if outcome == "timeout"
+                              else self.interrupt.signum, unfinished, total)
         elif outcome == "workers gone":
             log.error("every local worker exited and no other worker is connected; "
                       "%d of %d tasks unfinished", unfinished, total)

@@ -21,7 +21,7 @@ from procfleet.shared.errors import (EXIT_OK, EXIT_TASKS_FAILED, EXIT_UNFINISHED
 from procfleet.shared.logs import configure_logging
 from procfleet.shared.settings import click_options, format_address, load_authkey
 
-from .batch import Interrupt, format_summary, write_summary_json
+from .batch import Interrupt, format_summary, log_stopped_early, write_summary_json
 from .client import PUT_LINES, JobClient, MasterGone
 from .results import ResultWriter
 from .settings import SUBMIT_OPTIONS, SubmitSettings
@@ -190,12 +190,9 @@ class Job:
         unfinished = total - figures.get("finished", 0) + figures.get("cancelled", 0)
         if outcome == "bad input":
             log.error("%s", self.feeder.error)
-        elif outcome == "timeout":
-            log.error("--timeout %g s passed with %d of %d tasks unfinished",
-                      self.settings.timeout, unfinished, total)
-        elif outcome == "interrupted":
-            log.error("interrupted (signal %d) with %d of %d tasks unfinished",
-                      self.interrupt.signum, unfinished, total)
+        elif outcome in ("timeout", "interrupted"):
+            log_stopped_early(outcome, self.settings.timeout if outcome == "timeout"
+                              else self.interrupt.signum, unfinished, total)
         summary = {"job": self.client.job, "tasks": total, "ok": figures.get("ok", 0),
                    "failed": figures.get("failed", 0), "unfinished": unfinished,
                    "duplicates_dropped": figures.get("duplicates_dropped", 0),
