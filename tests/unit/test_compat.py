@@ -24,7 +24,7 @@ from multiprocessing import AuthenticationError, managers
 
 import pytest
 
-from procfleet.shared import compat
+from procfleet.shared import compat, transport
 
 KEY = b"compat-test-key"
 #: the longest any step here may wait for the other side
@@ -95,7 +95,7 @@ def test_a_length_of_minus_1_is_followed_by_an_8_byte_one():
     conn, raw = raw_pair()
     raw.sendall(struct.pack("!i", -1) + struct.pack("!Q", 5) + b"hello")
     assert conn.read_frame_size() == 5
-    assert conn.read_exactly(5).getvalue() == b"hello"
+    assert conn.read_exactly(5) == b"hello"
     raw.sendall(struct.pack("!i", -1) + struct.pack("!Q", 3) + b"abc")
     assert conn.recv_frame(100).getvalue() == b"abc"
     conn.close()
@@ -106,8 +106,42 @@ def test_recv_frame_over_the_limit_is_none_and_leaves_the_body_unread():
     conn, raw = raw_pair()
     raw.sendall(struct.pack("!i", 10) + b"0123456789" + struct.pack("!i", 2) + b"ok")
     assert conn.recv_frame(9) is None
-    assert conn.read_exactly(10).getvalue() == b"0123456789"   # still there
+    assert conn.read_exactly(10) == b"0123456789"     # still there
     assert conn.recv_frame(9).getvalue() == b"ok"
+    conn.close()
+    raw.close()
+
+
+def test_read_exactly_takes_a_body_sent_in_pieces_into_a_buffer_of_its_size():
+    conn, raw = raw_pair()
+    payload = os.urandom(300_000)
+    sender = threading.Thread(target=lambda: [raw.sendall(payload[i:i + 7_000])
+                                              for i in range(0, len(payload), 7_000)])
+    sender.start()
+    body = conn.read_exactly(len(payload))
+    sender.join(PROMPT)
+    assert body == payload and body.nbytes == len(payload) and len(body.obj) == len(payload)
+    assert conn.read_exactly(0) == b""
+    conn.close()
+    raw.close()
+
+
+def test_read_exactly_tells_a_clean_end_from_an_end_in_the_middle_and_a_timeout():
+    conn, raw = raw_pair()
+    raw.close()
+    with pytest.raises(EOFError):
+        conn.read_exactly(10)
+    conn.close()
+    conn, raw = raw_pair()
+    raw.sendall(b"0123")
+    raw.close()
+    with pytest.raises(OSError, match="end of file during message"):
+        conn.read_exactly(10)
+    conn.close()
+    conn, raw = raw_pair()
+    transport.set_recv_timeout(conn.fileno(), 0.05)
+    with pytest.raises(BlockingIOError):
+        conn.read_exactly(10)
     conn.close()
     raw.close()
 

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from procfleet.master import schemas
+from procfleet.master import connections, schemas
 from procfleet.master.admission import ByteBudget
 from procfleet.shared import codec, protocol
 from procfleet.shared.protocol import MAX_OUTCOMES, MAX_WIRE_INT
@@ -465,6 +465,45 @@ def test_the_old_pickle_bombs_are_refused_unread(name, monkeypatch):
     assert assert_bounded(name, bomb) == Verdict("OldWireFormat", 0)
     with pytest.raises(OldWireFormat, match="pickle wire"):
         codec.decode(bomb, schemas.ENVELOPE)
+
+
+# --- what decoding one large message takes on top of its buffer -------------------------------
+
+LONG_TEXTS = {
+    "ascii": "x" * 2 ** 20,
+    "latin-1, 2 bytes a character": "\u00e9" * 2 ** 19,
+    "cjk, 3 bytes a character": "\u4e2d" * (2 ** 20 // 3),
+    "one character beyond the BMP, then ascii": "\U0001F600" + "x" * 2 ** 20,
+}
+
+
+def decode_under_the_budget(data) -> tuple:
+    """What MasterServer._receive does with a message while it holds the decode budget."""
+    _ident, name, raw, _kwds = codec.decode(data, schemas.ENVELOPE)
+    decoders = schemas.OPENING if name in schemas.OPENING else schemas.CALLS
+    try:
+        return schemas.decode_args(decoders, name, raw, "a request")
+    except schemas.Refused:
+        return ()
+
+
+@pytest.mark.parametrize("kind", sorted(LONG_TEXTS))
+@pytest.mark.parametrize("request_", ["accept_connection: refused, over 256 characters",
+                                      "job_put: accepted, a task line of up to 16 MiB"])
+def test_decoding_a_long_text_takes_at_most_DECODE_EXPANSION_times_its_message(kind, request_):
+    """msgspec builds a text whole before it checks its length, at 4 bytes a character once one
+    character is beyond the BMP (from a 1-byte draft): the master's budget counts a large
+    message at its size, plus DECODE_EXPANSION x one message's size being decoded on top."""
+    text = LONG_TEXTS[kind]
+    if request_.startswith("accept_connection"):
+        data = codec.encode((None, "accept_connection", (text,), {}))
+    else:
+        data = codec.encode((None, "job_put", ("1-abc", [text], False, 0.0), {}))
+    cost = measure(decode_under_the_budget, data)
+    assert cost.peak <= connections.DECODE_EXPANSION * len(data) + PEAK_FIXED, (
+        f"{kind}: {cost.peak / len(data):.2f}x its message")
+    if kind.startswith("one character beyond"):      # the factor is needed, not a guess
+        assert cost.peak >= (connections.DECODE_EXPANSION - 1) * len(data)
 
 
 # --- the byte budget for large messages ------------------------------------------------------

@@ -11,7 +11,8 @@ Bounds: a peer has HANDSHAKE_TIMEOUT seconds to authenticate and at most
 MAX_PENDING_HANDSHAKES may be trying at once; at most MAX_CONNECTIONS authenticated
 connections are open; one that sends no request for the idle timeout is closed; every
 connection has TCP keepalive; messages are at most codec.MAX_MESSAGE bytes, and those over
-SMALL_MESSAGE share a budget of DECODE_BUDGET bytes being read and decoded at once. Refusals
+SMALL_MESSAGE share a budget of DECODE_BUDGET bytes being read and decoded at once; decoding
+adds at most DECODE_EXPANSION x one message's size on top. Refusals
 are logged with the peer's address and counted, and the log lines are throttled so that a
 flood cannot flood the log.
 
@@ -65,10 +66,16 @@ MIN_IDLE_TIMEOUT = 60.0
 MAX_CONNECTIONS = 2048
 #: messages up to this size are read without the budget (MAX_CONNECTIONS of them fit in memory)
 SMALL_MESSAGE = 64 * 1024
-#: larger messages being read and decoded at once, in bytes, across every connection...
+#: larger messages being read and decoded at once, in bytes, across every connection (each read
+#: into a buffer of exactly its size)...
 DECODE_BUDGET = 4 * MAX_MESSAGE
 #: ...and how long one waits for its share before its connection is closed
 BUDGET_WAIT = 30.0
+#: what decoding one large message takes on top of its buffer, per byte of it: msgspec builds a
+#: text whole before it checks its length, widening it from a 1-byte draft to 4 bytes a
+#: character when one character is beyond the BMP (measured in tests/unit/test_decode_bounds.py).
+#: msgspec holds the GIL while it decodes, so only one message is being decoded at any moment.
+DECODE_EXPANSION = 5
 
 def idle_timeout(heartbeat_interval: float) -> float:
     """How long an authenticated connection may go without a request before it is closed."""
@@ -96,7 +103,7 @@ class PeerConnection(SafeConnection):
                                         "messages are being decoded (DECODE_BUDGET)")
             held = size
         try:
-            return self.read_exactly(size).getbuffer(), held
+            return self.read_exactly(size), held
         except BaseException:
             budget.release(held)
             raise

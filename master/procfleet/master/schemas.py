@@ -2,9 +2,10 @@
 
 A request is (ident, name, args, kwds). Its args are decoded against the schema of `name`
 only once the envelope has been decoded, so a request of the wrong shape is refused while
-it is decoded: nothing is built for a field that has no place in it, every list and text has
-its length checked from its header before it is read, and no nested value is decoded at all
-(a task's result arrives as JSON text, checked by protocol.check_outcomes). What the schemas
+it is decoded: nothing is built for a field that has no place in it, every list has its length
+checked from its header before it is read, and no nested value is decoded at all (a task's
+result arrives as JSON text, checked by protocol.check_outcomes). A text is built whole before
+its length is checked; the master counts what that takes (connections.DECODE_EXPANSION). What the schemas
 cannot say (a printable worker id, a seq below the batch's size) the service checks.
 """
 

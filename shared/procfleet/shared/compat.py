@@ -7,6 +7,7 @@ those behaviours on the running interpreter, and docs/compat.md records how CPyt
 """
 
 import io
+import os
 import struct
 import sys
 from multiprocessing import connection as _connection
@@ -63,9 +64,23 @@ class Connection(_connection.Connection):
             size, = struct.unpack("!Q", self._recv(8).getvalue())
         return size
 
-    def read_exactly(self, size: int) -> io.BytesIO:
-        """Exactly `size` bytes (a message body after read_frame_size)."""
-        return self._recv(size)
+    def read_exactly(self, size: int) -> memoryview:
+        """Exactly `size` bytes (a message body after read_frame_size), read into a buffer of
+        exactly that size: `_recv` grows a BytesIO, which may take more while it grows, and the
+        master's decode budget counts a message at its size. EOFError at a clean end, OSError
+        in the middle, BlockingIOError at the receive timeout, as `_recv`."""
+        self._check_closed()
+        self._check_readable()
+        body = memoryview(bytearray(size))
+        got, fd = 0, self.fileno()
+        while got < size:
+            count = os.readv(fd, [body[got:]])
+            if count == 0:
+                if got == 0:
+                    raise EOFError
+                raise OSError("got end of file during message")
+            got += count
+        return body
 
 
 # -- connection.py: the HMAC handshake -------------------------------------------------------------
