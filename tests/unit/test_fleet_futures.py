@@ -6,7 +6,10 @@ import textwrap
 
 import pytest
 
-from procfleet.master.executor import RemoteTraceback, exception_of, task_line, task_name
+from procfleet.master.executor import (RemoteTraceback, chunk_line, exception_of, task_line,
+                                       task_name)
+from procfleet.shared.tasks import CALL, MAP_CHUNK, task
+from procfleet.shared.values import unpack
 from procfleet.shared.errors import TaskFailed, TaskTimeout, WorkerCrash, WorkerLost
 from procfleet.shared.protocol import MAX_DEPTH
 from procfleet.shared.tasks import square
@@ -72,22 +75,47 @@ def test_what_has_no_name_workers_can_import_is_a_type_error(fn, says):
         task_name(fn)
 
 
-def test_a_task_line_is_a_task_file_line():
-    line = task_line(7, "square", (3, (1, 2)), {"k": None})
-    assert json.loads(line) == {"id": 7, "task": "square", "args": [3, [1, 2]],
-                                "kwargs": {"k": None}}
+def test_a_task_line_is_a_task_file_line_of_the_call_task_with_packed_values():
+    line = task_line(7, "square", (3, (1, 2)), {"k": None, "b": b"\x00"})
+    assert json.loads(line) == {
+        "id": 7, "task": CALL,
+        "args": ["square", [3, {"$tuple": [1, 2]}], {"k": None, "b": {"$bytes": "AA=="}}]}
+    chunk = chunk_line(8, "square", [(1,), ((2, 3),)], timeout=2.0)
+    assert json.loads(chunk) == {"id": 8, "task": MAP_CHUNK, "timeout": 2.0,
+                                 "args": ["square", [[1], [{"$tuple": [2, 3]}]]]}
+
+
+def test_the_call_tasks_give_back_what_they_were_given():
+    from procfleet.shared.tasks import call, map_chunk
+    args = json.loads(task_line(0, "procfleet.test_echo", ((1, 2), {3}), {"k": b"x"}))["args"]
+    packed = json.loads(json.dumps(call(*args)))
+    assert unpack(packed) == [((1, 2), {3}), {"k": b"x"}]
+    args = json.loads(chunk_line(0, "square", [(3,), (float("inf"),)]))["args"]
+    assert unpack(json.loads(json.dumps(map_chunk(*args)))) == [9, float("inf")]
+
+
+@task(name="procfleet.test_echo")
+def _echo(*args, **kwargs):
+    return [args, kwargs]
 
 
 @pytest.mark.parametrize("args, says", [
-    ((object(),), "not JSON serializable"),
-    ((float("inf"),), "Out of range float"),
-    ((b"bytes",), "not JSON serializable"),
+    ((object(),), "args\\[0\\] is a object, which cannot travel"),
+    (([1, {"when": 1j}],), "args\\[0\\]\\[1\\]\\['when'\\] is a complex"),
     ((nested(MAX_DEPTH + 1),),
      f"nest more than {MAX_DEPTH} deep"),
+    ((nested(100_000),), "nested too deeply"),
 ])
 def test_arguments_that_cannot_travel_are_a_type_error(args, says):
     with pytest.raises(TypeError, match=says):
         task_line(0, "t", args, {})
+
+
+def test_a_result_that_cannot_travel_back_is_a_type_error_naming_where():
+    from procfleet.shared.tasks import call
+    with pytest.raises(TypeError, match="task 'procfleet.test_echo' returned a value that cannot "
+                       "travel back: its result\\[0\\]\\[1\\] is a object"):
+        call("procfleet.test_echo", [{"$dict": []}, object.__new__(object)], {})
 
 
 def test_map_chunks_stay_single_for_slow_results_and_grow_for_fast_ones():

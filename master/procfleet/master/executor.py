@@ -11,8 +11,9 @@ this process (the default; `local_workers` worker processes join it, others may 
 `bind=`), or a running one (`master="host:port"`). Its tasks are one job there, so they get the
 service's leases, requeues and first-result-wins like any batch. A function travels by name,
 never as code: a registered @task, or "module:function" for a module-level function of a module
-the workers import (--import, `imports=`). Arguments and results are JSON values (a tuple
-arrives as a list, dict keys as text).
+the workers import (--import, `imports=`). Arguments and results are JSON values plus tuples,
+sets, bytes, nan/inf and dicts with any such keys, and come back as they went
+(procfleet.shared.values).
 """
 
 import ast
@@ -38,7 +39,8 @@ from procfleet.shared.errors import (ConfigError, ProcfleetError, TaskFailed, Ta
 from procfleet.shared.protocol import MAX_DEPTH, MAX_NAME, MAX_TASK_BYTES, deeper_than
 from procfleet.shared.settings import (ENV_AUTHKEY, ENV_AUTHKEY_FILE, MIN_AUTHKEY_LENGTH,
                                        load_authkey, parse_address)
-from procfleet.shared.tasks import MAP_CHUNK, registry
+from procfleet.shared.tasks import CALL, MAP_CHUNK, registry
+from procfleet.shared.values import Unsendable, pack, unpack
 
 from .batch import Interrupt
 from .client import PUT_LINES, JobClient, MasterGone
@@ -80,9 +82,9 @@ class RemoteTraceback(Exception):
 class FleetFuture(Future):
     """A Future whose cancel() also takes back a task the master holds but no worker leased."""
 
-    def __init__(self, executor: "FleetExecutor", seq: int, line: str) -> None:
+    def __init__(self, executor: "FleetExecutor", seq: int, line: str, name: str) -> None:
         super().__init__()
-        self._executor, self._seq, self._line = executor, seq, line
+        self._executor, self._seq, self._line, self._name = executor, seq, line, name
         self._master_seq: int | None = None     # its number in the job, once sent
 
     def cancel(self) -> bool:
@@ -211,17 +213,21 @@ class FleetExecutor(Executor):
                                 f"FleetExecutor(..., imports=[{module!r}])")
         return name
 
-    def _submit(self, name: str, args, kwargs: dict, timeout: float | None = None) \
-            -> FleetFuture:
+    def _submit(self, name: str, args, kwargs: dict, timeout: float | None = None, *,
+                chunk: list | None = None) -> FleetFuture:
+        """A future for fn(*args, **kwargs), or for fn over each argument tuple of `chunk`."""
         with self._lock:
             if self._broken:
                 raise BrokenFleet(self._broken)
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             seq = self._next_seq
-            line = task_line(seq, name, args, kwargs, timeout)
+            if chunk is None:
+                line = task_line(seq, name, args, kwargs, timeout)
+            else:
+                line = chunk_line(seq, name, chunk, timeout)
             self._next_seq = seq + 1
-            future = FleetFuture(self, seq, line)
+            future = FleetFuture(self, seq, line, name)
             self._futures[seq] = future
             self._queue.append(future)
             if len(self._queue) == 1:
@@ -304,10 +310,17 @@ class FleetExecutor(Executor):
             future = futures.pop(record["id"], None)
             if future is None:
                 continue
-            if record["status"] == "ok":
-                _settle(future, record["result"], None)
+            if record["status"] != "ok":
+                _settle(future, None, exception_of(record, future._name))
+                continue
+            try:
+                value = unpack(record["result"])
+            except ValueError as exc:
+                _settle(future, None, TaskFailed(f"its result cannot be read: {exc}",
+                                                 task=future._name, attempts=record.get("attempts", 0),
+                                                 worker=record.get("worker")))
             else:
-                _settle(future, None, exception_of(record))
+                _settle(future, value, None)
 
     def _finish(self) -> None:
         """After shutdown(): every sent task resolved, then the job closed and the service
@@ -429,21 +442,39 @@ def _unsendable(fn) -> str | None:
 
 
 def task_line(seq: int, name: str, args, kwargs: dict, timeout: float | None = None) -> str:
-    """The task-file line of one call (`timeout`: its own, else the job's); TypeError if its
-    arguments cannot travel."""
-    record = {"id": seq, "task": name, "args": args, "kwargs": kwargs}
-    if timeout is not None:
-        record["timeout"] = timeout
+    """The task-file line of one call, as the CALL task with its values packed (`timeout`: its
+    own, else the job's); TypeError if its arguments cannot travel."""
+    return _line(seq, name, CALL, lambda: [name, _pack_args(name, "args", list(args)),
+                                           _pack_args(name, "kwargs", kwargs)], timeout)
+
+
+def chunk_line(seq: int, name: str, chunk: list, timeout: float | None = None) -> str:
+    """The task-file line of map's calls of `name` on each argument tuple of `chunk`."""
+    return _line(seq, name, MAP_CHUNK,
+                 lambda: [name, [_pack_args(name, "args", list(args)) for args in chunk]],
+                 timeout)
+
+
+def _pack_args(name: str, root: str, value):
     try:
+        return pack(value)
+    except Unsendable as exc:
+        raise TypeError(f"{name}: an argument cannot travel to a worker: "
+                        f"{exc.describe(root)}") from None
+
+
+def _line(seq: int, name: str, task: str, packed_args, timeout: float | None) -> str:
+    try:
+        record = {"id": seq, "task": task, "args": packed_args()}
+        if timeout is not None:
+            record["timeout"] = timeout
         line = _dumps(record)
-    except (TypeError, ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise TypeError(f"{name}: an argument cannot travel to a worker ({reason}); arguments "
-                        "are JSON values: numbers, text, lists, tuples, dicts with text keys, "
-                        "True/False/None") from None
+    except RecursionError:
+        raise TypeError(f"{name}: an argument cannot travel to a worker: it is nested too "
+                        "deeply") from None
     if line.count("[") + line.count("{") > MAX_DEPTH + 2 and deeper_than(line, MAX_DEPTH + 2):
-        raise TypeError(f"{name}: arguments nest more than {MAX_DEPTH} deep (lists and dicts "
-                        "in one another), more than a task may carry")
+        raise TypeError(f"{name}: arguments nest more than {MAX_DEPTH} deep (lists, tuples, "
+                        "sets and dicts in one another), more than a task may carry")
     if len(line) > MAX_TASK_BYTES // 4 and len(line.encode("utf-8", "surrogatepass")) > \
             MAX_TASK_BYTES:
         raise TypeError(f"{name}: arguments of {len(line):,} characters as JSON; a task may "
@@ -452,14 +483,15 @@ def task_line(seq: int, name: str, args, kwargs: dict, timeout: float | None = N
     return line
 
 
-def exception_of(record: dict) -> BaseException:
+def exception_of(record: dict, task: str | None = None) -> BaseException:
     """What result() raises for a failed result line: the builtin exception the task raised,
     caused by the worker's traceback, or TaskFailed (a subclass for WorkerLost, TaskTimeout and
-    WorkerCrash) carrying the task, its attempts, its last worker and the error text."""
+    WorkerCrash) carrying the task (`task`, else the line's), its attempts, its last worker and
+    the error text."""
     error = record.get("error") or "failed without an error text"
     head = error.split(_TRACEBACK, 1)[0] if _TRACEBACK in error else error.partition("\n")[0]
     type_name, colon, message = head.partition(": ")
-    common = {"task": record.get("task", ""), "attempts": record.get("attempts", 0),
+    common = {"task": task or record.get("task", ""), "attempts": record.get("attempts", 0),
               "worker": record.get("worker")}
     failure = _FAILURES.get(type_name)
     if failure is not None:
@@ -574,7 +606,7 @@ class _MapRun:
             if not chunk:
                 return
             timeout = executor.task_timeout * len(chunk) if executor.task_timeout else None
-            future = executor._submit(MAP_CHUNK, (self.name, chunk), {}, timeout)
+            future = executor._submit(self.name, (), {}, timeout, chunk=chunk)
             self.window.append((future, len(chunk), True))
             self.in_flight += len(chunk)
 

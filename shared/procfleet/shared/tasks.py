@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from .errors import UnknownTask
+from .values import Unsendable, pack, unpack
 
 #: how long `hang` sleeps between checks that it should go on hanging (always)
 HANG_STEP = 60.0
@@ -68,15 +69,34 @@ class TaskRegistry:
 registry = TaskRegistry()
 task = registry.register
 
-#: the task that runs one chunk of FleetExecutor.map(..., chunksize=N)
+#: the task each FleetExecutor.submit() travels as, and the one that runs a chunk of its map();
+#: both take and return values packed by procfleet.shared.values, so that a tuple, bytes or a
+#: set comes back as it went
+CALL = "procfleet.call"
 MAP_CHUNK = "procfleet.map_chunk"
+
+
+@task(name=CALL)
+def call(name, args, kwargs):
+    """Run task `name` on packed `args` and `kwargs`; return its result packed."""
+    func = registry.get(name)
+    return _packed(name, func(*unpack(args), **unpack(kwargs)))
 
 
 @task(name=MAP_CHUNK)
 def map_chunk(name, chunk):
-    """Run task `name` on each argument tuple of `chunk`; return their results in order."""
+    """Run task `name` on each packed argument list of `chunk`; return their results in order,
+    packed."""
     func = registry.get(name)
-    return [func(*args) for args in chunk]
+    return [_packed(name, func(*unpack(args))) for args in chunk]
+
+
+def _packed(name: str, result):
+    try:
+        return pack(result)
+    except Unsendable as exc:
+        raise TypeError(f"task {name!r} returned a value that cannot travel back: "
+                        f"{exc.describe('its result')}") from None
 
 
 @task

@@ -51,6 +51,8 @@ def _attempt(registry: TaskRegistry, seq: int, name: str, args: list, kwargs: di
         return error_outcome(seq, f"UnknownTask: {exc}")
     try:
         value = func(*args, **kwargs)
+    except UnknownTask as exc:      # a wrapper (tasks.CALL, MAP_CHUNK) looking up what it runs
+        return error_outcome(seq, f"UnknownTask: {exc}")
     except BaseException as exc:    # RecursionError, MemoryError, SystemExit: the task's, not ours
         return error_outcome(seq, format_error(exc))
     if type(value) is int and -_SMALL_INT < value < _SMALL_INT:     # the common case, made quick
