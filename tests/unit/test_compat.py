@@ -24,7 +24,7 @@ from multiprocessing import AuthenticationError, managers
 
 import pytest
 
-from procfleet.shared import compat, transport
+from procfleet.shared import compat
 
 KEY = b"compat-test-key"
 #: the longest any step here may wait for the other side
@@ -139,7 +139,7 @@ def test_read_exactly_tells_a_clean_end_from_an_end_in_the_middle_and_a_timeout(
         conn.read_exactly(10)
     conn.close()
     conn, raw = raw_pair()
-    transport.set_recv_timeout(conn.fileno(), 0.05)
+    set_rcvtimeo(conn, 0.05)
     with pytest.raises(BlockingIOError):
         conn.read_exactly(10)
     conn.close()
