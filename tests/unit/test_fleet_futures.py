@@ -140,3 +140,21 @@ def test_map_chunks_stay_single_for_slow_results_and_grow_for_fast_ones():
     clock.advance(10)                            # results stopped: the old rate is forgotten
     sizer.record(1)
     assert sizer.size() == 1
+
+
+def test_a_result_whose_tags_cannot_be_read_fails_its_future_naming_the_task():
+    """A result line holding a tag this procfleet does not know (a newer one's, or forged)
+    fails its future with TaskFailed; the others of the same call still resolve."""
+    from procfleet.master.executor import FleetExecutor, FleetFuture
+    executor = FleetExecutor.__new__(FleetExecutor)         # only what _resolve uses
+    executor._futures = {i: FleetFuture(executor, i, "", "mod:f") for i in (1, 2)}
+    futures = dict(executor._futures)
+    executor._resolve([
+        json.dumps({"id": 1, "task": CALL, "status": "ok", "result": {"$pickle": "gAR9"},
+                    "error": None, "attempts": 1, "worker": "w1"}),
+        json.dumps({"id": 2, "task": CALL, "status": "ok", "result": {"$tuple": [1]},
+                    "error": None, "attempts": 1, "worker": "w1"})])
+    with pytest.raises(TaskFailed, match="its result cannot be read: a value tagged '\\$pickle'"):
+        futures[1].result(0)
+    assert futures[1].exception(0).task == "mod:f" and futures[1].exception(0).worker == "w1"
+    assert futures[2].result(0) == (1,) and executor._futures == {}

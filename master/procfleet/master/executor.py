@@ -315,10 +315,10 @@ class FleetExecutor(Executor):
                 continue
             try:
                 value = unpack(record["result"])
-            except ValueError as exc:
-                _settle(future, None, TaskFailed(f"its result cannot be read: {exc}",
-                                                 task=future._name, attempts=record.get("attempts", 0),
-                                                 worker=record.get("worker")))
+            except ValueError as exc:      # a tag of another procfleet, or a forged one
+                _settle(future, None, TaskFailed(
+                    f"its result cannot be read: {exc}", task=future._name,
+                    attempts=record.get("attempts", 0), worker=record.get("worker")))
             else:
                 _settle(future, value, None)
 
@@ -444,15 +444,14 @@ def _unsendable(fn) -> str | None:
 def task_line(seq: int, name: str, args, kwargs: dict, timeout: float | None = None) -> str:
     """The task-file line of one call, as the CALL task with its values packed (`timeout`: its
     own, else the job's); TypeError if its arguments cannot travel."""
-    return _line(seq, name, CALL, lambda: [name, _pack_args(name, "args", list(args)),
-                                           _pack_args(name, "kwargs", kwargs)], timeout)
+    return _line(seq, name, CALL, [name, _pack_args(name, "args", list(args)),
+                                     _pack_args(name, "kwargs", kwargs)], timeout)
 
 
 def chunk_line(seq: int, name: str, chunk: list, timeout: float | None = None) -> str:
     """The task-file line of map's calls of `name` on each argument tuple of `chunk`."""
     return _line(seq, name, MAP_CHUNK,
-                 lambda: [name, [_pack_args(name, "args", list(args)) for args in chunk]],
-                 timeout)
+                 [name, [_pack_args(name, "args", list(args)) for args in chunk]], timeout)
 
 
 def _pack_args(name: str, root: str, value):
@@ -461,17 +460,16 @@ def _pack_args(name: str, root: str, value):
     except Unsendable as exc:
         raise TypeError(f"{name}: an argument cannot travel to a worker: "
                         f"{exc.describe(root)}") from None
-
-
-def _line(seq: int, name: str, task: str, packed_args, timeout: float | None) -> str:
-    try:
-        record = {"id": seq, "task": task, "args": packed_args()}
-        if timeout is not None:
-            record["timeout"] = timeout
-        line = _dumps(record)
-    except RecursionError:
+    except RecursionError:      # (json's own encoder goes deeper than pack)
         raise TypeError(f"{name}: an argument cannot travel to a worker: it is nested too "
                         "deeply") from None
+
+
+def _line(seq: int, name: str, task: str, args: list, timeout: float | None) -> str:
+    record = {"id": seq, "task": task, "args": args}
+    if timeout is not None:
+        record["timeout"] = timeout
+    line = _dumps(record)
     if line.count("[") + line.count("{") > MAX_DEPTH + 2 and deeper_than(line, MAX_DEPTH + 2):
         raise TypeError(f"{name}: arguments nest more than {MAX_DEPTH} deep (lists, tuples, "
                         "sets and dicts in one another), more than a task may carry")
