@@ -17,6 +17,7 @@ from procfleet.worker.worker import CALL_TIMEOUT_LEASES, MIN_CALL_TIMEOUT
 
 import chaos
 import netns
+from bench.procs import Child
 from procs import assert_exactly_once, master_port, read_results, summary, wait_until
 
 pytestmark = pytest.mark.chaos
@@ -289,3 +290,65 @@ def test_a_service_job_across_a_cut_worker_link(testbed, spawn, tmp_path):
                  dropped=summary(client, actor="submit")["duplicates_dropped"],
                  recover_s=ended - healed, recovery="heal to the client's exit 0")
     assert_exactly_once(results, {t["id"]: t["args"][1] for t in tasks})
+
+
+#: a FleetExecutor(master=...) program, run on the master's host: submits TASKS sleep tasks
+#: whose values carry a tuple and bytes, and writes one line per future as it resolves
+EXECUTOR_CLIENT = """\
+import json, sys
+from concurrent.futures import as_completed
+from procfleet.master import FleetExecutor
+from procfleet.shared.tasks import sleep
+
+port, out, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with FleetExecutor(master=f"127.0.0.1:{port}") as ex, open(out, "w", buffering=1) as lines:
+    futures = {ex.submit(sleep, 0.1, (i, b"\\xff")): i for i in range(count)}
+    for future in as_completed(futures, timeout=60):
+        value = future.result()
+        lines.write(json.dumps([futures[future], value[0], value[1].hex(),
+                                type(value).__name__]) + "\\n")
+"""
+
+
+def test_a_fleet_executor_across_a_cut_worker_link(testbed, spawn, tmp_path):
+    """FleetExecutor(master=...) on the master's host, workers on two others: one worker's link
+    is down 6 s (> lease) mid-job, then restored; every future resolves exactly once, with its
+    own value (a tuple holding bytes), and the executor exits 0."""
+    bed = testbed(2)
+    count = 200
+    master = spawn("master", "--serve", "--bind", "0.0.0.0:0", "--lease-timeout",
+                   str(LEASE_TIMEOUT), python=bed.python(bed.master_ns))
+    _, m = master.wait_for(r"serving jobs on [\d.]+:(\d+)")
+    port = int(m.group(1))
+    for link in bed.links:
+        spawn("worker", "--master", f"{link.master_ip}:{port}", "--id", f"w{link.index}",
+              "--concurrency", "2", "--connect-timeout", "40",
+              python=bed.python(link.worker_ns)).wait_for("connected to master")
+    script, out = tmp_path / "client.py", tmp_path / "resolved.jsonl"
+    script.write_text(EXECUTOR_CLIENT)
+
+    def resolved() -> list[list]:
+        return [json.loads(line) for line in out.read_text().splitlines()] \
+            if out.exists() else []
+
+    client = Child([bed.python(bed.master_ns), str(script), str(port), str(out), str(count)],
+                   name="executor client")
+    try:
+        wait_until(lambda: len(resolved()) >= 10, 20, "the first futures to resolve")
+        victim = bed.links[0]
+        victim.cut()
+        master.wait_for(r"worker w0 silent for more than 2 s: requeued", timeout=10)
+        time.sleep(4.0)         # the rest of the fault's length, not a condition
+        victim.restore()
+        healed = time.monotonic()
+        assert client.wait(60) == 0, client.tail()
+        ended = time.monotonic()
+    finally:
+        client.kill()
+    lines = resolved()
+    ids = [line[0] for line in lines]
+    assert sorted(ids) == list(range(count)), "a future resolved twice, or never"
+    assert all(line[1:] == [line[0], "ff", "tuple"] for line in lines), lines[:5]
+    chaos.record("netns: FleetExecutor(master=...), a worker's link down > lease",
+                 range(count), [{"id": str(i)} for i in ids],
+                 recover_s=ended - healed, recovery="heal to the executor's exit 0")
