@@ -256,14 +256,9 @@ def test_a_slow_link_delays_every_call_and_the_batch_still_ends_once_each(testbe
         assert slow_results > 0, "the slow worker did nothing: the link was as good as cut"
 
 
-def test_a_service_job_across_a_cut_worker_link(testbed, spawn, tmp_path):
-    """A service (--serve) and its client on the master's host, workers on two others: one
-    worker's link is down 6 s (> lease) mid-job; the job ends with every result exactly once."""
-    bed = testbed(2)
-    tasks = sleep_tasks(120, 0.1)
-    task_file = tmp_path / "tasks.jsonl"
-    task_file.write_text("".join(json.dumps(t) + "\n" for t in tasks))
-    out = tmp_path / "results.jsonl"
+def serve_across(bed, spawn):
+    """A `--serve` master in the bed's master namespace and a worker w<i> (2 slots) in each
+    worker namespace, all joined; the master and its port."""
     master = spawn("master", "--serve", "--bind", "0.0.0.0:0", "--lease-timeout",
                    str(LEASE_TIMEOUT), python=bed.python(bed.master_ns))
     _, m = master.wait_for(r"serving jobs on [\d.]+:(\d+)")
@@ -272,16 +267,34 @@ def test_a_service_job_across_a_cut_worker_link(testbed, spawn, tmp_path):
         spawn("worker", "--master", f"{link.master_ip}:{port}", "--id", f"w{link.index}",
               "--concurrency", "2", "--connect-timeout", "40",
               python=bed.python(link.worker_ns)).wait_for("connected to master")
-    client = spawn("submit", task_file, "--master", f"127.0.0.1:{port}", "--results", out,
-                   "--timeout", "50", python=bed.python(bed.master_ns))
-    wait_until(lambda: sum(1 for r in read_results(out) if r["worker"] == "w0") >= 2, 20,
-               "w0's first results")
+    return master, port
+
+
+def cut_w0_past_the_lease(bed, master) -> float:
+    """Take w0's link down until the master has requeued its tasks, 6 s in all, then bring it
+    back; when it healed."""
     victim = bed.links[0]
     victim.cut()
     master.wait_for(r"worker w0 silent for more than 2 s: requeued", timeout=10)
     time.sleep(4.0)         # the rest of the fault's length, not a condition
     victim.restore()
-    healed = time.monotonic()
+    return time.monotonic()
+
+
+def test_a_service_job_across_a_cut_worker_link(testbed, spawn, tmp_path):
+    """A service (--serve) and its client on the master's host, workers on two others: one
+    worker's link is down 6 s (> lease) mid-job; the job ends with every result exactly once."""
+    bed = testbed(2)
+    tasks = sleep_tasks(120, 0.1)
+    task_file = tmp_path / "tasks.jsonl"
+    task_file.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    out = tmp_path / "results.jsonl"
+    master, port = serve_across(bed, spawn)
+    client = spawn("submit", task_file, "--master", f"127.0.0.1:{port}", "--results", out,
+                   "--timeout", "50", python=bed.python(bed.master_ns))
+    wait_until(lambda: sum(1 for r in read_results(out) if r["worker"] == "w0") >= 2, 20,
+               "w0's first results")
+    healed = cut_w0_past_the_lease(bed, master)
     assert client.wait(60) == 0, client.tail()
     ended = time.monotonic()
     results = read_results(out)
@@ -316,14 +329,7 @@ def test_a_fleet_executor_across_a_cut_worker_link(testbed, spawn, tmp_path):
     own value (a tuple holding bytes), and the executor exits 0."""
     bed = testbed(2)
     count = 200
-    master = spawn("master", "--serve", "--bind", "0.0.0.0:0", "--lease-timeout",
-                   str(LEASE_TIMEOUT), python=bed.python(bed.master_ns))
-    _, m = master.wait_for(r"serving jobs on [\d.]+:(\d+)")
-    port = int(m.group(1))
-    for link in bed.links:
-        spawn("worker", "--master", f"{link.master_ip}:{port}", "--id", f"w{link.index}",
-              "--concurrency", "2", "--connect-timeout", "40",
-              python=bed.python(link.worker_ns)).wait_for("connected to master")
+    master, port = serve_across(bed, spawn)
     script, out = tmp_path / "client.py", tmp_path / "resolved.jsonl"
     script.write_text(EXECUTOR_CLIENT)
 
@@ -335,12 +341,7 @@ def test_a_fleet_executor_across_a_cut_worker_link(testbed, spawn, tmp_path):
                    name="executor client")
     try:
         wait_until(lambda: len(resolved()) >= 10, 20, "the first futures to resolve")
-        victim = bed.links[0]
-        victim.cut()
-        master.wait_for(r"worker w0 silent for more than 2 s: requeued", timeout=10)
-        time.sleep(4.0)         # the rest of the fault's length, not a condition
-        victim.restore()
-        healed = time.monotonic()
+        healed = cut_w0_past_the_lease(bed, master)
         assert client.wait(60) == 0, client.tail()
         ended = time.monotonic()
     finally:
