@@ -82,8 +82,14 @@ class Stack:
         return f"com.docker.stack.namespace={self.name}"
 
     def containers(self, service: str, all: bool = True):
-        return self.client.containers.list(all=all, filters={
-            "label": [f"com.docker.swarm.service.name={self.name}_{service}"]})
+        return self._containers({"label": [f"com.docker.swarm.service.name={self.name}_{service}"]},
+                                all)
+
+    def _containers(self, filters: dict, all: bool = True) -> list:
+        """The containers `filters` picks. Swarm removes its exited task containers on its own,
+        so one listed may be gone when the SDK inspects it: that one is left out, not an error
+        (a CI run failed on the 404)."""
+        return self.client.containers.list(all=all, filters=filters, ignore_removed=True)
 
     @property
     def master(self):
@@ -112,7 +118,7 @@ class Stack:
 
     def leftovers(self) -> list:
         f = {"label": self._label()}
-        return (self.client.services.list(filters=f) + self.client.containers.list(all=True, filters=f)
+        return (self.client.services.list(filters=f) + self._containers(f)
                 + self.client.networks.list(filters=f) + self.client.volumes.list(filters=f)
                 + self.client.secrets.list(filters={"name": self.secret.name}))
 
@@ -124,7 +130,7 @@ class Stack:
         f = {"label": self._label()}
         if down.returncode != 0:
             docker("stack", "rm", self.name, check=False)
-        wait_until(lambda: not self.client.containers.list(all=True, filters=f), REMOVE_TIMEOUT,
+        wait_until(lambda: not self._containers(f), REMOVE_TIMEOUT,
                    f"stack {self.name}'s containers to go")
         left = self.client.volumes.list(filters=f)
 
